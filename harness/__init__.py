@@ -1,0 +1,3 @@
+"""edgebench: a pytest-driven device-lab harness for computer-vision models."""
+
+__version__ = "0.1.0"

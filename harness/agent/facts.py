@@ -1,0 +1,100 @@
+"""Facts about the device, read where it runs: OS, kernel, CPU, memory, clocks, temperatures.
+
+Every reader is best effort: a file that is missing on this platform gives ``None``, never an error,
+because the same runner runs on a Jetson, a Coral board, a NUC and a Mac.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _cpu_model() -> Optional[str]:
+    text = _read("/proc/cpuinfo")
+    if text:
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware", "Model"):
+                return value.strip()
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            )
+            return out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return platform.processor() or None
+
+
+def _memory_mb() -> Optional[int]:
+    text = _read("/proc/meminfo")
+    if text:
+        for line in text.splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return None
+
+
+def cpu_frequencies_mhz() -> List[Optional[float]]:
+    """Current frequency of each CPU from cpufreq, in MHz (empty where cpufreq is absent)."""
+    freqs: List[Optional[float]] = []
+    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")):
+        value = _read(path)
+        freqs.append(int(value) / 1000.0 if value and value.isdigit() else None)
+    return freqs
+
+
+def temperatures_c() -> Dict[str, float]:
+    """Every Linux thermal zone and the Coral Apex sensor, in degrees Celsius."""
+    temps: Dict[str, float] = {}
+    for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+        raw = _read(os.path.join(zone, "temp"))
+        kind = _read(os.path.join(zone, "type")) or os.path.basename(zone)
+        if raw and raw.lstrip("-").isdigit():
+            temps[kind] = int(raw) / 1000.0
+    for apex in sorted(glob.glob("/sys/class/apex/apex_*/temp")):
+        raw = _read(apex)
+        if raw and raw.isdigit():
+            temps[apex.split("/")[-2]] = int(raw) / 1000.0
+    return temps
+
+
+def collect() -> Dict[str, Any]:
+    """The device's facts as a JSON-ready dict."""
+    try:
+        import numpy
+
+        numpy_version: Optional[str] = numpy.__version__
+    except ImportError:
+        numpy_version = None
+    uname = platform.uname()
+    return {
+        "os": uname.system,
+        "os_release": platform.platform(),
+        "kernel": uname.release,
+        "arch": uname.machine,
+        "hostname": uname.node,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_mb": _memory_mb(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "numpy": numpy_version,
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cpu_freq_mhz": cpu_frequencies_mhz(),
+        "temperatures_c": temperatures_c(),
+    }

@@ -1,0 +1,160 @@
+"""The measuring loop: load, cold first inference, warm-up until stable, timed loop, eval pass.
+
+The stop rule here mirrors ``harness.measure.stability.stop_decision`` (the host-side reference,
+which the tests hold this copy to). It lives here too because the runner may not import harness
+and the device may have no scipy: the binomial ranks are computed with the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .protocol import JobSpec, StopSpec, WarmupSpec
+
+perf_ns = time.perf_counter_ns
+
+
+def interval_ranks(n: int, q: float, confidence: float) -> Optional[Tuple[int, int]]:
+    """1-based ranks (lo, hi) of the equal-tailed order-statistic interval for the q-quantile.
+
+    The binomial CDF is summed in log space over a window of +-12 sigma around n*q; outside it the
+    mass is below 1e-30, so the ranks are exact while a check stays O(sqrt(n)).
+    """
+    if n < 1:
+        return None
+    tail = (1.0 - confidence) / 2.0
+    sigma = math.sqrt(n * q * (1.0 - q))
+    k_first = max(0, int(n * q - 12 * sigma - 10))
+    k_last = min(n, int(n * q + 12 * sigma + 10))
+    log_q, log_p = math.log(q), math.log1p(-q)
+    lo, hi = 0, None
+    cdf = 0.0
+    for k in range(k_first, k_last + 1):
+        log_pmf = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_q + (n - k) * log_p
+        cdf += math.exp(log_pmf)
+        # lo: largest rank with P(Bin <= lo - 1) <= tail; hi: smallest rank with P(Bin <= hi - 1) >= 1 - tail.
+        if cdf <= tail:
+            lo = k + 1
+        if hi is None and cdf >= 1.0 - tail:
+            hi = k + 1
+            break
+    if lo < 1 or hi is None or hi > n:
+        return None
+    return lo, hi
+
+
+def converged(samples: List[int], stop: StopSpec) -> bool:
+    """All requested percentiles have an interval whose relative half-width is within target."""
+    n = len(samples)
+    ordered = sorted(samples)
+    for q in stop.percentiles:
+        ranks = interval_ranks(n, q, stop.confidence)
+        if ranks is None:
+            return False
+        value = float(np.quantile(ordered, q))
+        lo, hi = ordered[ranks[0] - 1], ordered[ranks[1] - 1]
+        if value <= 0 or max(value - lo, hi - value) / value > stop.max_half_width:
+            return False
+    return True
+
+
+def warm_up(run: Callable[[], None], spec: WarmupSpec) -> Tuple[int, bool]:
+    """Run windows until the last ``windows`` window medians agree within tolerance; return (count, stable)."""
+    medians: List[float] = []
+    count = 0
+    while count < spec.max_iterations:
+        window: List[int] = []
+        for _ in range(spec.window):
+            t0 = perf_ns()
+            run()
+            window.append(perf_ns() - t0)
+        count += spec.window
+        medians.append(float(np.median(window)))
+        if count >= spec.min_iterations and len(medians) >= spec.windows:
+            last = medians[-spec.windows :]
+            if max(last) / min(last) - 1.0 <= spec.tolerance:
+                return count, True
+    return count, False
+
+
+def timed_loop(run: Callable[[], None], stop: StopSpec) -> Tuple[List[int], str, float]:
+    """Time ``run`` call by call; return raw samples (ns), why it stopped and the wall time."""
+    samples: List[int] = []
+    append = samples.append
+    started = time.monotonic()
+    if stop.iterations is not None:
+        for _ in range(stop.iterations):
+            t0 = perf_ns()
+            run()
+            append(perf_ns() - t0)
+        return samples, "fixed_count", time.monotonic() - started
+    next_check = stop.min_iterations
+    while True:
+        chunk = max(next_check - len(samples), 1)
+        for _ in range(chunk):
+            t0 = perf_ns()
+            run()
+            append(perf_ns() - t0)
+        elapsed = time.monotonic() - started
+        if len(samples) >= stop.max_iterations:
+            return samples, "max_iterations", elapsed
+        if elapsed >= stop.max_duration_s:
+            return samples, "time_cap", elapsed
+        if elapsed >= stop.min_duration_s and converged(samples, stop):
+            return samples, "converged", elapsed
+        # Check again after ~10% more samples, or sooner if the minimum duration is near.
+        rate = len(samples) / max(elapsed, 1e-9)
+        until_min = max(stop.min_duration_s - elapsed, 0.0) * rate
+        next_check = len(samples) + max(int(max(len(samples) * 0.1, until_min)), 50)
+
+
+def preprocess(images: np.ndarray, spec: JobSpec) -> np.ndarray:
+    """Pixel images (uint8 0..255 or float in [0, 1]) -> normalised model input of the input dtype."""
+    x = images.astype(np.float32)
+    if images.dtype == np.uint8:
+        x /= 255.0
+    channels = x.shape[1] if spec.input.layout == "NCHW" else x.shape[-1]
+    shape = (1, channels, 1, 1) if spec.input.layout == "NCHW" else (1, 1, 1, channels)
+    mean = np.asarray(spec.input.mean, dtype=np.float32)
+    std = np.asarray(spec.input.std, dtype=np.float32)
+    if mean.size == 1:
+        mean = np.repeat(mean, channels)
+    if std.size == 1:
+        std = np.repeat(std, channels)
+    x = (x - mean.reshape(shape)) / std.reshape(shape)
+    return x.astype(spec.input.dtype)
+
+
+def measure(session: Any, job: JobSpec, load_ms: float) -> Dict[str, Any]:
+    """Everything the runner measures for one job, as JSON-ready values plus the eval outputs."""
+    with np.load(job.latency_file) as data:
+        latency_input = preprocess(data[job.latency_key], job)
+    session.bind(latency_input)
+    t0 = perf_ns()
+    session.run_bound()
+    first_ms = (perf_ns() - t0) / 1e6
+    warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup)
+    samples, stop_reason, duration = timed_loop(session.run_bound, job.stop)
+    outputs: Dict[str, np.ndarray] = {}
+    for eval_set in job.eval_sets:
+        with np.load(eval_set.file) as data:
+            images = data[eval_set.key]
+        parts = []
+        for start in range(0, len(images), job.eval_batch):
+            batch = preprocess(images[start : start + job.eval_batch], job)
+            parts.append(np.asarray(session.infer(batch), dtype=np.float32).reshape(len(batch), -1))
+        outputs[eval_set.name] = np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+    return {
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "warmup_iterations": warmup_count,
+        "warmup_stable": warmup_stable,
+        "stop_reason": stop_reason,
+        "duration_s": duration,
+        "samples_ns": samples,
+        "_outputs": outputs,
+    }

@@ -1,0 +1,122 @@
+"""Runner command line: ``run`` a job, ``probe`` runtimes and facts, ``hash`` files, ``version``.
+
+``run`` reads the job spec as JSON from standard input (or ``--job FILE``), writes the eval outputs
+to the npz the spec names and prints exactly one JSON result line on standard output. Anything the
+runtime prints goes to standard error, so stdout stays parseable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Dict, List, Optional
+
+from . import PROTOCOL_VERSION, facts, runtimes
+from .protocol import SpecError, error_result, parse_job
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _emit(obj: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _write_npz_atomic(path: str, arrays: Dict[str, Any]) -> str:
+    import numpy as np
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return _sha256(path)
+
+
+def run_job(raw: Any) -> int:
+    """Run one job spec; print its result; return the process exit code."""
+    job_id: Optional[str] = raw.get("job_id") if isinstance(raw, dict) else None
+    try:
+        job = parse_job(raw)
+    except SpecError as exc:
+        _emit(error_result(job_id, "spec", str(exc)))
+        return 3
+    for path in [job.artifact, job.latency_file] + [e.file for e in job.eval_sets]:
+        if not os.path.exists(path):
+            _emit(error_result(job.job_id, "missing_file", f"{path} does not exist on the device"))
+            return 3
+    try:
+        module = runtimes.load(job.runtime)
+    except runtimes.UnknownRuntime as exc:
+        _emit(error_result(job.job_id, "unknown_runtime", str(exc)))
+        return 3
+    try:
+        module.available()
+    except ImportError as exc:
+        _emit(error_result(job.job_id, "runtime_missing", f"runtime {job.runtime!r} is not installed: {exc}"))
+        return 4
+    from .loop import measure
+
+    try:
+        t0 = time.perf_counter_ns()
+        session = module.open_session(job.artifact, job.input.name, job.options)
+        load_ms = (time.perf_counter_ns() - t0) / 1e6
+        measured = measure(session, job, load_ms)
+    except Exception as exc:  # the runtime's own errors are many and untyped: report, don't crash
+        traceback.print_exc(file=sys.stderr)
+        _emit(error_result(job.job_id, "runtime_error", f"{type(exc).__name__}: {exc}"))
+        return 5
+    outputs = measured.pop("_outputs")
+    outputs_sha = _write_npz_atomic(job.outputs_file, outputs)
+    result: Dict[str, Any] = {
+        "protocol": PROTOCOL_VERSION,
+        "job_id": job.job_id,
+        "status": "ok",
+        "runtime": session.describe(),
+        "facts": facts.collect(),
+        **measured,
+        "outputs": job.outputs_file,
+        "outputs_keys": sorted(outputs),
+        "outputs_sha256": outputs_sha,
+    }
+    _emit(result)
+    return 0
+
+
+def main(argv: List[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stderr.write("usage: agent {run [--job FILE] | probe | hash FILE... | version}\n")
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "version":
+        _emit({"protocol": PROTOCOL_VERSION})
+        return 0
+    if command == "probe":
+        _emit({"protocol": PROTOCOL_VERSION, "facts": facts.collect(), "runtimes": runtimes.probe()})
+        return 0
+    if command == "hash":
+        _emit({p: (_sha256(p) if os.path.isfile(p) else None) for p in rest})
+        return 0
+    if command == "run":
+        try:
+            if rest[:1] == ["--job"] and len(rest) == 2:
+                with open(rest[1], encoding="utf-8") as f:
+                    raw = json.load(f)
+            else:
+                raw = json.load(sys.stdin)
+        except (OSError, ValueError) as exc:
+            _emit(error_result(None, "spec", f"cannot read the job spec: {exc}"))
+            return 3
+        return run_job(raw)
+    sys.stderr.write(f"agent: unknown command {command!r}; use run, probe, hash or version\n")
+    return 2

@@ -1,0 +1,1 @@
+"""Release gates: budgets, statistical comparison with a baseline, history change points."""

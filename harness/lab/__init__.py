@@ -1,0 +1,1 @@
+"""The lab: the inventory of devices (devices/*.yaml), platform profiles, health and leases."""

@@ -1,0 +1,1 @@
+"""Pure measurement maths: statistics, stability, parity, corruptions, robustness. No I/O here."""

@@ -1,0 +1,188 @@
+"""Is a timed run trustworthy, and when may it stop: run-stability checks and the stop rule.
+
+``stop_decision`` is the host-side reference for the stop check. The on-device runner (harness/agent/)
+cannot import harness, so it carries its own small copy driven by a table of order-statistic ranks the
+host precomputes with ``stats.ranks_for``; keep this function's maths plain enough to mirror there
+(ranks from the table, one partial sort, linear interpolation, three comparisons).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from harness.measure.stats import as_samples_ns, order_statistic_interval
+
+__all__ = [
+    "StabilityLimits",
+    "StabilityVerdict",
+    "StopRule",
+    "assess_stability",
+    "stop_decision",
+    "warmup_stable",
+]
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:g}%"
+
+
+@dataclass(frozen=True)
+class StabilityLimits:
+    """Upper limits beyond which a run is called unstable (fractions, not percent)."""
+
+    max_cv: float = 0.15
+    max_drift: float = 0.05
+    max_outlier_share: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("max_cv", "max_drift", "max_outlier_share"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"StabilityLimits.{name}={value!r} must be a non-negative fraction, e.g. 0.05"
+                )
+
+
+@dataclass(frozen=True)
+class StabilityVerdict:
+    """How noisy, drifting and spiky a run's samples are, and which limits they broke."""
+
+    cv: float
+    drift: float
+    outlier_share: float
+    unstable: bool
+    reasons: tuple[str, ...]
+
+
+def assess_stability(
+    samples_ns: Sequence[int] | npt.NDArray[np.generic], limits: StabilityLimits = StabilityLimits()
+) -> StabilityVerdict:
+    """Judge a run by its spread (CV), the median shift between its halves, and far-out spikes.
+
+    Drift compares the medians of the first and second half in time order, so a thermal throttle or a
+    neighbour starting mid-run shows up even when the overall spread looks fine. Outliers use Tukey's
+    far-out fence (Q3 + 3 IQR), which ordinary tail latency rarely crosses but scheduler stalls do.
+    """
+    arr = as_samples_ns(samples_ns)
+    n = int(arr.size)
+    if n < 2:
+        raise ValueError(f"stability needs at least 2 samples to compare halves; have {n}")
+    mean = float(arr.mean())
+    cv = float(arr.std(ddof=1)) / mean
+    half = n // 2
+    m1 = float(np.median(arr[:half]))
+    m2 = float(np.median(arr[half:]))
+    drift = (m2 - m1) / m1
+    q1, q3 = (float(v) for v in np.quantile(arr, [0.25, 0.75]))
+    fence = q3 + 3.0 * (q3 - q1)
+    outlier_share = float(np.count_nonzero(arr > fence)) / n
+
+    reasons: list[str] = []
+    if cv > limits.max_cv:
+        reasons.append(f"CV {cv * 100:.1f}% exceeds {_pct(limits.max_cv)}")
+    if abs(drift) > limits.max_drift:
+        reasons.append(f"drift {drift * 100:+.1f}% between halves exceeds {_pct(limits.max_drift)}")
+    if outlier_share > limits.max_outlier_share:
+        reasons.append(
+            f"outlier share {outlier_share * 100:.1f}% above Q3 + 3 IQR "
+            f"exceeds {_pct(limits.max_outlier_share)}"
+        )
+    return StabilityVerdict(cv, drift, outlier_share, unstable=bool(reasons), reasons=tuple(reasons))
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a timed loop has measured enough: every requested percentile pinned down, or out of time."""
+
+    percentiles: tuple[float, ...] = (0.5, 0.95, 0.99)
+    max_half_width: float = 0.05
+    min_iterations: int = 400
+    min_duration_s: float = 1.0
+    max_duration_s: float = 30.0
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not self.percentiles or not all(0.0 < q < 1.0 for q in self.percentiles):
+            raise ValueError(
+                f"StopRule.percentiles={self.percentiles!r} must be non-empty quantiles in (0, 1), "
+                "e.g. (0.5, 0.99)"
+            )
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"StopRule.confidence={self.confidence!r} must lie in (0, 1), e.g. 0.95")
+        if not self.max_half_width > 0:
+            raise ValueError(f"StopRule.max_half_width={self.max_half_width!r} must be > 0, e.g. 0.05")
+        if self.min_iterations < 0:
+            raise ValueError(f"StopRule.min_iterations={self.min_iterations!r} must be >= 0")
+        if not 0 <= self.min_duration_s <= self.max_duration_s:
+            raise ValueError(
+                f"StopRule durations min={self.min_duration_s!r} s, max={self.max_duration_s!r} s "
+                "must satisfy 0 <= min_duration_s <= max_duration_s"
+            )
+
+
+def _converged(arr: npt.NDArray[np.float64], rule: StopRule) -> bool:
+    n = int(arr.size)
+    plans: list[tuple[int, int, float, int, int]] = []
+    for q in rule.percentiles:
+        ranks = order_statistic_interval(n, q, rule.confidence)
+        if ranks is None:
+            return False
+        # numpy's default ("linear") quantile sits between 0-based positions floor(h) and ceil(h).
+        h = (n - 1) * q
+        below = math.floor(h)
+        plans.append((below, min(below + 1, n - 1), h - below, ranks[0] - 1, ranks[1] - 1))
+    # One partial sort places every needed order statistic; a full sort of 1e6 samples costs ~4x more.
+    kth = sorted({i for plan in plans for i in (plan[0], plan[1], plan[3], plan[4])})
+    part = np.partition(arr, kth)
+    for below, above, frac, lo, hi in plans:
+        value = float(part[below]) + (float(part[above]) - float(part[below])) * frac
+        half_width = max(value - float(part[lo]), float(part[hi]) - value)
+        if half_width > rule.max_half_width * value:
+            return False
+    return True
+
+
+def stop_decision(
+    samples_ns: Sequence[int] | npt.NDArray[np.generic], elapsed_s: float, rule: StopRule
+) -> str | None:
+    """Host-side reference stop check: None to keep measuring, else "converged" or "time_cap".
+
+    "converged" needs at least ``min_iterations`` samples and ``min_duration_s`` elapsed, and for every
+    requested percentile a valid two-sided interval whose wider side is within ``max_half_width`` of
+    the estimate. "time_cap" means ``max_duration_s`` passed first. Cheap enough to call every ~50
+    iterations on 1e6 samples (one ``np.partition``, no full sort); pass a numpy array, since
+    converting a long list costs more than the check itself.
+    """
+    if not math.isfinite(elapsed_s) or elapsed_s < 0:
+        raise ValueError(f"elapsed_s={elapsed_s!r} must be a non-negative number of seconds")
+    timed_out = elapsed_s >= rule.max_duration_s
+    n = len(samples_ns)
+    enough = n >= max(rule.min_iterations, 1) and elapsed_s >= rule.min_duration_s
+    # The cheap count and clock checks come first so early calls cost nothing.
+    if enough and _converged(as_samples_ns(samples_ns), rule):
+        return "converged"
+    return "time_cap" if timed_out else None
+
+
+def warmup_stable(window_medians: Sequence[float], tolerance: float = 0.02, windows: int = 3) -> bool:
+    """True when the last ``windows`` window medians agree within ``tolerance`` (max/min - 1).
+
+    Triton's perf_analyzer calls a measurement stable when its last 3 windows agree within 10%. We
+    report latency changes of a few percent (in-process repeats agree within 0.1-0.3%, design.md), so
+    a 10% band would end warm-up while clocks and caches are still settling; we use 2%.
+    """
+    if windows < 1:
+        raise ValueError(f"windows={windows!r} must be >= 1")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance={tolerance!r} must be a non-negative fraction, e.g. 0.02")
+    if len(window_medians) < windows:
+        return False
+    last = [float(m) for m in window_medians[-windows:]]
+    if not all(math.isfinite(m) and m > 0 for m in last):
+        raise ValueError(f"window medians must be positive finite latencies; got {last!r}")
+    return max(last) / min(last) - 1.0 <= tolerance

@@ -1,0 +1,432 @@
+"""One run, as data: plan jobs, then build -> deploy -> execute -> analyse -> record each one.
+
+Both front ends drive this class: ``edgebench run`` loops over the plan, the pytest plugin makes one
+test per job. The device sends back raw samples, outputs and facts; every conclusion is drawn here,
+on the host, with the same maths for every backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .build.agent_bundle import build_agent_bundle
+from .build.backends import get_backend
+from .build.backends.protocol import CompileRequest
+from .build.cache import ArtifactCache, file_sha256
+from .build.data import DataFile, calibration_inputs, eval_file, latency_file
+from .build.export import OnnxModel, reference_onnx
+from .catalog import ModelEntry
+from .deploy import Deployable, DeviceCache
+from .errors import (
+    CapabilityMissing,
+    DeviceOffline,
+    EdgebenchError,
+    RunnerError,
+    TransportError,
+)
+from .gate.budgets import check_latency
+from .lab.connect import open_transport
+from .lab.inventory import Device, Lab
+from .measure.stats import summarize
+from .records import Job, JobResult, Variant
+from .store import RunInfo, Store
+from .transport.protocol import Transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VARIANTS: tuple[Variant, ...] = (Variant("onnxruntime", "fp32"),)
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How long and how carefully the runner measures (sent in every job spec)."""
+
+    min_iterations: int = 400
+    min_duration_s: float = 1.0
+    max_duration_s: float = 20.0
+    max_half_width: float = 0.05
+    iterations: int | None = None  # a fixed count instead of the adaptive stop rule
+    warmup_window: int = 20
+    warmup_max_iterations: int = 1000
+    eval_batch: int = 32
+
+    def spec(self) -> dict[str, Any]:
+        stop: dict[str, Any] = {
+            "min_iterations": self.min_iterations,
+            "min_duration_s": self.min_duration_s,
+            "max_duration_s": self.max_duration_s,
+            "max_half_width": self.max_half_width,
+        }
+        if self.iterations is not None:
+            stop = {"iterations": self.iterations}
+        return {
+            "stop": stop,
+            "warmup": {"window": self.warmup_window, "max_iterations": self.warmup_max_iterations},
+            "eval_batch": self.eval_batch,
+        }
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def git_sha(directory: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@dataclass
+class DeviceLink:
+    """A device's transport and file cache, opened on first use and reused by all its jobs."""
+
+    device: Device
+    state: str = "unknown"  # unknown | healthy | offline | failed
+    reason: str = ""
+    transport: Transport | None = None
+    cache: DeviceCache | None = None
+    agent_path: str | None = None
+    root: str = ""
+
+    def open(self, agent_bundle: tuple[Path, str]) -> None:
+        if self.state in ("offline", "failed"):
+            raise DeviceOffline(self.reason, device=self.device.name)
+        if self.transport is not None:
+            return
+        try:
+            self.transport = open_transport(self.device)
+            home = self.transport.home()
+            root = self.device.cache_dir
+            self.root = home + root[1:] if root.startswith("~") else root
+            self.cache = DeviceCache(self.transport, self.device.python_path, self.root + "/files")
+            bundle, sha = agent_bundle
+            paths = self.cache.ensure([Deployable(bundle, sha, "pyz")])
+            self.agent_path = paths[sha]
+            self.state = "healthy"
+        except TransportError as exc:
+            self.state, self.reason = "offline", exc.message
+            self.close()
+            raise DeviceOffline(exc.message, device=self.device.name, fix=exc.fix) from None
+
+    def mark_failed(self, reason: str) -> None:
+        self.state, self.reason = "failed", reason
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.close()
+            finally:
+                self.transport = None
+
+
+@dataclass
+class Pipeline:
+    """A run over one lab and a catalog: plans jobs, runs them, records results."""
+
+    lab: Lab
+    models: Sequence[ModelEntry]
+    store: Store
+    settings: MeasureSettings = field(default_factory=MeasureSettings)
+    artifacts: ArtifactCache = field(default_factory=ArtifactCache)
+    project_dir: Path = field(default_factory=Path.cwd)
+    command: str = ""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    on_result: Callable[[JobResult], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.links = {d.name: DeviceLink(d) for d in self.lab.devices}
+        self.started_at = now()
+        self.results: list[JobResult] = []
+        self._bundle: tuple[Path, str] | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="edgebench-"))
+        self.store.start_run(
+            RunInfo(
+                id=self.run_id,
+                started_at=self.started_at,
+                host=platform.node(),
+                harness_version=__version__,
+                git_sha=git_sha(self.project_dir),
+                lab_name=self.lab.name,
+                lab_file=str(self.lab.lab_file) if self.lab.lab_file else None,
+                command=self.command,
+            )
+        )
+
+    # ---- plan -------------------------------------------------------------------------------
+    def variants_for(self, model: ModelEntry, device: Device) -> list[Variant]:
+        """The variants of a model a device runs; grows with the platform profiles of [targets]."""
+        threads = device.threads
+        return [replace(v, threads=threads) for v in DEFAULT_VARIANTS]
+
+    def plan(self, kinds: Iterable[str] = ("latency",)) -> list[Job]:
+        jobs: list[Job] = []
+        for kind in kinds:
+            for model in self.models:
+                for device in self.lab.devices:
+                    jobs.extend(Job(model, v, device, kind) for v in self.variants_for(model, device))
+        return jobs
+
+    # ---- build ------------------------------------------------------------------------------
+    def agent_bundle(self) -> tuple[Path, str]:
+        if self._bundle is None:
+            self._bundle = build_agent_bundle()
+        return self._bundle
+
+    def reference(self, job: Job) -> OnnxModel:
+        return reference_onnx(job.model, size=job.variant.size, cache=self.artifacts)
+
+    def compile(self, job: Job) -> tuple[Path, str]:
+        """The variant's artifact (cached by source hash and build options) and its sha256."""
+        backend = get_backend(job.variant.backend)
+        onnx = self.reference(job)
+        calibration = None
+        calibration_id = None
+        if job.variant.precision in backend.needs_calibration:
+            calibration = calibration_inputs(job.model, job.input_shape)
+            if calibration is None:
+                raise CapabilityMissing(
+                    f"{job.variant.id} needs a calibration set but {job.model.name} has none; "
+                    f"add calibration: to {job.model.catalog_file}"
+                )
+            calibration_id = _array_sha(calibration)
+        parts = {
+            "onnx": onnx.sha256,
+            "backend": backend.name,
+            "precision": job.variant.precision,
+            "options": dict(job.variant.options),
+            "calibration": calibration_id,
+        }
+
+        def build(tmp: Path) -> Path:
+            return backend.compile(
+                CompileRequest(
+                    onnx=onnx,
+                    precision=job.variant.precision,
+                    out_dir=tmp,
+                    options=dict(job.variant.options),
+                    calibration=calibration,
+                    calibration_id=calibration_id,
+                )
+            )
+
+        path, built = self.artifacts.get_or_build(f"{backend.name}-{job.variant.precision}", parts, build)
+        if built:
+            log.info("compiled %s -> %s", job.id, path)
+        return path, _artifact_sha(path)
+
+    # ---- execute ----------------------------------------------------------------------------
+    def run_job(self, job: Job) -> JobResult:
+        """Run one job end to end and record its result (also on error: status says what happened)."""
+        started = now()
+        base = self._base_result(job, started)
+        try:
+            result = self._execute(job, started)
+        except CapabilityMissing as exc:
+            result = replace(base, status="skipped", message=exc.one_line(), finished_at=now())
+        except DeviceOffline as exc:
+            result = replace(base, status="skipped", message=exc.one_line(), finished_at=now())
+        except TransportError as exc:
+            self.links[job.device.name].mark_failed(exc.message)
+            result = replace(base, status="error", message=exc.one_line(), finished_at=now())
+        except EdgebenchError as exc:
+            result = replace(base, status="error", message=exc.one_line(), finished_at=now())
+        self.store.add_result(result)
+        self.results.append(result)
+        if self.on_result:
+            self.on_result(result)
+        return result
+
+    def _base_result(self, job: Job, started: str) -> JobResult:
+        return JobResult(
+            run_id=self.run_id,
+            job_id=job.id,
+            kind=job.kind,
+            model=job.model.name,
+            model_sha256="",
+            artifact_sha256=None,
+            device=job.device.name,
+            platform=job.device.platform,
+            backend=job.variant.backend,
+            runtime=job.variant.backend,
+            precision=job.variant.precision,
+            input_shape=job.input_shape,
+            threads=job.variant.threads,
+            status="error",
+            message="",
+            started_at=started,
+            finished_at=started,
+        )
+
+    def _execute(self, job: Job, started: str) -> JobResult:
+        backend = get_backend(job.variant.backend)
+        device = job.device
+        if device.runtimes is not None and backend.runtime not in device.runtimes:
+            raise CapabilityMissing(
+                f"device {device.name!r} has no {backend.runtime} (it lists {', '.join(device.runtimes) or 'none'})"
+            )
+        onnx = self.reference(job)
+        artifact, artifact_sha = self.compile(job)
+        latency_data = latency_file(job.model, job.input_shape)
+        eval_data = eval_file(job.model, job.input_shape)
+
+        link = self.links[device.name]
+        link.open(self.agent_bundle())
+        assert link.cache is not None and link.transport is not None and link.agent_path is not None
+        suffix = artifact.name.split(".", 1)[1] if "." in artifact.name else "bin"
+        items = [
+            Deployable(artifact, artifact_sha, suffix),
+            Deployable(latency_data.path, latency_data.sha256, "npz"),
+            Deployable(eval_data.path, eval_data.sha256, "npz"),
+        ]
+        paths = link.cache.ensure(items)
+        outputs_remote = f"{link.root}/out/{self.run_id}-{_slug(job.id)}.npz"
+        spec = {
+            "protocol": 1,
+            "job_id": job.id,
+            "runtime": backend.runtime,
+            "artifact": paths[artifact_sha],
+            "input": {
+                "name": onnx.input_name,
+                "shape": list(job.input_shape),
+                "dtype": job.model.input.dtype,
+                "layout": job.model.input.layout,
+                "mean": list(job.model.input.normalization.mean),
+                "std": list(job.model.input.normalization.std),
+            },
+            "latency": {"file": paths[latency_data.sha256], "key": "latency"},
+            "eval": [{"name": "clean", "file": paths[eval_data.sha256], "key": "images"}],
+            "outputs": outputs_remote,
+            "options": backend.runner_options(job.variant.precision, job.variant.threads, dict(job.variant.options)),
+            **self.settings.spec(),
+        }
+        for command in device.setup:
+            link.transport.run(["sh", "-c", command], timeout_s=60, env=device.env)
+        reply = link.transport.run(
+            [device.python_path, link.agent_path, "run"],
+            timeout_s=device.job_timeout_s,
+            stdin=json.dumps(spec).encode(),
+            env=device.env,
+        )
+        raw = _parse_reply(reply.stdout)
+        if raw is None or reply.exit_code != 0 or raw.get("status") != "ok":
+            error = (raw or {}).get("error", {})
+            if error.get("kind") == "runtime_missing":
+                raise CapabilityMissing(f"device {device.name!r}: {error.get('message')}")
+            message = error.get("message") or "gave no result"
+            raise RunnerError(message, device=device.name, exit_code=reply.exit_code, stderr=reply.stderr_text)
+        local_outputs = self._workdir / f"{_slug(job.id)}.npz"
+        link.transport.get(raw["outputs"], local_outputs)
+        if file_sha256(local_outputs) != raw["outputs_sha256"]:
+            raise RunnerError("outputs file changed in transfer (sha256 mismatch)", device=device.name)
+        with np.load(local_outputs) as npz:
+            outputs = {k: npz[k] for k in npz.files}
+        return self._analyse(job, started, onnx, artifact_sha, raw, outputs, eval_data)
+
+    # ---- analyse ----------------------------------------------------------------------------
+    def _analyse(
+        self,
+        job: Job,
+        started: str,
+        onnx: OnnxModel,
+        artifact_sha: str,
+        raw: dict[str, Any],
+        outputs: dict[str, np.ndarray],
+        eval_data: DataFile,
+    ) -> JobResult:
+        samples = np.asarray(raw["samples_ns"], dtype=np.int64)
+        summary = summarize(samples)
+        metrics: dict[str, Any] = {
+            "stop_reason": raw["stop_reason"],
+            "warmup_iterations": raw["warmup_iterations"],
+            "warmup_stable": raw["warmup_stable"],
+            "duration_s": raw["duration_s"],
+        }
+        clean = outputs.get("clean")
+        if clean is not None and eval_data.labels is not None and len(clean) == len(eval_data.labels):
+            metrics["top1_acc"] = float(np.mean(np.argmax(clean, axis=1) == eval_data.labels))
+        failures = list(check_latency(summary, job.model.budgets))
+        if not summary.valid:
+            failures.append("statistics INVALID: " + "; ".join(summary.invalid_reasons))
+        status = "failed" if failures else "passed"
+        message = "; ".join(failures) if failures else (
+            f"P50 {summary.p50.value_ms:.3f} ms, P99 {summary.p99.value_ms:.3f} ms over {summary.n} iterations"
+        )
+        return JobResult(
+            run_id=self.run_id,
+            job_id=job.id,
+            kind=job.kind,
+            model=job.model.name,
+            model_sha256=onnx.source_sha256,
+            artifact_sha256=artifact_sha,
+            device=job.device.name,
+            platform=job.device.platform,
+            backend=job.variant.backend,
+            runtime=str(raw["runtime"].get("runtime", job.variant.backend)),
+            precision=job.variant.precision,
+            input_shape=job.input_shape,
+            threads=job.variant.threads,
+            status=status,
+            message=message,
+            started_at=started,
+            finished_at=now(),
+            latency=summary,
+            samples_ns=samples,
+            first_inference_ms=float(raw["first_inference_ms"]),
+            load_ms=float(raw["load_ms"]),
+            facts={**raw["facts"], "runtime": raw["runtime"]},
+            metrics=metrics,
+        )
+
+    # ---- finish -----------------------------------------------------------------------------
+    def finish(self) -> str:
+        """Close devices and mark the run; return its status (passed, failed or error)."""
+        for link in self.links.values():
+            link.close()
+        statuses = {r.status for r in self.results}
+        status = "error" if "error" in statuses else "failed" if "failed" in statuses else "passed"
+        self.store.finish_run(self.run_id, now(), status)
+        return status
+
+
+def _parse_reply(stdout: bytes) -> dict[str, Any] | None:
+    lines = stdout.decode("utf-8", errors="replace").strip().splitlines()
+    if not lines:
+        return None
+    try:
+        value = json.loads(lines[-1])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _slug(job_id: str) -> str:
+    return hashlib.sha256(job_id.encode()).hexdigest()[:16]
+
+
+def _array_sha(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _artifact_sha(path: Path) -> str:
+    if path.is_file():
+        return file_sha256(path)
+    raise EdgebenchError(f"artifact {path} is not a single file; directory artifacts must be archived first")

@@ -1,0 +1,248 @@
+"""The results store: open (and migrate) a database, record runs and results, read them back."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Engine, create_engine, delete, desc, event, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import ConfigError, StoreError
+from ..records import JobResult
+from .schema import SCHEMA_VERSION, device_health, metrics, migrate, results, runs, samples
+
+SAMPLE_CODEC = "zlib-int64le"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Provenance of one run."""
+
+    id: str
+    started_at: str
+    host: str
+    harness_version: str
+    git_sha: str | None = None
+    lab_name: str | None = None
+    lab_file: str | None = None
+    command: str | None = None
+
+
+def _url(target: str | Path) -> str:
+    text = str(target)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def encode_samples(values: np.ndarray) -> bytes:
+    return zlib.compress(np.asarray(values, dtype="<i8").tobytes(), 6)
+
+
+def decode_samples(blob: bytes) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype="<i8").copy()
+
+
+class Store:
+    """One results database (SQLite file or PostgreSQL URL); every write is one transaction."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.url = _url(target)
+        try:
+            self.engine: Engine = create_engine(self.url, future=True)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise ConfigError(f"cannot use database {target}: {exc}", key="--db") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            with self.engine.begin() as conn:
+                old = migrate(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot open or migrate the results database {target}: {str(exc).splitlines()[0]}",
+                fix="check the path or URL and that it is writable",
+            ) from None
+        if old > SCHEMA_VERSION:
+            raise StoreError(
+                f"{target} has schema version {old}, newer than this edgebench ({SCHEMA_VERSION})",
+                fix="upgrade edgebench",
+            )
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database write failed: {str(exc).splitlines()[0]}") from None
+
+    def start_run(self, info: RunInfo) -> None:
+        with self._tx() as conn:
+            conn.execute(runs.insert().values(status="running", **info.__dict__))
+
+    def finish_run(self, run_id: str, finished_at: str, status: str) -> None:
+        with self._tx() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(finished_at=finished_at, status=status))
+
+    def add_result(self, result: JobResult) -> int:
+        """Store a result with its samples and metrics atomically; return its row id."""
+        record = result.flat()
+        with self._tx() as conn:
+            row = conn.execute(
+                results.insert().values(
+                    run_id=result.run_id,
+                    job_id=result.job_id,
+                    kind=result.kind,
+                    model=result.model,
+                    model_sha256=result.model_sha256,
+                    artifact_sha256=result.artifact_sha256,
+                    device=result.device,
+                    platform=result.platform,
+                    backend=result.backend,
+                    runtime=result.runtime,
+                    precision=result.precision,
+                    input_shape="x".join(map(str, result.input_shape)),
+                    threads=result.threads,
+                    status=result.status,
+                    message=result.message,
+                    valid=bool(record["valid"]),
+                    n=int(record["n"]),
+                    started_at=result.started_at,
+                    finished_at=result.finished_at,
+                    record=json.dumps(record, default=_json_default),
+                    facts=json.dumps(dict(result.facts), default=_json_default),
+                )
+            )
+            result_id = int(row.inserted_primary_key[0])
+            if result.samples_ns is not None and len(result.samples_ns):
+                conn.execute(
+                    samples.insert().values(
+                        result_id=result_id,
+                        codec=SAMPLE_CODEC,
+                        count=len(result.samples_ns),
+                        data=encode_samples(result.samples_ns),
+                    )
+                )
+            rows = [_metric_row(result_id, k, v) for k, v in result.metrics.items()]
+            if rows:
+                conn.execute(metrics.insert(), rows)
+        return result_id
+
+    def record_health(self, checked_at: str, device: str, state: str, reason: str, facts: Mapping[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                device_health.insert().values(
+                    checked_at=checked_at, device=device, state=state, reason=reason, facts=json.dumps(facts)
+                )
+            )
+
+    def health(self) -> list[dict[str, Any]]:
+        """The latest health record per device."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(device_health).order_by(device_health.c.id)).mappings().all()
+        latest: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            latest[row["device"]] = {**row, "facts": json.loads(row["facts"])}
+        return list(latest.values())
+
+    def resolve_run(self, run: str = "latest") -> str:
+        with self.engine.connect() as conn:
+            if run == "latest":
+                found = conn.execute(select(runs.c.id).order_by(desc(runs.c.started_at)).limit(1)).scalar()
+                if found is None:
+                    raise ConfigError("the results database has no runs yet", key="--run", fix="run edgebench run first")
+                return str(found)
+            found = conn.execute(select(runs.c.id).where(runs.c.id.startswith(run))).scalars().all()
+        if len(found) != 1:
+            raise ConfigError(
+                f"run {run!r} {'is ambiguous' if found else 'not found'}",
+                key="--run",
+                fix="pass 'latest' or a run id from 'edgebench results --runs'",
+            )
+        return str(found[0])
+
+    def run_info(self, run_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().one()
+        return dict(row)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs).order_by(desc(runs.c.started_at))).mappings().all()
+        return [dict(r) for r in rows]
+
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        """Flat records of a run, in the order they were recorded."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(results.c.id, results.c.record).where(results.c.run_id == run_id).order_by(results.c.id)
+            ).all()
+        return [json.loads(r.record) for r in rows]
+
+    def history(self, model: str, backend: str, precision: str, device: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Earlier records of one series (model x backend x precision x device), newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(results.c.record)
+                .where(
+                    (results.c.model == model)
+                    & (results.c.backend == backend)
+                    & (results.c.precision == precision)
+                    & (results.c.device == device)
+                )
+                .order_by(desc(results.c.id))
+                .limit(limit)
+            ).all()
+        return [json.loads(r.record) for r in rows]
+
+    def samples_of(self, run_id: str, job_id: str) -> np.ndarray:
+        with self.engine.connect() as conn:
+            blob = conn.execute(
+                select(samples.c.data)
+                .join(results, results.c.id == samples.c.result_id)
+                .where((results.c.run_id == run_id) & (results.c.job_id == job_id))
+            ).scalar()
+        return decode_samples(blob) if blob is not None else np.zeros(0, dtype=np.int64)
+
+    def delete_run(self, run_id: str) -> None:
+        with self._tx() as conn:
+            ids = select(results.c.id).where(results.c.run_id == run_id)
+            conn.execute(delete(samples).where(samples.c.result_id.in_(ids)))
+            conn.execute(delete(metrics).where(metrics.c.result_id.in_(ids)))
+            conn.execute(delete(results).where(results.c.run_id == run_id))
+            conn.execute(delete(runs).where(runs.c.id == run_id))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _metric_row(result_id: int, name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict, str)):
+        return {"result_id": result_id, "name": name, "value": None, "text": json.dumps(value)}
+    return {"result_id": result_id, "name": name, "value": float(value), "text": None}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

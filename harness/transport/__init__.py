@@ -1,0 +1,1 @@
+"""How the host talks to a device: a small Transport protocol with local and SSH implementations."""

@@ -1,0 +1,1 @@
+"""Reference models and data sets the project defines itself (no downloads at run time)."""

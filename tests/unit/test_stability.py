@@ -1,0 +1,174 @@
+"""Run stability, the stop rule and warm-up detection, on the kinds of series a device lab produces."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.measure.stability import (
+    StabilityLimits,
+    StopRule,
+    assess_stability,
+    stop_decision,
+    warmup_stable,
+)
+from harness.measure.stats import half_width_ratio, summarize
+
+MEDIAN_NS = 2.4e6
+
+
+def _steady(n: int, seed: int = 0, sigma: float = 0.03) -> npt.NDArray[np.int64]:
+    rng = np.random.default_rng(seed)
+    return np.ceil(rng.lognormal(math.log(MEDIAN_NS), sigma, n)).astype(np.int64)
+
+
+# --- stability ------------------------------------------------------------------------------------------
+
+
+def test_a_stationary_series_is_stable() -> None:
+    v = assess_stability(_steady(5000))
+    assert not v.unstable and v.reasons == ()
+    assert v.cv < 0.05 and abs(v.drift) < 0.01 and v.outlier_share < 0.005
+
+
+def test_a_step_change_halfway_is_reported_as_drift() -> None:
+    samples = _steady(4000).astype(np.float64)
+    samples[2000:] *= 1.2  # e.g. the SoC throttled mid-run
+    v = assess_stability(samples)
+    assert v.unstable
+    assert v.drift == pytest.approx(0.2, abs=0.01)
+    assert v.reasons == (f"drift +{v.drift * 100:.1f}% between halves exceeds 5%",)
+
+
+def test_a_speed_up_halfway_is_drift_too() -> None:
+    samples = _steady(4000).astype(np.float64)
+    samples[2000:] *= 0.9
+    v = assess_stability(samples)
+    assert v.unstable and v.reasons[0].startswith("drift -10.")
+
+
+def test_spikes_in_five_percent_of_iterations_are_outliers() -> None:
+    rng = np.random.default_rng(2)
+    samples = _steady(5000).astype(np.float64)
+    spikes = rng.choice(samples.size, size=250, replace=False)
+    samples[spikes] *= 4.0  # scheduler stalls
+    v = assess_stability(samples)
+    assert v.outlier_share == pytest.approx(0.05)
+    assert v.unstable
+    assert "outlier share 5.0% above Q3 + 3 IQR exceeds 2%" in v.reasons
+    assert not any(r.startswith("drift") for r in v.reasons)  # spread evenly in time
+
+
+def test_a_wide_spread_is_reported_by_cv_and_limits_are_the_callers() -> None:
+    wide = _steady(5000, sigma=0.3)
+    v = assess_stability(wide)
+    assert v.reasons and v.reasons[0].startswith(f"CV {v.cv * 100:.1f}% exceeds 15%")
+    loose = assess_stability(wide, StabilityLimits(max_cv=0.5, max_drift=0.5, max_outlier_share=0.5))
+    assert not loose.unstable and (loose.cv, loose.drift) == (v.cv, v.drift)
+
+
+def test_stability_refuses_what_it_cannot_judge() -> None:
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        assess_stability([2_400_000])
+    with pytest.raises(ValueError, match=re.escape("max_drift=-0.1")):
+        StabilityLimits(max_drift=-0.1)
+
+
+# --- the stop rule --------------------------------------------------------------------------------------
+
+
+def test_no_stop_before_the_minimum_count_or_duration() -> None:
+    rule = StopRule()
+    assert stop_decision(_steady(399), elapsed_s=5.0, rule=rule) is None
+    assert stop_decision(_steady(20_000), elapsed_s=0.5, rule=rule) is None
+
+
+def test_a_large_clean_series_converges() -> None:
+    assert stop_decision(_steady(20_000), elapsed_s=5.0, rule=StopRule()) == "converged"
+    # Convergence wins over the cap when both hold: the result is as good as it gets.
+    assert stop_decision(_steady(20_000), elapsed_s=31.0, rule=StopRule()) == "converged"
+
+
+def test_the_time_cap_stops_a_run_that_has_not_converged() -> None:
+    rng = np.random.default_rng(4)
+    heavy = np.ceil(2.0e6 * (1.0 + rng.pareto(1.5, 2000))).astype(np.int64)
+    assert stop_decision(heavy, elapsed_s=10.0, rule=StopRule()) is None
+    assert stop_decision(heavy, elapsed_s=30.0, rule=StopRule()) == "time_cap"
+    # A model too slow to reach the minimum count is stopped all the same.
+    assert stop_decision(_steady(12), elapsed_s=45.0, rule=StopRule()) == "time_cap"
+
+
+def test_p99_needs_its_368_samples_even_when_the_minimum_count_is_lower() -> None:
+    rule = StopRule(min_iterations=100, min_duration_s=0.0)
+    assert stop_decision(_steady(367), elapsed_s=1.0, rule=rule) is None
+    assert stop_decision(_steady(368), elapsed_s=1.0, rule=rule) == "converged"
+    assert stop_decision(_steady(367), elapsed_s=1.0, rule=StopRule(percentiles=(0.5, 0.95))) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 6000),
+    sigma=st.floats(0.0, 0.6),
+    seed=st.integers(0, 2**32 - 1),
+    target=st.sampled_from([0.005, 0.01, 0.02, 0.05, 0.1]),
+)
+def test_stop_decision_agrees_with_the_reported_intervals(
+    n: int, sigma: float, seed: int, target: float
+) -> None:
+    # What the report will show (summarize) and when the loop stopped must tell the same story.
+    samples = _steady(n, seed=seed, sigma=sigma)
+    rule = StopRule(max_half_width=target, min_iterations=0, min_duration_s=0.0)
+    s = summarize(samples)
+    ratios = [half_width_ratio(p) for p in (s.p50, s.p95, s.p99)]
+    expected = all(r is not None and r <= target for r in ratios)
+    assert (stop_decision(samples, elapsed_s=1.0, rule=rule) == "converged") == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"percentiles": ()}, "percentiles=()"),
+        ({"percentiles": (0.5, 1.0)}, r"percentiles=\(0.5, 1.0\)"),
+        ({"confidence": 1.0}, "confidence=1.0"),
+        ({"max_half_width": 0.0}, "max_half_width=0.0"),
+        ({"min_duration_s": 40.0}, "min_duration_s <= max_duration_s"),
+    ],
+)
+def test_a_stop_rule_that_cannot_work_is_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StopRule(**kwargs)  # type: ignore[arg-type]
+
+
+def test_elapsed_time_must_be_real() -> None:
+    with pytest.raises(ValueError, match="elapsed_s=nan"):
+        stop_decision(_steady(10), elapsed_s=float("nan"), rule=StopRule())
+
+
+# --- warm-up ----------------------------------------------------------------------------------------------
+
+
+def test_warmup_settles_when_the_last_three_windows_agree_within_two_percent() -> None:
+    assert warmup_stable([3.10, 2.62, 2.41, 2.40, 2.42])
+    assert not warmup_stable([3.10, 2.62, 2.48, 2.41, 2.40])  # 2.48 / 2.40 is 3.3% apart
+    assert not warmup_stable([2.40, 2.41])  # not enough windows yet
+    assert warmup_stable([2.40, 2.44], windows=2)
+    assert not warmup_stable([2.40, 2.46], windows=2)
+
+
+def test_warmup_tolerance_is_the_callers() -> None:
+    medians = [2.62, 2.48, 2.41, 2.55]
+    assert not warmup_stable(medians)
+    assert warmup_stable(medians, tolerance=0.10)  # perf_analyzer's default band
+
+
+def test_warmup_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="positive finite"):
+        warmup_stable([2.4, 0.0, 2.4])
+    with pytest.raises(ValueError, match="windows=0"):
+        warmup_stable([2.4], windows=0)
