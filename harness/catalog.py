@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from .config import Strict, load_model
+from .config import Strict, line_of, load_document
 from .errors import ConfigError
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -65,9 +66,17 @@ class Source(Strict):
     def _one_of(self) -> Source:
         if self.kind == "torch":
             if not self.factory or not _FACTORY.match(self.factory):
-                raise ValueError('a torch source needs factory: "package.module:function"')
+                raise PydanticCustomError(
+                    "bad_factory",
+                    "a torch source needs a factory",
+                    {"at": ("factory",), "fix": 'set factory: "package.module:function"'},
+                )
         elif not self.path:
-            raise ValueError("an onnx source needs path: (relative to the catalog file)")
+            raise PydanticCustomError(
+                "missing_path",
+                "an onnx source needs a path",
+                {"at": ("path",), "fix": "set path: to the .onnx file (relative to the catalog file)"},
+            )
         return self
 
 
@@ -110,7 +119,16 @@ class ModelEntry(Strict):
     @model_validator(mode="after")
     def _labels_match(self) -> ModelEntry:
         if self.labels is not None and len(self.labels) != self.num_classes:
-            raise ValueError(f"labels has {len(self.labels)} names but num_classes is {self.num_classes}")
+            raise PydanticCustomError(
+                "labels_mismatch",
+                "labels has {count} names but num_classes is {num_classes}",
+                {
+                    "count": len(self.labels),
+                    "num_classes": self.num_classes,
+                    "at": ("labels",),
+                    "fix": "give one label per class, or correct num_classes",
+                },
+            )
         return self
 
     def onnx_path(self) -> Path:
@@ -120,18 +138,23 @@ class ModelEntry(Strict):
 
 
 def load_entry(path: Path) -> ModelEntry:
-    entry = load_model(ModelEntry, path)
+    entry, node = load_document(ModelEntry, path)
     if path.stem != entry.name:
         raise ConfigError(
             f"name {entry.name!r} does not match the file name",
             file=path,
+            line=line_of(node, ("name",)),
             key="name",
             fix=f"rename the file to {entry.name}.yaml or set name: {path.stem}",
         )
     entry = entry.model_copy(update={"catalog_file": path.resolve()})
     if entry.source.kind == "onnx" and not entry.onnx_path().is_file():
         raise ConfigError(
-            f"ONNX file {entry.onnx_path()} not found", file=path, key="source.path", fix="fix the path"
+            f"ONNX file {entry.onnx_path()} not found",
+            file=path,
+            line=line_of(node, ("source", "path")),
+            key="source.path",
+            fix="fix the path (a relative path starts at the catalog file's directory)",
         )
     return entry
 

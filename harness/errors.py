@@ -84,17 +84,17 @@ class CommandTimeout(TransportError):
 
 
 class RunnerError(EdgebenchError):
-    """The on-device runner failed; carries the command's exit code and the tail of its stderr."""
+    """The on-device runner failed; carries the remote command's exit status and the tail of its stderr."""
 
     def __init__(
-        self, message: str, *, device: str, exit_code: int | None = None, stderr: str = "", stdout: str = ""
+        self, message: str, *, device: str, command_exit: int | None = None, stderr: str = "", stdout: str = ""
     ) -> None:
         self.device = device
-        self.exit_code = exit_code
+        self.command_exit = command_exit
         self.stderr = stderr
         self.stdout = stdout
         tail = stderr.strip().splitlines()[-3:]
-        detail = f" (exit {exit_code})" if exit_code is not None else ""
+        detail = f" (exit {command_exit})" if command_exit is not None else ""
         if tail:
             detail += ": " + " | ".join(tail)
         super().__init__(f"device {device!r}: runner {message}{detail}")

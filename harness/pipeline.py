@@ -42,7 +42,7 @@ from .gate.budgets import check_latency
 from .lab.connect import open_transport
 from .lab.inventory import Device, Lab
 from .measure.stats import summarize
-from .records import Job, JobResult, Variant
+from .records import Job, JobResult, Status, Variant
 from .store import RunInfo, Store
 from .transport.protocol import Transport
 
@@ -332,7 +332,7 @@ class Pipeline:
             if error.get("kind") == "runtime_missing":
                 raise CapabilityMissing(f"device {device.name!r}: {error.get('message')}")
             message = error.get("message") or "gave no result"
-            raise RunnerError(message, device=device.name, exit_code=reply.exit_code, stderr=reply.stderr_text)
+            raise RunnerError(message, device=device.name, command_exit=reply.exit_code, stderr=reply.stderr_text)
         local_outputs = self._workdir / f"{_slug(job.id)}.npz"
         link.transport.get(raw["outputs"], local_outputs)
         if file_sha256(local_outputs) != raw["outputs_sha256"]:
@@ -366,7 +366,7 @@ class Pipeline:
         failures = list(check_latency(summary, job.model.budgets))
         if not summary.valid:
             failures.append("statistics INVALID: " + "; ".join(summary.invalid_reasons))
-        status = "failed" if failures else "passed"
+        status: Status = "failed" if failures else "passed"
         message = "; ".join(failures) if failures else (
             f"P50 {summary.p50.value_ms:.3f} ms, P99 {summary.p99.value_ms:.3f} ms over {summary.n} iterations"
         )

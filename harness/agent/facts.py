@@ -11,10 +11,10 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read().strip()
@@ -22,7 +22,7 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
-def _cpu_model() -> Optional[str]:
+def _cpu_model() -> str | None:
     text = _read("/proc/cpuinfo")
     if text:
         for line in text.splitlines():
@@ -40,7 +40,7 @@ def _cpu_model() -> Optional[str]:
     return platform.processor() or None
 
 
-def _memory_mb() -> Optional[int]:
+def _memory_mb() -> int | None:
     text = _read("/proc/meminfo")
     if text:
         for line in text.splitlines():
@@ -49,18 +49,18 @@ def _memory_mb() -> Optional[int]:
     return None
 
 
-def cpu_frequencies_mhz() -> List[Optional[float]]:
+def cpu_frequencies_mhz() -> list[float | None]:
     """Current frequency of each CPU from cpufreq, in MHz (empty where cpufreq is absent)."""
-    freqs: List[Optional[float]] = []
+    freqs: list[float | None] = []
     for path in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")):
         value = _read(path)
         freqs.append(int(value) / 1000.0 if value and value.isdigit() else None)
     return freqs
 
 
-def temperatures_c() -> Dict[str, float]:
+def temperatures_c() -> dict[str, float]:
     """Every Linux thermal zone and the Coral Apex sensor, in degrees Celsius."""
-    temps: Dict[str, float] = {}
+    temps: dict[str, float] = {}
     for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
         raw = _read(os.path.join(zone, "temp"))
         kind = _read(os.path.join(zone, "type")) or os.path.basename(zone)
@@ -73,12 +73,12 @@ def temperatures_c() -> Dict[str, float]:
     return temps
 
 
-def collect() -> Dict[str, Any]:
+def collect() -> dict[str, Any]:
     """The device's facts as a JSON-ready dict."""
     try:
         import numpy
 
-        numpy_version: Optional[str] = numpy.__version__
+        numpy_version: str | None = numpy.__version__
     except ImportError:
         numpy_version = None
     uname = platform.uname()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from .protocol import JobSpec, StopSpec, WarmupSpec
 perf_ns = time.perf_counter_ns
 
 
-def interval_ranks(n: int, q: float, confidence: float) -> Optional[Tuple[int, int]]:
+def interval_ranks(n: int, q: float, confidence: float) -> tuple[int, int] | None:
     """1-based ranks (lo, hi) of the equal-tailed order-statistic interval for the q-quantile.
 
     The binomial CDF is summed in log space over a window of +-12 sigma around n*q; outside it the
@@ -47,7 +48,7 @@ def interval_ranks(n: int, q: float, confidence: float) -> Optional[Tuple[int, i
     return lo, hi
 
 
-def converged(samples: List[int], stop: StopSpec) -> bool:
+def converged(samples: list[int], stop: StopSpec) -> bool:
     """All requested percentiles have an interval whose relative half-width is within target."""
     n = len(samples)
     ordered = sorted(samples)
@@ -62,12 +63,12 @@ def converged(samples: List[int], stop: StopSpec) -> bool:
     return True
 
 
-def warm_up(run: Callable[[], None], spec: WarmupSpec) -> Tuple[int, bool]:
+def warm_up(run: Callable[[], None], spec: WarmupSpec) -> tuple[int, bool]:
     """Run windows until the last ``windows`` window medians agree within tolerance; return (count, stable)."""
-    medians: List[float] = []
+    medians: list[float] = []
     count = 0
     while count < spec.max_iterations:
-        window: List[int] = []
+        window: list[int] = []
         for _ in range(spec.window):
             t0 = perf_ns()
             run()
@@ -81,9 +82,9 @@ def warm_up(run: Callable[[], None], spec: WarmupSpec) -> Tuple[int, bool]:
     return count, False
 
 
-def timed_loop(run: Callable[[], None], stop: StopSpec) -> Tuple[List[int], str, float]:
+def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str, float]:
     """Time ``run`` call by call; return raw samples (ns), why it stopped and the wall time."""
-    samples: List[int] = []
+    samples: list[int] = []
     append = samples.append
     started = time.monotonic()
     if stop.iterations is not None:
@@ -129,7 +130,7 @@ def preprocess(images: np.ndarray, spec: JobSpec) -> np.ndarray:
     return x.astype(spec.input.dtype)
 
 
-def measure(session: Any, job: JobSpec, load_ms: float) -> Dict[str, Any]:
+def measure(session: Any, job: JobSpec, load_ms: float) -> dict[str, Any]:
     """Everything the runner measures for one job, as JSON-ready values plus the eval outputs."""
     with np.load(job.latency_file) as data:
         latency_input = preprocess(data[job.latency_key], job)
@@ -139,7 +140,7 @@ def measure(session: Any, job: JobSpec, load_ms: float) -> Dict[str, Any]:
     first_ms = (perf_ns() - t0) / 1e6
     warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup)
     samples, stop_reason, duration = timed_loop(session.run_bound, job.stop)
-    outputs: Dict[str, np.ndarray] = {}
+    outputs: dict[str, np.ndarray] = {}
     for eval_set in job.eval_sets:
         with np.load(eval_set.file) as data:
             images = data[eval_set.key]

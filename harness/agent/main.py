@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from . import PROTOCOL_VERSION, facts, runtimes
 from .protocol import SpecError, error_result, parse_job
@@ -27,12 +27,12 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _emit(obj: Dict[str, Any]) -> None:
+def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
 
-def _write_npz_atomic(path: str, arrays: Dict[str, Any]) -> str:
+def _write_npz_atomic(path: str, arrays: dict[str, Any]) -> str:
     import numpy as np
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -45,7 +45,7 @@ def _write_npz_atomic(path: str, arrays: Dict[str, Any]) -> str:
 
 def run_job(raw: Any) -> int:
     """Run one job spec; print its result; return the process exit code."""
-    job_id: Optional[str] = raw.get("job_id") if isinstance(raw, dict) else None
+    job_id: str | None = raw.get("job_id") if isinstance(raw, dict) else None
     try:
         job = parse_job(raw)
     except SpecError as exc:
@@ -78,7 +78,7 @@ def run_job(raw: Any) -> int:
         return 5
     outputs = measured.pop("_outputs")
     outputs_sha = _write_npz_atomic(job.outputs_file, outputs)
-    result: Dict[str, Any] = {
+    result: dict[str, Any] = {
         "protocol": PROTOCOL_VERSION,
         "job_id": job.job_id,
         "status": "ok",
@@ -93,7 +93,7 @@ def run_job(raw: Any) -> int:
     return 0
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stderr.write("usage: agent {run [--job FILE] | probe | hash FILE... | version}\n")
         return 2

@@ -8,7 +8,7 @@ the device, so a malformed spec fails here with the key that is wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from . import PROTOCOL_VERSION
 
@@ -30,13 +30,13 @@ class WarmupSpec:
 class StopSpec:
     """When the timed loop ends: a fixed count, or the adaptive rule (percentiles VALID and tight)."""
 
-    iterations: Optional[int] = None
+    iterations: int | None = None
     min_iterations: int = 400
     min_duration_s: float = 1.0
     max_duration_s: float = 30.0
     max_iterations: int = 1_000_000
     max_half_width: float = 0.05
-    percentiles: Tuple[float, ...] = (0.5, 0.95, 0.99)
+    percentiles: tuple[float, ...] = (0.5, 0.95, 0.99)
     confidence: float = 0.95
 
 
@@ -50,11 +50,11 @@ class EvalSet:
 @dataclass(frozen=True)
 class InputSpec:
     name: str
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     dtype: str = "float32"
     layout: str = "NCHW"
-    mean: Tuple[float, ...] = (0.0,)
-    std: Tuple[float, ...] = (1.0,)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,15 @@ class JobSpec:
     latency_file: str
     latency_key: str
     outputs_file: str
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     warmup: WarmupSpec = WarmupSpec()
     stop: StopSpec = StopSpec()
-    eval_sets: Tuple[EvalSet, ...] = ()
+    eval_sets: tuple[EvalSet, ...] = ()
     eval_batch: int = 32
     protocol: int = PROTOCOL_VERSION
 
 
-def _require(obj: Dict[str, Any], key: str, where: str) -> Any:
+def _require(obj: dict[str, Any], key: str, where: str) -> Any:
     if key not in obj:
         raise SpecError(f"job spec: missing key {where}{key}")
     return obj[key]
@@ -124,7 +124,7 @@ def parse_job(obj: Any) -> JobSpec:
     )
 
 
-def error_result(job_id: Optional[str], kind: str, message: str) -> Dict[str, Any]:
+def error_result(job_id: str | None, kind: str, message: str) -> dict[str, Any]:
     """A result that says the job failed and why; never carries samples."""
     return {
         "protocol": PROTOCOL_VERSION,
@@ -134,7 +134,7 @@ def error_result(job_id: Optional[str], kind: str, message: str) -> Dict[str, An
     }
 
 
-def result_keys() -> List[str]:
+def result_keys() -> list[str]:
     """Top-level keys of a successful result, in the order the runner writes them."""
     return [
         "protocol",

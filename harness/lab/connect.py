@@ -17,7 +17,8 @@ def _local(device: Device) -> Transport:
 def _ssh(device: Device) -> Transport:
     from ..transport.ssh import SshTransport  # paramiko is imported only when a lab has SSH devices
 
-    return SshTransport.connect(device)
+    transport: Transport = SshTransport.connect(device)
+    return transport
 
 
 TRANSPORTS: dict[str, Callable[[Device], Transport]] = {"local": _local, "ssh": _ssh}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..config import Strict, load_model
 from ..errors import ConfigError
@@ -41,7 +42,11 @@ class Device(Strict):
     @model_validator(mode="after")
     def _reachable(self) -> Device:
         if self.transport == "ssh" and not self.host:
-            raise ValueError("an ssh device needs host: (an address or a Host alias from ~/.ssh/config)")
+            raise PydanticCustomError(
+                "missing_host",
+                "an ssh device needs a host",
+                {"at": ("host",), "fix": "add host: (an address or a Host alias from ~/.ssh/config)"},
+            )
         return self
 
     @property
@@ -61,9 +66,13 @@ class Lab(Strict):
     @model_validator(mode="after")
     def _unique(self) -> Lab:
         seen: set[str] = set()
-        for device in self.devices:
+        for index, device in enumerate(self.devices):
             if device.name in seen:
-                raise ValueError(f"device name {device.name!r} appears twice; names must be unique")
+                raise PydanticCustomError(
+                    "duplicate_device",
+                    "device name '{name}' appears twice; names must be unique",
+                    {"name": device.name, "at": ("devices", index, "name"), "fix": "rename one of the two devices"},
+                )
             seen.add(device.name)
         return self
 

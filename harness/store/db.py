@@ -122,7 +122,9 @@ class Store:
                     facts=json.dumps(dict(result.facts), default=_json_default),
                 )
             )
-            result_id = int(row.inserted_primary_key[0])
+            key = row.inserted_primary_key
+            assert key is not None
+            result_id = int(key[0])
             if result.samples_ns is not None and len(result.samples_ns):
                 conn.execute(
                     samples.insert().values(
@@ -203,6 +205,21 @@ class Store:
                 .limit(limit)
             ).all()
         return [json.loads(r.record) for r in rows]
+
+    def device_facts(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The facts each device reported in a run (from its last result)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(results.c.device, results.c.facts)
+                .where(results.c.run_id == run_id)
+                .order_by(results.c.id)
+            ).all()
+        facts: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            value = json.loads(row.facts)
+            if value:
+                facts[row.device] = value
+        return facts
 
     def samples_of(self, run_id: str, job_id: str) -> np.ndarray:
         with self.engine.connect() as conn:

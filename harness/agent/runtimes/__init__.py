@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
 import numpy as np
 
 # name -> module inside this package. Adding a runtime is one module and one line here.
-RUNTIMES: Dict[str, str] = {
+RUNTIMES: dict[str, str] = {
     "onnxruntime": "onnxruntime_rt",
 }
 
@@ -37,7 +37,7 @@ class Session(Protocol):
 
     def infer(self, x: np.ndarray) -> np.ndarray: ...
 
-    def describe(self) -> Dict[str, Any]: ...
+    def describe(self) -> dict[str, Any]: ...
 
 
 def load(name: str) -> ModuleType:
@@ -47,9 +47,9 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{RUNTIMES[name]}")
 
 
-def probe() -> Dict[str, Any]:
+def probe() -> dict[str, Any]:
     """Which runtimes import here, with their versions (or why not)."""
-    found: Dict[str, Any] = {}
+    found: dict[str, Any] = {}
     for name in sorted(RUNTIMES):
         try:
             module = load(name)
@@ -59,5 +59,5 @@ def probe() -> Dict[str, Any]:
     return found
 
 
-def known() -> List[str]:
+def known() -> list[str]:
     return sorted(RUNTIMES)

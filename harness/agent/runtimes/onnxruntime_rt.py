@@ -7,7 +7,7 @@ machine).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +27,7 @@ def version() -> str:
 class OrtSession:
     """One InferenceSession with its bound latency input."""
 
-    def __init__(self, artifact: str, input_name: str, options: Dict[str, Any]) -> None:
+    def __init__(self, artifact: str, input_name: str, options: dict[str, Any]) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -40,8 +40,8 @@ class OrtSession:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if options.get("spin_wait") is False:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers: List[Any] = list(options.get("providers") or ["CPUExecutionProvider"])
-        provider_options: Optional[List[Dict[str, Any]]] = options.get("provider_options")
+        providers: list[Any] = list(options.get("providers") or ["CPUExecutionProvider"])
+        provider_options: list[dict[str, Any]] | None = options.get("provider_options")
         self.session = ort.InferenceSession(
             artifact, sess_options=so, providers=providers, provider_options=provider_options
         )
@@ -65,7 +65,7 @@ class OrtSession:
         out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})
         return np.asarray(out[0])
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return {
             "runtime": "onnxruntime",
             "version": version(),
@@ -76,5 +76,5 @@ class OrtSession:
         }
 
 
-def open_session(artifact: str, input_name: str, options: Dict[str, Any]) -> OrtSession:
+def open_session(artifact: str, input_name: str, options: dict[str, Any]) -> OrtSession:
     return OrtSession(artifact, input_name, options)

@@ -1,0 +1,87 @@
+"""The edgebench command: thin over the library; errors become one line and an exit code.
+
+Exit codes: 0 pass, 1 a gate failed, 2 bad input or setup error. Tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+import typer
+
+from ..errors import EdgebenchError
+from .run import register
+
+app = typer.Typer(
+    name="edgebench",
+    help="Deploy CV models to a device lab, measure latency, parity and robustness, gate releases.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+register(app)
+
+
+def _register_lab() -> None:
+    try:
+        from .lab import devices_app, lab_app
+    except ImportError:  # the SSH lab commands arrive with their module
+        return
+    app.add_typer(lab_app, name="lab", help="Start and stop a loopback lab of real OpenSSH servers.")
+    app.add_typer(devices_app, name="devices", help="Check the health of a lab's devices.")
+
+
+_register_lab()
+
+
+def _usage_line(exc: Exception) -> str:
+    """A command-line usage error as one line that says where to look for the right spelling."""
+    format_message = getattr(exc, "format_message", None)
+    text = format_message() if callable(format_message) else str(exc)
+    text = " ".join(str(text).split()).replace("Value error, ", "").rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "edgebench"
+    return f"{text}; fix: see '{command} --help'"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --debug and --verbose are global: accepted anywhere on the line.
+    debug = "--debug" in args or os.environ.get("EDGEBENCH_DEBUG") == "1"
+    verbose = "--verbose" in args or "-v" in args
+    args = [a for a in args if a not in ("--debug", "--verbose", "-v")]
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "nncf"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not args:
+        args = ["--help"]
+    try:
+        result = app(args=args, standalone_mode=False, prog_name="edgebench")
+    except EdgebenchError as exc:
+        if debug:
+            raise
+        print(f"edgebench: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except (click.exceptions.Exit, typer.Exit) as exc:
+        return int(exc.exit_code)
+    except (click.exceptions.Abort, typer.Abort):
+        print("edgebench: aborted", file=sys.stderr)
+        return 130
+    # typer >= 0.20 carries its own copy of click, whose errors derive from TyperException, not
+    # click.ClickException: catch both, or a mistyped option ends in a traceback.
+    except (click.ClickException, typer.TyperException) as exc:
+        if debug:
+            raise
+        print(f"edgebench: error: {_usage_line(exc)}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""``edgebench run``, ``results`` and ``report``: the main job and reading its results back."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..catalog import load_catalog
+from ..lab.inventory import load_lab
+from ..paths import default_db_path, default_report_path
+from ..records import JobResult
+from ..store import Store
+
+# soft_wrap: a job's message stays on one line in CI logs, whatever the terminal width.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+LabOpt = Annotated[Path, typer.Option("--lab", help="Inventory YAML, e.g. devices/local.yaml.")]
+DbOpt = Annotated[
+    Path | None, typer.Option("--db", help="Results database: a SQLite path or a postgresql:// URL.")
+]
+RunOpt = Annotated[str, typer.Option("--run", help="'latest' or a run id (a unique prefix is enough).")]
+
+
+class Format(str, Enum):
+    json = "json"
+    csv = "csv"
+    table = "table"
+    pytest_benchmark = "pytest-benchmark"
+
+
+_STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red bold", "skipped": "yellow"}
+
+
+def _print_result(result: JobResult) -> None:
+    style = _STATUS_STYLE.get(result.status, "")
+    console.print(f"[{style}]{result.status.upper():7}[/] {escape(result.job_id)}  {escape(result.message)}")
+
+
+def _store(db: Path | None) -> Store:
+    return Store(str(db) if db is not None else default_db_path())
+
+
+def run(
+    lab: LabOpt = Path("devices/local.yaml"),
+    models: Annotated[str, typer.Option("--models", help="Glob over catalog model names.")] = "*",
+    catalog: Annotated[Path, typer.Option("--catalog", help="Model catalog directory.")] = Path("models"),
+    db: DbOpt = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Where to write the HTML report.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Shorter timed loops (still VALID P99).")] = False,
+) -> int:
+    """Build, deploy and measure every model variant on every device of a lab; store; report."""
+    from ..pipeline import MeasureSettings, Pipeline
+    from ..report.render import write_report
+
+    lab_config = load_lab(lab)
+    entries = load_catalog(catalog, models)
+    store = _store(db)
+    settings = MeasureSettings(min_duration_s=0.5, max_duration_s=5.0) if quick else MeasureSettings()
+    pipeline = Pipeline(
+        lab_config,
+        entries,
+        store,
+        settings=settings,
+        command="edgebench " + shlex.join(sys.argv[1:]),
+        on_result=_print_result,
+    )
+    jobs = pipeline.plan()
+    console.print(f"run {pipeline.run_id}: {len(jobs)} job(s) on {len(lab_config.devices)} device(s)")
+    try:
+        for job in jobs:
+            pipeline.run_job(job)
+    finally:
+        status = pipeline.finish()
+    out = write_report(store, pipeline.run_id, report or default_report_path())
+    print(f"report: {out.resolve()}")
+    print(f"database: {store.url.removeprefix('sqlite:///')}")
+    print(f"run: {pipeline.run_id} ({status})")
+    return {"passed": 0, "failed": 1}.get(status, 2)
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no infinity: a PSNR of identical outputs is written as the string "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def results(
+    db: DbOpt = None,
+    run_: Annotated[str, typer.Option("--run", help="'latest' or a run id (a unique prefix is enough).")] = "latest",
+    format_: Annotated[Format, typer.Option("--format", help="json, csv, table, or pytest-benchmark (JSON its compare tool reads).")] = Format.table,
+    runs: Annotated[bool, typer.Option("--runs", help="List runs instead of results.")] = False,
+) -> int:
+    """Print a run's results (or the list of runs)."""
+    store = _store(db)
+    if format_ is Format.pytest_benchmark:
+        from ..report.pytest_benchmark import export_run
+
+        print(json.dumps(_json_safe(export_run(store, store.resolve_run(run_))), indent=2, default=str))
+        return 0
+    if runs:
+        rows = store.list_runs()
+    else:
+        rows = store.results(store.resolve_run(run_))
+    if format_ is Format.json:
+        print(json.dumps(_json_safe(rows), indent=2, default=str))
+    elif format_ is Format.csv:
+        print(_csv(rows), end="")
+    else:
+        _table(rows, runs)
+    return 0
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _table(rows: list[dict[str, Any]], runs: bool) -> None:
+    from rich.table import Table
+
+    out = Console(highlight=False)
+    if runs:
+        table = Table("run", "started", "status", "lab", "git")
+        for r in rows:
+            table.add_row(r["id"], r["started_at"], r["status"], r["lab_name"] or "", (r["git_sha"] or "")[:10])
+        out.print(table)
+        return
+    table = Table("job", "n", "P50 ms", "P95 ms", "P99 ms", "valid", "status")
+    for r in rows:
+        def ms(key: str) -> str:
+            value = r.get(key)
+            return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+        table.add_row(
+            r["job_id"], str(r["n"]), ms("p50_ms"), ms("p95_ms"), ms("p99_ms"),
+            "VALID" if r["valid"] else "INVALID", r["status"],
+        )
+    out.print(table)
+
+
+def report(
+    db: DbOpt = None,
+    run_: RunOpt = "latest",
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the HTML file.")] = None,
+) -> int:
+    """Render one self-contained HTML report of a run."""
+    from ..report.render import write_report
+
+    store = _store(db)
+    path = write_report(store, store.resolve_run(run_), out or default_report_path())
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("results")(results)
+    app.command("report")(report)
+

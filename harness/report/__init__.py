@@ -1,0 +1,1 @@
+"""Rendering of the HTML report (templates and styles live in reports/ at the project's top level)."""

@@ -1,0 +1,170 @@
+"""Render one self-contained HTML report of a run from the store, with jinja2 templates under reports/.
+
+The file inlines its styles and draws its charts as inline SVG, so it opens offline, in a mail
+attachment or a CI artifact viewer, with no network and no JavaScript.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .. import __version__
+from ..errors import ConfigError
+from ..store import Store
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "reports"
+REALTIME_BUDGETS_MS = {"30 FPS": 1000.0 / 30, "60 FPS": 1000.0 / 60}
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One row of the latency chart, in SVG user units."""
+
+    label: str
+    y: float
+    p50_x: float
+    ci_lo_x: float
+    ci_hi_x: float
+    p99_x: float
+    p50_ms: float
+    p99_ms: float
+    valid: bool
+
+
+def _fmt_ms(value: Any) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _fmt_ci(value: Any) -> str:
+    if not value:
+        return "no interval"
+    return f"{_fmt_ms(value[0])}..{_fmt_ms(value[1])}"
+
+
+def _fmt_pct(value: Any) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return f"{100 * value:.1f}%"
+
+
+def _chart(rows: list[dict[str, Any]], width: float = 640.0, row_h: float = 22.0) -> dict[str, Any]:
+    measured = [r for r in rows if isinstance(r.get("p50_ms"), (int, float)) and r.get("n")]
+    if not measured:
+        return {"bars": [], "height": 0, "width": width, "ticks": []}
+    top = max(float(r["p99_ci_ms"][1] if r.get("p99_ci_ms") else r["p99_ms"]) for r in measured) * 1.08
+    scale = width / top if top > 0 else 1.0
+    bars = []
+    for i, r in enumerate(measured):
+        ci = r.get("p50_ci_ms") or [r["p50_ms"], r["p50_ms"]]
+        bars.append(
+            Bar(
+                label=r["job_id"],
+                y=i * row_h,
+                p50_x=r["p50_ms"] * scale,
+                ci_lo_x=ci[0] * scale,
+                ci_hi_x=ci[1] * scale,
+                p99_x=r["p99_ms"] * scale,
+                p50_ms=r["p50_ms"],
+                p99_ms=r["p99_ms"],
+                valid=bool(r["valid"]),
+            )
+        )
+    step = _nice_step(top / 5)
+    ticks = [(t * scale, _fmt_ms(t)) for t in _frange(0.0, top, step)]
+    return {"bars": bars, "height": len(bars) * row_h, "width": width, "ticks": ticks}
+
+
+def _nice_step(raw: float) -> float:
+    if raw <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(raw))
+    for mult in (1, 2, 5, 10):
+        if raw <= mult * power:
+            return float(mult * power)
+    return float(10 * power)
+
+
+def _frange(start: float, stop: float, step: float) -> list[float]:
+    values, v = [], start
+    while v <= stop + 1e-12:
+        values.append(v)
+        v += step
+    return values
+
+
+def _realtime(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model and device: the fastest valid variant and whether its P99 meets 30 and 60 FPS."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if not r.get("valid") or r.get("p99_ms") is None:
+            continue
+        key = (r["model"], r["device"])
+        if key not in best or r["p99_ms"] < best[key]["p99_ms"]:
+            best[key] = r
+    table = []
+    for (model, device), r in sorted(best.items()):
+        table.append(
+            {
+                "model": model,
+                "device": device,
+                "variant": f"{r['backend']} {r['precision']} {'x'.join(map(str, r['input_shape'][1:]))}",
+                "p99": _fmt_ms(r["p99_ms"]),
+                "meets": {name: r["p99_ci_ms"][1] <= budget for name, budget in REALTIME_BUDGETS_MS.items()},
+            }
+        )
+    return table
+
+
+def render_report(store: Store, run_id: str) -> str:
+    """The report of one run as an HTML string."""
+    if not (TEMPLATES / "templates" / "report.html.j2").is_file():
+        raise ConfigError(
+            f"report templates not found under {TEMPLATES}",
+            fix="install edgebench from its source tree (pip install -e .) so reports/ is next to harness/",
+        )
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(ms=_fmt_ms, ci=_fmt_ci, pct=_fmt_pct)
+    rows = store.results(run_id)
+    counts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        counts[r["status"]] += 1
+    facts = store.device_facts(run_id)
+    devices: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        devices.setdefault(r["device"], {"platform": r["platform"], "facts": facts.get(r["device"], {})})
+    css = (TEMPLATES / "templates" / "report.css").read_text(encoding="utf-8")
+    return env.get_template("templates/report.html.j2").render(
+        run=store.run_info(run_id),
+        rows=rows,
+        counts=dict(counts),
+        chart=_chart(rows),
+        realtime=_realtime(rows),
+        budgets=list(REALTIME_BUDGETS_MS),
+        devices=devices,
+        css=css,
+        version=__version__,
+    )
+
+
+def write_report(store: Store, run_id: str, out: Path) -> Path:
+    """Write the report atomically; return its path."""
+    html = render_report(store, run_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    return out

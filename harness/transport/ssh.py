@@ -1,0 +1,790 @@
+"""The SSH transport: paramiko, strict host keys, ~/.ssh/config with ProxyJump, hard remote timeouts.
+
+Where to log in is resolved once per device from the inventory and the ssh config (inventory fields win,
+then the config's ``Host`` block, then OpenSSH's defaults). Host keys are checked against known_hosts and
+never added: an unknown or changed key is an error that says which command adds the right one.
+
+Every command is one string built with ``shlex.quote`` and run by the login user's POSIX shell (there is
+no other way over SSH), so no login shell is asked for and the device's Python is called by absolute
+path. The wrapper prints its PID first on stderr; sshd runs each session in its own session and process
+group, so that PID is the group to kill. On a timeout, Ctrl-C or a lost connection the whole group is
+killed with SIGKILL over a fresh channel, or a fresh connection when the old one has stalled. Where
+coreutils ``timeout`` exists the command also carries a device-side deadline, so a runner whose host
+vanished still dies. All waiting is done against a deadline, never in a blocking read.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import getpass
+import hashlib
+import logging
+import math
+import posixpath
+import re
+import select
+import shlex
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import paramiko
+
+from ..errors import CommandTimeout, DeviceOffline, TransportError
+from ..lab.inventory import Device
+from .protocol import CommandResult
+
+log = logging.getLogger(__name__)
+
+_PGID_MARK = "edgebench-pgid:"
+_TOKEN_PREFIX = "edgebench-cmd-"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Extra seconds the device-side deadline gives a command beyond the host's own timeout; the host kills
+# first whenever it is still there.
+DEVICE_DEADLINE_GRACE_S = 10.0
+# How long the host waits for a kill to be delivered, or for a stalled transfer to move.
+KILL_TIMEOUT_S = 5.0
+SFTP_IO_TIMEOUT_S = 60.0
+_MAX_JUMPS = 8
+
+T = TypeVar("T")
+
+
+# ---- where to log in ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Endpoint:
+    """One SSH server to log in to, resolved from the inventory and the ssh config."""
+
+    alias: str  # as written in the inventory or in ProxyJump
+    hostname: str
+    port: int
+    user: str
+    identities: tuple[str, ...]
+    known_hosts: Path
+    connect_timeout_s: float
+    keepalive_s: float
+    use_agent: bool = True
+    jump: Endpoint | None = None
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name this server's key has in known_hosts (OpenSSH's ``[host]:port`` form off port 22)."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+    def route(self) -> str:
+        hops = []
+        jump = self.jump
+        while jump is not None:
+            hops.append(jump.label)
+            jump = jump.jump
+        return self.label + "".join(f" via {h}" for h in hops)
+
+
+def load_ssh_config(path: str | None) -> paramiko.SSHConfig:
+    """The device's ssh config file, else ~/.ssh/config, else an empty one."""
+    file = Path(path or "~/.ssh/config").expanduser()
+    if path and not file.is_file():
+        raise TransportError(
+            f"ssh_config {file} does not exist", device="?", fix="correct ssh_config: in the inventory"
+        )
+    if not file.is_file():
+        return paramiko.SSHConfig()
+    return paramiko.SSHConfig.from_path(str(file))
+
+
+def _split_hop(spec: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` (or ``ssh://...``) -> (user, host, port)."""
+    text = spec.strip()
+    text = text.removeprefix("ssh://")
+    user = None
+    if "@" in text:
+        user, text = text.rsplit("@", 1)
+    port = None
+    if text.startswith("["):  # [v6addr]:port
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+        return user, host, port
+    if text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if port_text.isdigit():
+            return user, host, int(port_text)
+    return user, text, port
+
+
+def _first(values: object) -> str | None:
+    if isinstance(values, list):
+        return str(values[0]) if values else None
+    return str(values) if values else None
+
+
+def _resolve_host(
+    alias: str,
+    config: paramiko.SSHConfig,
+    *,
+    device: Device,
+    user: str | None,
+    port: int | None,
+    identity: str | None,
+    known_hosts: str | None,
+    jump_override: Endpoint | None,
+    follow_config_jump: bool,
+    depth: int,
+) -> Endpoint:
+    if depth > _MAX_JUMPS:
+        raise TransportError(
+            f"ProxyJump chain for {alias!r} is longer than {_MAX_JUMPS} hops (a loop?)",
+            device=device.name,
+            fix="check the ProxyJump lines of your ssh config",
+        )
+    entry = config.lookup(alias)
+    identities: tuple[str, ...]
+    if identity:
+        identities = (identity,)
+    else:
+        identities = tuple(str(p) for p in entry.get("identityfile", []))
+    if device.identity and not identities and depth > 0:
+        identities = (device.identity,)  # a jump host with no key of its own: try the device's key
+    known = known_hosts or _first(entry.get("userknownhostsfile")) or "~/.ssh/known_hosts"
+    timeout = device.connect_timeout_s
+    if "connect_timeout_s" not in device.model_fields_set and entry.get("connecttimeout"):
+        timeout = float(entry["connecttimeout"])
+    keepalive = device.keepalive_s
+    if "keepalive_s" not in device.model_fields_set and entry.get("serveraliveinterval"):
+        keepalive = float(entry["serveraliveinterval"])
+    jump = jump_override
+    if jump is None and follow_config_jump:
+        proxy = entry.get("proxyjump")
+        if proxy and proxy.lower() != "none":
+            jump = _resolve_chain(proxy, config, device=device, known_hosts=known_hosts, depth=depth + 1)
+        elif entry.get("proxycommand"):
+            raise TransportError(
+                f"the ssh config gives {alias!r} a ProxyCommand, which edgebench does not run",
+                device=device.name,
+                fix="use ProxyJump (a jump host) instead of ProxyCommand",
+            )
+    return Endpoint(
+        alias=alias,
+        hostname=str(entry.get("hostname", alias)),
+        port=int(port or entry.get("port", 22)),
+        user=str(user or entry.get("user") or getpass.getuser()),
+        identities=tuple(str(Path(i).expanduser()) for i in identities),
+        known_hosts=Path(known).expanduser(),
+        connect_timeout_s=timeout,
+        keepalive_s=keepalive,
+        use_agent=str(entry.get("identitiesonly", "no")).lower() != "yes",
+        jump=jump,
+    )
+
+
+def _resolve_chain(
+    proxy: str, config: paramiko.SSHConfig, *, device: Device, known_hosts: str | None, depth: int
+) -> Endpoint:
+    """``ProxyJump a,b`` means: reach a (through its own ProxyJump), then b through a."""
+    previous: Endpoint | None = None
+    for index, hop in enumerate(p for p in proxy.split(",") if p.strip()):
+        user, host, port = _split_hop(hop)
+        previous = _resolve_host(
+            host,
+            config,
+            device=device,
+            user=user,
+            port=port,
+            identity=None,
+            known_hosts=known_hosts,
+            jump_override=previous,
+            follow_config_jump=index == 0,
+            depth=depth + index,
+        )
+    if previous is None:
+        raise TransportError(f"empty ProxyJump {proxy!r}", device=device.name, fix="name a jump host or remove it")
+    return previous
+
+
+def resolve(device: Device) -> Endpoint:
+    """Where and as whom to log in to a device, with its jump hosts."""
+    assert device.host is not None  # an ssh device always has one (inventory validation)
+    try:
+        config = load_ssh_config(device.ssh_config)
+    except TransportError as exc:
+        raise TransportError(exc.message.split(": ", 1)[-1], device=device.name, fix=exc.fix) from None
+    return _resolve_host(
+        device.host,
+        config,
+        device=device,
+        user=device.user,
+        port=device.port,
+        identity=device.identity,
+        known_hosts=device.known_hosts,
+        jump_override=None,
+        follow_config_jump=True,
+        depth=0,
+    )
+
+
+# ---- host keys --------------------------------------------------------------------------------------
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's ``SHA256:...`` fingerprint of a public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _keyscan(ep: Endpoint, key: paramiko.PKey) -> str:
+    kind = key.get_name().removeprefix("ssh-").split("-", 1)[0]  # ssh-ed25519 -> ed25519, ecdsa-sha2-... -> ecdsa
+    port = f"-p {ep.port} " if ep.port != 22 else ""
+    return f"ssh-keyscan {port}-t {kind} {shlex.quote(ep.hostname)} >> {shlex.quote(str(ep.known_hosts))}"
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """Never trust a host key that known_hosts does not already hold."""
+
+    def __init__(self, ep: Endpoint, device: str) -> None:
+        self.ep = ep
+        self.device = device
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        where = "" if self.ep.known_hosts.is_file() else " (the file does not exist)"
+        raise DeviceOffline(
+            f"host key of {self.ep.known_hosts_name} ({key.get_name()} {fingerprint(key)}) is not in "
+            f"{self.ep.known_hosts}{where}; edgebench never adds host keys by itself",
+            device=self.device,
+            fix=f"check that fingerprint with the device's owner, then run: {_keyscan(self.ep, key)}",
+        )
+
+
+# ---- connecting ---------------------------------------------------------------------------------------
+def _offline(ep: Endpoint, device: str, what: str, fix: str) -> DeviceOffline:
+    return DeviceOffline(f"{ep.route()}: {what}", device=device, fix=fix)
+
+
+def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Channel | None) -> paramiko.SSHClient:
+    """Open one authenticated SSH connection (through ``sock`` when it comes from a jump host)."""
+    for identity in ep.identities:
+        if not Path(identity).is_file():
+            raise _offline(
+                ep, device, f"identity file {identity} does not exist", "correct identity: (or IdentityFile)"
+            )
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_RefuseUnknown(ep, device))
+    if ep.known_hosts.is_file():
+        client.load_system_host_keys(str(ep.known_hosts))
+    timeout = ep.connect_timeout_s
+    try:
+        if sock is None:
+            sock = socket.create_connection((ep.hostname, ep.port), timeout=timeout)
+        client.connect(
+            ep.hostname,
+            port=ep.port,
+            username=ep.user,
+            key_filename=list(ep.identities) or None,
+            allow_agent=ep.use_agent,
+            look_for_keys=not ep.identities,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            channel_timeout=timeout,
+            sock=sock,
+        )
+    except DeviceOffline:
+        client.close()
+        raise
+    except BaseException as exc:
+        client.close()
+        if sock is not None:
+            sock.close()
+        raise _connect_error(ep, device, exc) from None
+    transport = client.get_transport()
+    assert transport is not None
+    transport.set_keepalive(max(1, round(ep.keepalive_s)))
+    return client
+
+
+def _connect_error(ep: Endpoint, device: str, exc: BaseException) -> BaseException:
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        name = ep.known_hosts_name
+        return _offline(
+            ep,
+            device,
+            f"host key CHANGED: the server offers {exc.key.get_name()} {fingerprint(exc.key)} but "
+            f"{ep.known_hosts} holds {fingerprint(exc.expected_key)}; refusing to connect (this is what a "
+            "man-in-the-middle looks like)",
+            f"if the device was reinstalled, confirm the new fingerprint with its owner, then run: "
+            f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(ep.known_hosts))} && {_keyscan(ep, exc.key)}",
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        tried = ", ".join(ep.identities) if ep.identities else "the default keys in ~/.ssh"
+        agent = " and the SSH agent" if ep.use_agent else ""
+        key = ep.identities[0] if ep.identities else "~/.ssh/id_ed25519"
+        port = f"-p {ep.port} " if ep.port != 22 else ""
+        return _offline(
+            ep,
+            device,
+            f"authentication failed for user {ep.user!r} (tried {tried}{agent}): {exc}",
+            f"authorize the key on the device (ssh-copy-id -i {key}.pub {port}{ep.user}@{ep.hostname}) "
+            "or set identity: / user: in the inventory",
+        )
+    if isinstance(exc, ConnectionRefusedError | paramiko.ssh_exception.NoValidConnectionsError):
+        return _offline(
+            ep, device, "connection refused (no SSH server listening)", "power the device on and start sshd, "
+            "or correct host:/port: in the inventory"
+        )
+    if isinstance(exc, socket.gaierror):
+        return _offline(
+            ep, device, f"cannot resolve host name {ep.hostname!r}", "correct host: or the Host alias in ssh config"
+        )
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return _offline(
+            ep,
+            device,
+            f"no answer within {ep.connect_timeout_s:g} s (connect timeout)",
+            "check that the device is on and reachable, or raise connect_timeout_s in the inventory",
+        )
+    if isinstance(exc, paramiko.SSHException | EOFError | OSError):
+        text = str(exc) or type(exc).__name__
+        if "banner" in text.lower():
+            text = f"no SSH banner within {ep.connect_timeout_s:g} s (the server is stuck or is not sshd)"
+        return _offline(ep, device, f"SSH connection failed: {text}", "check the device's sshd and network")
+    return exc
+
+
+def _open_chain(ep: Endpoint, device: str) -> list[paramiko.SSHClient]:
+    """Connect to ``ep`` through its jump hosts; return the clients, the device's last."""
+    if ep.jump is None:
+        return [_connect_one(ep, device, None)]
+    clients = _open_chain(ep.jump, device)
+    try:
+        hop = clients[-1].get_transport()
+        assert hop is not None
+        try:
+            channel = hop.open_channel(
+                "direct-tcpip", (ep.hostname, ep.port), ("127.0.0.1", 0), timeout=ep.connect_timeout_s
+            )
+        except (paramiko.SSHException, OSError) as exc:
+            raise _offline(
+                ep,
+                device,
+                f"the jump host {ep.jump.label} could not open a connection to {ep.hostname}:{ep.port} ({exc})",
+                "check the device from the jump host (is it on? is the port right?)",
+            ) from None
+        clients.append(_connect_one(ep, device, channel))
+    except BaseException:
+        for client in reversed(clients):
+            client.close()
+        raise
+    return clients
+
+
+# ---- running commands -----------------------------------------------------------------------------------
+def command_line(
+    argv: Sequence[str], *, env: Mapping[str, str] | None, token: str, device_deadline_s: float | None
+) -> str:
+    """The one string the device's shell runs for ``argv``: quoted, with its PID first on stderr."""
+    if not argv:
+        raise ValueError("empty argv")
+    parts = [f": {token}", f"echo {_PGID_MARK}$$ >&2"]
+    for name, value in (env or {}).items():
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"environment variable name {name!r} is not a valid shell name")
+        parts.append(f"export {name}={shlex.quote(value)}")
+    command = " ".join(shlex.quote(a) for a in argv)
+    if device_deadline_s is None:
+        parts.append(command)
+    else:
+        limit = math.ceil(device_deadline_s)
+        parts.append(
+            f"if command -v timeout >/dev/null 2>&1; then timeout -s KILL {limit} {command}; else {command}; fi"
+        )
+    return "; ".join(parts)
+
+
+def kill_command(pgid: int | None, token: str) -> str:
+    """SIGKILL the command's process group; find it by its token when its PID never arrived."""
+    pattern = shlex.quote(f"[{token[0]}]{token[1:]}")  # the regex does not match this kill command itself
+    parts = []
+    if pgid is not None:
+        parts.append(f"kill -KILL -- -{pgid} 2>/dev/null")
+    parts.append(
+        f"for p in $(pgrep -f {pattern}); do kill -KILL -- -$p 2>/dev/null || kill -KILL $p 2>/dev/null; done"
+    )
+    parts.append("exit 0")
+    return "; ".join(parts)
+
+
+class _Expired(Exception):
+    """The deadline passed while waiting on the device."""
+
+
+class _Lost(Exception):
+    """The SSH connection went away while a command ran."""
+
+
+def _pgid_of(stderr: bytes) -> int | None:
+    mark = _PGID_MARK.encode()
+    index = stderr.find(mark)
+    if index < 0:
+        return None
+    end = stderr.find(b"\n", index)
+    if end < 0:
+        return None
+    digits = stderr[index + len(mark) : end].strip()
+    return int(digits) if digits.isdigit() else None
+
+
+def _strip_mark(stderr: bytes) -> bytes:
+    mark = _PGID_MARK.encode()
+    index = stderr.find(mark)
+    if index < 0:
+        return stderr
+    end = stderr.find(b"\n", index)
+    return stderr[:index] + (stderr[end + 1 :] if end >= 0 else b"")
+
+
+@contextlib.contextmanager
+def _closing_at(channel: paramiko.Channel, deadline: float, expired: threading.Event) -> Iterator[None]:
+    """Close the channel at the deadline: unblocks paramiko calls that have no timeout of their own."""
+
+    def fire() -> None:
+        expired.set()
+        channel.close()
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _short(argv: Sequence[str]) -> str:
+    text = " ".join(shlex.quote(a) for a in argv[:3])
+    text = text if len(text) <= 120 else text[:117] + "..."
+    return text + (" ..." if len(argv) > 3 else "")
+
+
+class SshTransport:
+    """One SSH connection to one device, reused for all its commands and file transfers."""
+
+    def __init__(self, device: Device, endpoint: Endpoint, clients: list[paramiko.SSHClient]) -> None:
+        self.device = device.name
+        self.endpoint = endpoint
+        self._clients = clients
+        self._sftp: paramiko.SFTPClient | None = None
+        self._home: str | None = None
+        self._made_dirs: set[str] = set()
+        self._broken: str | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, device: Device) -> SshTransport:
+        """Resolve, connect and authenticate; raise DeviceOffline with the fix when that fails."""
+        endpoint = resolve(device)
+        started = time.monotonic()
+        clients = _open_chain(endpoint, device.name)
+        log.debug("device %s: connected to %s in %.3f s", device.name, endpoint.route(), time.monotonic() - started)
+        return cls(device, endpoint, clients)
+
+    @property
+    def _client(self) -> paramiko.SSHClient:
+        return self._clients[-1]
+
+    def _transport(self) -> paramiko.Transport:
+        if self._broken is not None:
+            raise TransportError(
+                f"the SSH connection is unusable: {self._broken}",
+                device=self.device,
+                fix="check the device (edgebench devices check), then run again",
+            )
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            self._broken = "the connection was closed"
+            return self._transport()
+        return transport
+
+    # ---- commands -------------------------------------------------------------------------------
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout_s: float,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        token = f"{_TOKEN_PREFIX}{uuid.uuid4().hex[:16]}"
+        try:
+            command = command_line(
+                argv, env=env, token=token, device_deadline_s=timeout_s + DEVICE_DEADLINE_GRACE_S
+            )
+        except ValueError as exc:
+            raise TransportError(str(exc), device=self.device, fix="correct env: in the inventory") from None
+        started = time.monotonic()
+        deadline = started + timeout_s
+        try:
+            channel = self._transport().open_session(timeout=min(timeout_s, self.endpoint.connect_timeout_s))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._broken = f"opening a channel failed ({exc or type(exc).__name__})"
+            raise TransportError(
+                f"cannot start {_short(argv)}: {self._broken}",
+                device=self.device,
+                fix="check the device's sshd (MaxSessions) and network",
+            ) from None
+        out = bytearray()
+        err = bytearray()
+        expired = threading.Event()
+        try:
+            with _closing_at(channel, deadline, expired):
+                channel.exec_command(command)
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+            self._collect(channel, deadline, out, err)
+        except BaseException as exc:
+            pgid = _pgid_of(bytes(err))
+            if isinstance(exc, _Expired) or expired.is_set():
+                killed = self._kill(pgid, token)
+                raise CommandTimeout(
+                    f"{_short(argv)} exceeded its {timeout_s:g} s timeout; {killed}",
+                    device=self.device,
+                    fix="raise job_timeout_s in the inventory, or look for a hung runtime on the device",
+                ) from None
+            if isinstance(exc, _Lost | paramiko.SSHException | EOFError | OSError):
+                self._broken = "the connection was lost"
+                killed = self._kill(pgid, token)
+                raise TransportError(
+                    f"the SSH connection was lost while running {_short(argv)}; {killed}",
+                    device=self.device,
+                    fix="check that the device is up and its sshd running (edgebench devices check)",
+                ) from None
+            self._kill(pgid, token)  # Ctrl-C and anything unexpected: leave nothing behind on the device
+            raise
+        finally:
+            channel.close()
+        return CommandResult(
+            tuple(argv), channel.exit_status, bytes(out), _strip_mark(bytes(err)), time.monotonic() - started
+        )
+
+    def _collect(self, channel: paramiko.Channel, deadline: float, out: bytearray, err: bytearray) -> None:
+        """Read stdout and stderr until the command exits, waiting at most until the deadline."""
+        ready_fd = channel.fileno()  # becomes readable whenever stdout or stderr data (or EOF) arrives
+        while True:
+            while channel.recv_ready():
+                out += channel.recv(1 << 16)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(1 << 16)
+            if channel.closed or (channel.eof_received and channel.exit_status_ready()):
+                while channel.recv_ready():
+                    out += channel.recv(1 << 16)
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(1 << 16)
+                if channel.exit_status == -1:
+                    transport = channel.get_transport()
+                    if transport is None or not transport.is_active():
+                        raise _Lost()
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Expired()
+            if channel.eof_received:
+                # After EOF the event pipe stays readable; wait for the exit status instead of spinning.
+                channel.status_event.wait(min(remaining, 0.05))
+            else:
+                select.select([ready_fd], [], [], min(remaining, 0.5))
+
+    def _kill(self, pgid: int | None, token: str) -> str:
+        """Kill the command's process group on the device; say how that went (for the error message)."""
+        command = kill_command(pgid, token)
+        what = f"process group {pgid}" if pgid is not None else "its processes"
+        try:
+            if self._broken is None:
+                self._exec_quick(self._transport(), command)
+                return f"its {what} on the device was killed"
+        except (TransportError, _Expired, _Lost, paramiko.SSHException, OSError, EOFError):
+            self._broken = "the connection stalled (the device's sshd stopped answering)"
+        # The old connection is stalled or gone: kill over a fresh one.
+        clients: list[paramiko.SSHClient] = []
+        try:
+            quick = _replace_timeout(self.endpoint, KILL_TIMEOUT_S)
+            clients = _open_chain(quick, self.device)
+            transport = clients[-1].get_transport()
+            assert transport is not None
+            self._exec_quick(transport, command)
+            return f"{self._broken}; its {what} on the device was killed over a new connection"
+        except (TransportError, _Expired, _Lost, paramiko.SSHException, OSError, EOFError) as exc:
+            detail = exc.message if isinstance(exc, TransportError) else str(exc) or type(exc).__name__
+            return (
+                f"{self._broken}; could not reach the device to kill {what} ({detail}); the device-side "
+                f"deadline (coreutils timeout) ends it where available"
+            )
+        finally:
+            for client in reversed(clients):
+                client.close()
+
+    def _exec_quick(self, transport: paramiko.Transport, command: str) -> None:
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        channel = transport.open_session(timeout=KILL_TIMEOUT_S)
+        expired = threading.Event()
+        try:
+            with _closing_at(channel, deadline, expired):
+                channel.exec_command(command)
+                channel.shutdown_write()
+            self._collect(channel, deadline, bytearray(), bytearray())
+        finally:
+            channel.close()
+        if expired.is_set():
+            raise _Expired()
+
+    # ---- files ------------------------------------------------------------------------------------
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                sftp = self._client.open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise TransportError(
+                    f"cannot open SFTP: {exc or type(exc).__name__}",
+                    device=self.device,
+                    fix="enable the sftp Subsystem in the device's sshd_config",
+                ) from None
+            channel = sftp.get_channel()
+            assert channel is not None
+            channel.settimeout(SFTP_IO_TIMEOUT_S)
+            self._sftp = sftp
+        return self._sftp
+
+    def _sftp_call(self, what: str, fn: Callable[[paramiko.SFTPClient], T]) -> T:
+        self._transport()
+        sftp = self._sftp_client()
+        try:
+            return fn(sftp)
+        except (TimeoutError, socket.timeout):
+            self._broken = f"a file transfer stalled for {SFTP_IO_TIMEOUT_S:g} s"
+            raise TransportError(
+                f"{what}: no progress for {SFTP_IO_TIMEOUT_S:g} s (the connection stalled)",
+                device=self.device,
+                fix="check the device's network and sshd",
+            ) from None
+        except (paramiko.SSHException, EOFError) as exc:
+            self._broken = "the connection was lost"
+            raise TransportError(
+                f"{what}: the SSH connection was lost ({exc or type(exc).__name__})",
+                device=self.device,
+                fix="check that the device is up and its sshd running (edgebench devices check)",
+            ) from None
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
+        if not directory or directory in self._made_dirs or directory == "/":
+            return
+        try:
+            sftp.stat(directory)
+        except FileNotFoundError:
+            self._makedirs(sftp, posixpath.dirname(directory))
+            with contextlib.suppress(OSError):  # a concurrent mkdir is fine; a real failure shows on put
+                sftp.mkdir(directory)
+        self._made_dirs.add(directory)
+
+    def put(self, local: Path, remote: str) -> int:
+        size = local.stat().st_size
+
+        def send(sftp: paramiko.SFTPClient) -> int:
+            self._makedirs(sftp, posixpath.dirname(remote))
+            try:
+                sftp.put(str(local), remote, confirm=True)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    sftp.remove(remote)  # never leave a partial file behind
+                raise self._upload_error(local, remote, size, exc) from None
+            return size
+
+        return self._sftp_call(f"upload of {local.name} to {remote}", send)
+
+    def _upload_error(self, local: Path, remote: str, size: int, exc: OSError) -> TransportError:
+        directory = posixpath.dirname(remote) or "."
+        free = self.free_bytes(directory)
+        if isinstance(exc, PermissionError):
+            return TransportError(
+                f"permission denied writing {remote}",
+                device=self.device,
+                fix=f"make {directory} writable by {self.endpoint.user}, or point cache_dir at a writable place",
+            )
+        if free is not None and free < max(size, 1 << 20):
+            return TransportError(
+                f"the device's disk is full: {local.name} ({size // 1024} KiB) does not fit in {directory} "
+                f"({free // 1024} KiB free)",
+                device=self.device,
+                fix="free space on the device (or lower cache_max_mb), or point cache_dir at a larger filesystem",
+            )
+        return TransportError(
+            f"upload of {local.name} to {remote} failed: {exc.strerror or exc}",
+            device=self.device,
+            fix="check the path and free space on the device",
+        )
+
+    def free_bytes(self, path: str) -> int | None:
+        """Bytes available to the user on the filesystem holding ``path`` (POSIX ``df``), or None."""
+        try:
+            result = self.run(["df", "-Pk", path], timeout_s=KILL_TIMEOUT_S * 2)
+        except TransportError:
+            return None
+        lines = result.stdout.decode(errors="replace").strip().splitlines()
+        if result.exit_code != 0 or len(lines) < 2:
+            return None
+        fields = lines[-1].split()
+        return int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None
+
+    def get(self, remote: str, local: Path) -> int:
+        def fetch(sftp: paramiko.SFTPClient) -> int:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                sftp.get(remote, str(local))
+            except FileNotFoundError:
+                raise TransportError(
+                    f"{remote} does not exist on the device", device=self.device, fix="check the runner's output"
+                ) from None
+            except OSError as exc:
+                raise TransportError(f"download of {remote} failed: {exc}", device=self.device) from None
+            return local.stat().st_size
+
+        return self._sftp_call(f"download of {remote}", fetch)
+
+    def home(self) -> str:
+        if self._home is None:
+            self._home = self._sftp_call("finding the home directory", lambda sftp: sftp.normalize("."))
+        return self._home
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sftp is not None:
+                with contextlib.suppress(Exception):
+                    self._sftp.close()
+                self._sftp = None
+            for client in reversed(self._clients):
+                with contextlib.suppress(Exception):
+                    client.close()
+            self._broken = self._broken or "the connection was closed"
+
+
+def _replace_timeout(ep: Endpoint, timeout: float) -> Endpoint:
+    jump = _replace_timeout(ep.jump, timeout) if ep.jump is not None else None
+    return Endpoint(
+        alias=ep.alias,
+        hostname=ep.hostname,
+        port=ep.port,
+        user=ep.user,
+        identities=ep.identities,
+        known_hosts=ep.known_hosts,
+        connect_timeout_s=min(ep.connect_timeout_s, timeout),
+        keepalive_s=ep.keepalive_s,
+        use_agent=ep.use_agent,
+        jump=jump,
+    )

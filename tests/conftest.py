@@ -1,0 +1,138 @@
+"""Shared fixtures: a private cache and home per test, a tiny ONNX classifier and a catalog around it.
+
+The tiny model is built with onnx.helper (no torch export), so tests that run the whole pipeline spend
+their time in the harness, not in a model.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_SHAPE = (1, 3, 16, 16)
+TINY_CLASSES = 10
+TINY_EVAL_COUNT = 8
+
+
+def build_tiny_onnx(path: Path) -> Path:
+    """Conv(3->4, 3x3) + Relu + GlobalAveragePool + Flatten + Gemm(4->10), dynamic batch, opset 17."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    conv_w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.5
+    conv_b = rng.standard_normal(4).astype(np.float32) * 0.1
+    fc_w = rng.standard_normal((TINY_CLASSES, 4)).astype(np.float32)
+    fc_b = rng.standard_normal(TINY_CLASSES).astype(np.float32) * 0.1
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", TINY_CLASSES])],
+        initializer=[
+            numpy_helper.from_array(conv_w, "conv_w"),
+            numpy_helper.from_array(conv_b, "conv_b"),
+            numpy_helper.from_array(fc_w, "fc_w"),
+            numpy_helper.from_array(fc_b, "fc_b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_catalog_yaml(name: str = "tiny-cnn", *, budgets: str = "") -> str:
+    text = f"""\
+        schema_version: 1
+        name: {name}
+        description: A four-filter CNN built with onnx.helper for the tests.
+        pretrained: false
+        source: {{kind: onnx, path: tiny.onnx}}
+        input:
+          name: input
+          shape: [1, 3, 16, 16]
+          layout: NCHW
+          dtype: float32
+          normalization: {{mean: [0.5], std: [0.25]}}
+        num_classes: {TINY_CLASSES}
+        eval: {{dataset: random-smooth, count: {TINY_EVAL_COUNT}, seed: 1}}
+        """
+    return textwrap.dedent(text) + textwrap.dedent(budgets)
+
+
+def local_lab_yaml(cache_dir: Path, *, name: str = "testlab") -> str:
+    return textwrap.dedent(
+        f"""\
+        schema_version: 1
+        name: {name}
+        devices:
+          - name: local
+            platform: generic-linux
+            transport: local
+            python: {sys.executable}
+            runtimes: [onnxruntime]
+            cache_dir: {cache_dir}
+            threads: 1
+        """
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny classifier's .onnx file, built once per session (per xdist worker)."""
+    return build_tiny_onnx(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
+
+
+@pytest.fixture
+def edgebench_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """EDGEBENCH_CACHE and EDGEBENCH_HOME in tmp dirs, so no test touches the user's cache or data."""
+    cache = tmp_path / "cache"
+    home = tmp_path / "home"
+    cache.mkdir()
+    home.mkdir()
+    monkeypatch.setenv("EDGEBENCH_CACHE", str(cache))
+    monkeypatch.setenv("EDGEBENCH_HOME", str(home))
+    monkeypatch.delenv("EDGEBENCH_DEBUG", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_catalog(tmp_path: Path, tiny_onnx: Path) -> Path:
+    """A catalog directory with one entry, tiny-cnn, pointing at the tiny ONNX file."""
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    (directory / "tiny.onnx").write_bytes(tiny_onnx.read_bytes())
+    (directory / "tiny-cnn.yaml").write_text(tiny_catalog_yaml(), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def local_lab(tmp_path: Path) -> Path:
+    """A one-device local lab whose device cache lives in the test's tmp dir."""
+    path = tmp_path / "lab.yaml"
+    path.write_text(local_lab_yaml(tmp_path / "device"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def subprocess_env(edgebench_env: Path) -> Iterator[dict[str, str]]:
+    """The environment for an `edgebench` subprocess: the tmp cache and home, one thread per runtime."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("EDGEBENCH_DEBUG", None)
+    yield env
