@@ -97,6 +97,7 @@ class Budgets(Strict):
     top1_drop_pp: float = 1.0
     top1_agreement: float = Field(default=0.99, ge=0, le=1)
     psnr_db: float = 30.0
+    mce: float = Field(default=1.10, gt=0, description="max mCE vs the same run's FP32 reference")
 
 
 class ModelEntry(Strict):
@@ -167,7 +168,5 @@ def load_catalog(directory: Path, pattern: str = "*") -> list[ModelEntry]:
     chosen = [e for e in entries if fnmatch.fnmatch(e.name, pattern)]
     if not chosen:
         known = ", ".join(e.name for e in entries) or "none"
-        raise ConfigError(
-            f"no model matches --models {pattern!r}", file=directory, fix=f"use a glob over: {known}"
-        )
+        raise ConfigError(f"no model matches --models {pattern!r}", file=directory, fix=f"use a glob over: {known}")
     return chosen

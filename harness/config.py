@@ -85,7 +85,8 @@ def _fix_for(err: Any) -> str:
     }
     if kind in limits and limits[kind][0] in ctx:
         key, op = limits[kind]
-        return f"use a value {op} {ctx[key]}"
+        limit = ctx[key]
+        return f"use a value {op} {limit:g}" if isinstance(limit, (int, float)) else f"use a value {op} {limit}"
     if kind == "literal_error" and "expected" in ctx:
         return f"use one of: {ctx['expected']}"
     if kind == "too_short" and "min_length" in ctx:
@@ -128,7 +129,9 @@ def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     return data, node
 
 
-def validate(model: type[M], data: Any, *, path: Path, node: yaml.Node | None, context: dict[str, Any] | None = None) -> M:
+def validate(
+    model: type[M], data: Any, *, path: Path, node: yaml.Node | None, context: dict[str, Any] | None = None
+) -> M:
     """Validate data against a model; the first error becomes a ConfigError with file, line and key.
 
     A validator may point below its own location with ``at`` in its error context (a model-level check
@@ -154,9 +157,7 @@ def validate(model: type[M], data: Any, *, path: Path, node: yaml.Node | None, c
         ) from None
 
 
-def load_document(
-    model: type[M], path: Path, *, context: dict[str, Any] | None = None
-) -> tuple[M, yaml.Node | None]:
+def load_document(model: type[M], path: Path, *, context: dict[str, Any] | None = None) -> tuple[M, yaml.Node | None]:
     """Read and validate one YAML file; return the frozen model and the node tree (for later line numbers)."""
     data, node = read_yaml(path)
     if data is None:

@@ -9,6 +9,7 @@ with the device's Python, because the runner itself is one of the files being de
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import posixpath
@@ -40,6 +41,7 @@ for name, want in req.get("check", []):
         ok = sha(p) == want
         if not ok:
             os.remove(p)
+            out.setdefault("corrupt", []).append(name)
         else:
             os.utime(p)
         out["present"][name] = ok
@@ -94,6 +96,7 @@ class DeployStats:
     uploaded_files: int = 0
     uploaded_bytes: int = 0
     reused_files: int = 0
+    corrupt_files: int = 0  # found in the cache with the wrong sha256, removed and uploaded again
 
 
 class DeviceCache:
@@ -135,20 +138,36 @@ class DeviceCache:
             assert isinstance(present, dict)
             missing = [i for i in todo if not present.get(i.name)]
             self.stats.reused_files += len(todo) - len(missing)
+            corrupt = reply.get("corrupt") or []
+            assert isinstance(corrupt, list)
+            if corrupt:
+                self.stats.corrupt_files += len(corrupt)
+                log.warning(
+                    "device %s: %d cached file(s) failed their sha256 check and are uploaded again: %s",
+                    self.transport.device,
+                    len(corrupt),
+                    ", ".join(map(str, corrupt)),
+                )
             if missing:
                 self._upload(missing)
+            else:
+                log.info(
+                    "device %s: %d file(s) already in the cache, uploaded 0 bytes", self.transport.device, len(todo)
+                )
             self._verified.update(i.name for i in todo)
         return {i.sha256: self.path(i) for i in items}
 
     def _upload(self, items: Sequence[Deployable]) -> None:
-        commits = []
+        commits: list[list[str]] = []
         for item in items:
             tmp = f".tmp-{item.name}"
             try:
                 sent = self.transport.put(item.local, posixpath.join(self.root, tmp))
             except TransportError:
+                self._settle([*commits, [tmp, item.name, item.sha256]])
                 raise
             except OSError as exc:
+                self._settle([*commits, [tmp, item.name, item.sha256]])
                 raise TransportError(
                     f"upload of {item.local.name} to {self.root} failed: {exc}",
                     device=self.transport.device,
@@ -174,6 +193,12 @@ class DeviceCache:
             len(items),
             sum(i.local.stat().st_size for i in items),
         )
+
+    def _settle(self, commits: Sequence[Sequence[str]]) -> None:
+        """After a failed upload: keep the files that arrived whole, delete every temporary file."""
+        # If the device is gone as well, the next session's commit or eviction cleans up.
+        with contextlib.suppress(TransportError):
+            self._call({"commit": [list(c) for c in commits]})
 
     def evict(self, *, max_bytes: int, max_age_s: float, keep: Sequence[str] = ()) -> list[str]:
         """Drop the least recently used files beyond a size cap, and any older than an age cap."""

@@ -23,26 +23,29 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .analyse import corruption_keys, latency_checks, parity_checks, production_checks, robustness_checks
 from .build.agent_bundle import build_agent_bundle
 from .build.backends import get_backend
 from .build.backends.protocol import CompileRequest
 from .build.cache import ArtifactCache, file_sha256
-from .build.data import DataFile, calibration_inputs, eval_file, latency_file
+from .build.data import DataFile, calibration_inputs, corrupted_eval_file, eval_file, latency_file
 from .build.export import OnnxModel, reference_onnx
 from .catalog import ModelEntry
 from .deploy import Deployable, DeviceCache
 from .errors import (
     CapabilityMissing,
+    ConfigError,
     DeviceOffline,
     EdgebenchError,
     RunnerError,
     TransportError,
 )
-from .gate.budgets import check_latency
 from .lab.connect import open_transport
 from .lab.inventory import Device, Lab
-from .measure.stats import summarize
+from .measure.stats import LatencySummary, summarize
 from .records import Job, JobResult, Status, Variant
+from .references import host_reference
+from .zoo.datasets import load_dataset
 from .store import RunInfo, Store
 from .transport.protocol import Transport
 
@@ -151,11 +154,14 @@ class Pipeline:
     command: str = ""
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     on_result: Callable[[JobResult], None] | None = None
+    catalog: Sequence[ModelEntry] = ()  # every catalog model, to find a candidate's production model
 
     def __post_init__(self) -> None:
         self.links = {d.name: DeviceLink(d) for d in self.lab.devices}
         self.started_at = now()
         self.results: list[JobResult] = []
+        self._done: dict[tuple[str, str], JobResult] = {}
+        self._outputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._bundle: tuple[Path, str] | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix="edgebench-"))
         self.store.start_run(
@@ -178,11 +184,15 @@ class Pipeline:
         return [replace(v, threads=threads) for v in DEFAULT_VARIANTS]
 
     def plan(self, kinds: Iterable[str] = ("latency",)) -> list[Job]:
+        """Jobs per kind, model and device; FP32 variants first so on-device references exist."""
         jobs: list[Job] = []
         for kind in kinds:
             for model in self.models:
+                if kind == "robustness" and not has_labels(model):
+                    continue  # accuracy under corruption needs labelled eval data
                 for device in self.lab.devices:
-                    jobs.extend(Job(model, v, device, kind) for v in self.variants_for(model, device))
+                    variants = sorted(self.variants_for(model, device), key=lambda v: v.precision != "fp32")
+                    jobs.extend(Job(model, v, device, kind) for v in variants)
         return jobs
 
     # ---- build ------------------------------------------------------------------------------
@@ -234,6 +244,13 @@ class Pipeline:
         return path, _artifact_sha(path)
 
     # ---- execute ----------------------------------------------------------------------------
+    def result_for(self, job: Job) -> JobResult:
+        """The job's result, run now unless this run already has it (suites share latency jobs)."""
+        key = (job.id, job.kind)
+        if key not in self._done:
+            self.run_job(job)
+        return self._done[key]
+
     def run_job(self, job: Job) -> JobResult:
         """Run one job end to end and record its result (also on error: status says what happened)."""
         started = now()
@@ -251,6 +268,7 @@ class Pipeline:
             result = replace(base, status="error", message=exc.one_line(), finished_at=now())
         self.store.add_result(result)
         self.results.append(result)
+        self._done[(job.id, job.kind)] = result
         if self.on_result:
             self.on_result(result)
         return result
@@ -286,7 +304,19 @@ class Pipeline:
         onnx = self.reference(job)
         artifact, artifact_sha = self.compile(job)
         latency_data = latency_file(job.model, job.input_shape)
-        eval_data = eval_file(job.model, job.input_shape)
+        if job.kind == "robustness":
+            eval_data = corrupted_eval_file(job.model, job.input_shape)
+            if eval_data.labels is None:
+                raise CapabilityMissing(
+                    f"{job.model.name}'s eval set {job.model.eval.dataset!r} has no labels; robustness needs them"
+                )
+            keys = ["clean", *corruption_keys()]
+            eval_sets = [{"name": k, "file": "", "key": k} for k in keys]
+            timing: dict[str, Any] = {"stop": {"iterations": 20}, "warmup": {"window": 5, "max_iterations": 20}}
+        else:
+            eval_data = eval_file(job.model, job.input_shape)
+            eval_sets = [{"name": "clean", "file": "", "key": "clean"}]
+            timing = {}
 
         link = self.links[device.name]
         link.open(self.agent_bundle())
@@ -298,7 +328,9 @@ class Pipeline:
             Deployable(eval_data.path, eval_data.sha256, "npz"),
         ]
         paths = link.cache.ensure(items)
-        outputs_remote = f"{link.root}/out/{self.run_id}-{_slug(job.id)}.npz"
+        for eval_set in eval_sets:
+            eval_set["file"] = paths[eval_data.sha256]
+        outputs_remote = f"{link.root}/out/{self.run_id}-{_slug(job.id + job.kind)}.npz"
         spec = {
             "protocol": 1,
             "job_id": job.id,
@@ -313,10 +345,11 @@ class Pipeline:
                 "std": list(job.model.input.normalization.std),
             },
             "latency": {"file": paths[latency_data.sha256], "key": "latency"},
-            "eval": [{"name": "clean", "file": paths[eval_data.sha256], "key": "images"}],
+            "eval": eval_sets,
             "outputs": outputs_remote,
             "options": backend.runner_options(job.variant.precision, job.variant.threads, dict(job.variant.options)),
             **self.settings.spec(),
+            **timing,
         }
         for command in device.setup:
             link.transport.run(["sh", "-c", command], timeout_s=60, env=device.env)
@@ -333,12 +366,15 @@ class Pipeline:
                 raise CapabilityMissing(f"device {device.name!r}: {error.get('message')}")
             message = error.get("message") or "gave no result"
             raise RunnerError(message, device=device.name, command_exit=reply.exit_code, stderr=reply.stderr_text)
-        local_outputs = self._workdir / f"{_slug(job.id)}.npz"
+        local_outputs = self._workdir / f"{_slug(job.id + job.kind)}.npz"
         link.transport.get(raw["outputs"], local_outputs)
         if file_sha256(local_outputs) != raw["outputs_sha256"]:
             raise RunnerError("outputs file changed in transfer (sha256 mismatch)", device=device.name)
         with np.load(local_outputs) as npz:
             outputs = {k: npz[k] for k in npz.files}
+        local_outputs.unlink()
+        if job.kind == "latency":
+            self._outputs[(job.id, job.kind)] = outputs
         return self._analyse(job, started, onnx, artifact_sha, raw, outputs, eval_data)
 
     # ---- analyse ----------------------------------------------------------------------------
@@ -354,22 +390,42 @@ class Pipeline:
     ) -> JobResult:
         samples = np.asarray(raw["samples_ns"], dtype=np.int64)
         summary = summarize(samples)
+        budgets = job.model.budgets
         metrics: dict[str, Any] = {
             "stop_reason": raw["stop_reason"],
             "warmup_iterations": raw["warmup_iterations"],
             "warmup_stable": raw["warmup_stable"],
             "duration_s": raw["duration_s"],
         }
-        clean = outputs.get("clean")
-        if clean is not None and eval_data.labels is not None and len(clean) == len(eval_data.labels):
-            metrics["top1_acc"] = float(np.mean(np.argmax(clean, axis=1) == eval_data.labels))
-        failures = list(check_latency(summary, job.model.budgets))
-        if not summary.valid:
-            failures.append("statistics INVALID: " + "; ".join(summary.invalid_reasons))
-        status: Status = "failed" if failures else "passed"
-        message = "; ".join(failures) if failures else (
-            f"P50 {summary.p50.value_ms:.3f} ms, P99 {summary.p99.value_ms:.3f} ms over {summary.n} iterations"
-        )
+        failures: dict[str, tuple[str, ...]] = {}
+        keys = sorted(outputs)
+        host = host_reference(onnx, job.model, eval_data.path, eval_data.sha256, keys)
+        labels = eval_data.labels
+        if job.kind == "robustness":
+            assert labels is not None
+            robust, failures["robustness"] = robustness_checks(outputs, host, labels, budgets)
+            metrics.update(robust)
+        else:
+            stability, failures["latency"] = latency_checks(summary, samples, budgets)
+            metrics.update(stability)
+            device_ref = None
+            ref_variant = job.variant.reference()
+            if ref_variant != job.variant:
+                ref_outputs = self._outputs.get((Job(job.model, ref_variant, job.device).id, "latency"))
+                device_ref = ref_outputs["clean"] if ref_outputs else None
+            parity, failures["parity"] = parity_checks(outputs["clean"], host["clean"], device_ref, labels, budgets)
+            metrics.update(parity)
+            metrics.update(self._production(job, outputs["clean"], labels, summary))
+        all_failures = [f for group in failures.values() for f in group]
+        status: Status = "failed" if all_failures else "passed"
+        if all_failures:
+            message = "; ".join(all_failures)
+        elif job.kind == "robustness":
+            message = f"mCE {metrics['mce']:.3f}, worst corruption {metrics['worst_corruption']}"
+        else:
+            message = (
+                f"P50 {summary.p50.value_ms:.3f} ms, P99 {summary.p99.value_ms:.3f} ms over {summary.n} iterations"
+            )
         return JobResult(
             run_id=self.run_id,
             job_id=job.id,
@@ -394,7 +450,40 @@ class Pipeline:
             load_ms=float(raw["load_ms"]),
             facts={**raw["facts"], "runtime": raw["runtime"]},
             metrics=metrics,
+            failures=failures,
         )
+
+    def _production(
+        self, job: Job, clean: np.ndarray, labels: np.ndarray | None, summary: LatencySummary
+    ) -> dict[str, Any]:
+        """Candidate vs the production model it would replace, same variant on the same device."""
+        name = job.model.production
+        if not name:
+            return {}
+        production = next((m for m in [*self.catalog, *self.models] if m.name == name), None)
+        if production is None:
+            raise ConfigError(
+                f"production model {name!r} is not in the catalog",
+                file=job.model.catalog_file,
+                key="production",
+                fix="name a model that has a YAML file next to this one",
+            )
+        prod_job = Job(production, job.variant, job.device, "latency")
+        prod_result = self.result_for(prod_job)
+        prod_outputs = self._outputs.get((prod_job.id, "latency"))
+        if prod_outputs is None or prod_result.latency is None:
+            return {"production_model": name, "production_status": prod_result.status}
+        if prod_outputs["clean"].shape != clean.shape or production.eval != job.model.eval:
+            raise ConfigError(
+                f"candidate {job.model.name} and production {name} are not evaluated on the same data",
+                file=job.model.catalog_file,
+                key="eval",
+                fix="give both catalog entries the same eval: and input shape",
+            )
+        return {
+            "production_model": name,
+            **production_checks(clean, prod_outputs["clean"], labels, summary, prod_result.latency),
+        }
 
     # ---- finish -----------------------------------------------------------------------------
     def finish(self) -> str:
@@ -405,6 +494,11 @@ class Pipeline:
         status = "error" if "error" in statuses else "failed" if "failed" in statuses else "passed"
         self.store.finish_run(self.run_id, now(), status)
         return status
+
+
+def has_labels(model: ModelEntry) -> bool:
+    """Whether the model's eval set is labelled (checked on one image)."""
+    return load_dataset(model.eval.dataset, count=1, seed=model.eval.seed, shape=model.input.shape[1:]).labels is not None
 
 
 def _parse_reply(stdout: bytes) -> dict[str, Any] | None:

@@ -22,8 +22,23 @@ _REPORT = pytest.StashKey["Path | None"]()
 
 # Metrics published as JUnit properties for every job (the nightly CI's dashboards read these).
 JUNIT_KEYS = (
-    "model", "backend", "precision", "device", "n", "p50_ms", "p95_ms", "p99_ms", "p50_ci_ms", "p95_ci_ms",
-    "p99_ci_ms", "mean_ms", "first_inference_ms", "valid", "status", "top1_acc", "stop_reason",
+    "model",
+    "backend",
+    "precision",
+    "device",
+    "n",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "p50_ci_ms",
+    "p95_ci_ms",
+    "p99_ci_ms",
+    "mean_ms",
+    "first_inference_ms",
+    "valid",
+    "status",
+    "top1_acc",
+    "stop_reason",
 )
 
 
@@ -60,7 +75,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
     quick = config.getoption("--quick")
     settings = MeasureSettings(min_duration_s=0.5, max_duration_s=5.0) if quick else MeasureSettings()
-    config.stash[_PIPELINE] = Pipeline(lab, models, store, settings=settings, command="pytest")
+    catalog = load_catalog(Path(config.getoption("--catalog")))
+    config.stash[_PIPELINE] = Pipeline(lab, models, store, settings=settings, command="pytest", catalog=catalog)
     report = config.getoption("--report")
     config.stash[_REPORT] = Path(report) if report else default_report_path()
 
@@ -82,7 +98,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             ids=["no-lab"],
         )
         return
-    jobs = pipeline.plan([kind])
+    # Latency and parity suites read the same job (one device execution serves both).
+    jobs = pipeline.plan(["robustness" if kind == "robustness" else "latency"])
     metafunc.parametrize("edgebench_job", jobs, ids=[j.id for j in jobs])
 
 
@@ -95,16 +112,14 @@ def _capabilities(job: Job) -> set[str]:
 
 
 @pytest.fixture
-def edgebench_result(
-    request: pytest.FixtureRequest, edgebench_job: Job, record_property: Any
-) -> Iterator[JobResult]:
+def edgebench_result(request: pytest.FixtureRequest, edgebench_job: Job, record_property: Any) -> Iterator[JobResult]:
     """Run the job on its device and yield its recorded result; skip when the device cannot run it."""
     for marker in request.node.iter_markers("requires"):
         missing = [c for c in marker.args if c not in _capabilities(edgebench_job)]
         if missing:
             pytest.skip(f"{edgebench_job.device.name} lacks {', '.join(missing)}")
     pipeline = _pipeline(request.config)
-    result: JobResult = pipeline.run_job(edgebench_job)
+    result: JobResult = pipeline.result_for(edgebench_job)
     flat = result.flat()
     for key in JUNIT_KEYS:
         if key in flat and flat[key] is not None:

@@ -100,6 +100,11 @@ class JobResult:
     facts: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, MetricValue] = field(default_factory=dict)
     kind: str = "latency"
+    failures: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # check group -> messages
+
+    def failed(self, group: str) -> tuple[str, ...]:
+        """Failure messages of one check group (latency, parity, robustness, production)."""
+        return self.failures.get(group, ())
 
     def flat(self) -> dict[str, Any]:
         """The public record: field names later issues extend and never rename."""
@@ -136,6 +141,7 @@ class JobResult:
             "invalid_reasons": list(lat.invalid_reasons) if lat else ["no samples"],
             "status": self.status,
             "message": self.message,
+            "failures": {k: list(v) for k, v in self.failures.items() if v},
             "started_at": self.started_at,
             "finished_at": self.finished_at,
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +119,12 @@ def tiny_catalog(tmp_path: Path, tiny_onnx: Path) -> Path:
     (directory / "tiny.onnx").write_bytes(tiny_onnx.read_bytes())
     (directory / "tiny-cnn.yaml").write_text(tiny_catalog_yaml(), encoding="utf-8")
     return directory
+
+
+@pytest.fixture(name="tiny_catalog_yaml")
+def tiny_catalog_yaml_fixture() -> Callable[..., str]:
+    """The tiny-cnn catalog entry's text, as a function of its name and an optional budgets block."""
+    return tiny_catalog_yaml
 
 
 @pytest.fixture

@@ -95,7 +95,8 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
         return samples, "fixed_count", time.monotonic() - started
     next_check = stop.min_iterations
     while True:
-        chunk = max(next_check - len(samples), 1)
+        # Never run past max_iterations: the next check may be far ahead while min_duration_s is near.
+        chunk = max(min(next_check, stop.max_iterations) - len(samples), 1)
         for _ in range(chunk):
             t0 = perf_ns()
             run()

@@ -7,7 +7,7 @@ the device, so a malformed spec fails here with the key that is wrong.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 from . import PROTOCOL_VERSION
@@ -74,10 +74,52 @@ class JobSpec:
     protocol: int = PROTOCOL_VERSION
 
 
+_TOP_LEVEL = (
+    "protocol",
+    "job_id",
+    "runtime",
+    "artifact",
+    "input",
+    "latency",
+    "eval",
+    "outputs",
+    "options",
+    "warmup",
+    "stop",
+    "eval_batch",
+)
+_LATENCY = ("file", "key")
+_MISSING = object()
+
+
 def _require(obj: dict[str, Any], key: str, where: str) -> Any:
     if key not in obj:
         raise SpecError(f"job spec: missing key {where}{key}")
     return obj[key]
+
+
+def _reject_unknown(obj: dict[str, Any], known: tuple[str, ...] | list[str], where: str) -> None:
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise SpecError(f"job spec: unknown key {where}{unknown[0]}; known: {', '.join(sorted(known))}")
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field's annotation (the annotations here are strings, see __future__)."""
+    optional = annotation.endswith(" | None")
+    if value is None:
+        return optional
+    base = annotation[: -len(" | None")] if optional else annotation
+    if base == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base == "str":
+        return isinstance(value, str)
+    if base.startswith("tuple["):
+        item = "int" if base.startswith("tuple[int") else "float"
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    return True
 
 
 def _sub(cls: Any, obj: Any, where: str) -> Any:
@@ -85,14 +127,20 @@ def _sub(cls: Any, obj: Any, where: str) -> Any:
         return cls()
     if not isinstance(obj, dict):
         raise SpecError(f"job spec: {where} must be an object, got {type(obj).__name__}")
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(obj) - known)
-    if unknown:
-        raise SpecError(f"job spec: unknown key {where}.{unknown[0]}; known: {', '.join(sorted(known))}")
+    fields = cls.__dataclass_fields__
+    _reject_unknown(obj, list(fields), f"{where}.")
     values = dict(obj)
-    for key in ("percentiles", "shape", "mean", "std"):
-        if key in values and isinstance(values[key], list):
-            values[key] = tuple(values[key])
+    for name, spec in fields.items():
+        required = spec.default is MISSING and spec.default_factory is MISSING
+        value = values.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise SpecError(f"job spec: missing key {where}.{name}")
+            continue
+        if not _type_ok(value, str(spec.type)):
+            raise SpecError(f"job spec: {where}.{name} must be {spec.type}, got {value!r}")
+        if isinstance(value, list):
+            values[name] = tuple(value)
     return cls(**values)
 
 
@@ -106,8 +154,21 @@ def parse_job(obj: Any) -> JobSpec:
             f"job spec: protocol {version!r} is not supported by this runner (speaks {PROTOCOL_VERSION}); "
             "redeploy the runner from the same edgebench version as the host"
         )
+    # A misspelt key would otherwise be ignored and its default used without a word.
+    _reject_unknown(obj, _TOP_LEVEL, "")
     latency = _require(obj, "latency", "")
-    eval_sets = tuple(_sub(EvalSet, e, f"eval[{i}]") for i, e in enumerate(obj.get("eval", [])))
+    if not isinstance(latency, dict):
+        raise SpecError(f"job spec: latency must be an object, got {type(latency).__name__}")
+    _reject_unknown(latency, _LATENCY, "latency.")
+    eval_list = obj.get("eval", [])
+    if not isinstance(eval_list, list):
+        raise SpecError(f"job spec: eval must be a list, got {type(eval_list).__name__}")
+    options = obj.get("options", {})
+    if not isinstance(options, dict):
+        raise SpecError(f"job spec: options must be an object, got {type(options).__name__}")
+    eval_batch = obj.get("eval_batch", 32)
+    if not _type_ok(eval_batch, "int") or eval_batch < 1:
+        raise SpecError(f"job spec: eval_batch must be a positive int, got {eval_batch!r}")
     return JobSpec(
         job_id=str(_require(obj, "job_id", "")),
         runtime=str(_require(obj, "runtime", "")),
@@ -116,11 +177,11 @@ def parse_job(obj: Any) -> JobSpec:
         latency_file=str(_require(latency, "file", "latency.")),
         latency_key=str(latency.get("key", "latency")),
         outputs_file=str(_require(obj, "outputs", "")),
-        options=dict(obj.get("options", {})),
+        options=dict(options),
         warmup=_sub(WarmupSpec, obj.get("warmup"), "warmup"),
         stop=_sub(StopSpec, obj.get("stop"), "stop"),
-        eval_sets=eval_sets,
-        eval_batch=int(obj.get("eval_batch", 32)),
+        eval_sets=tuple(_sub(EvalSet, e, f"eval[{i}]") for i, e in enumerate(eval_list)),
+        eval_batch=eval_batch,
     )
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..catalog import load_catalog
+from ..errors import ConfigError
 from ..lab.inventory import load_lab
 from ..paths import default_db_path, default_report_path
 from ..records import JobResult
@@ -26,9 +27,7 @@ from ..store import Store
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 LabOpt = Annotated[Path, typer.Option("--lab", help="Inventory YAML, e.g. devices/local.yaml.")]
-DbOpt = Annotated[
-    Path | None, typer.Option("--db", help="Results database: a SQLite path or a postgresql:// URL.")
-]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="Results database: a SQLite path or a postgresql:// URL.")]
 RunOpt = Annotated[str, typer.Option("--run", help="'latest' or a run id (a unique prefix is enough).")]
 
 
@@ -58,6 +57,9 @@ def run(
     db: DbOpt = None,
     report: Annotated[Path | None, typer.Option("--report", help="Where to write the HTML report.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Shorter timed loops (still VALID P99).")] = False,
+    kinds: Annotated[
+        str, typer.Option("--kinds", help="Comma-separated job kinds: latency (with parity), robustness.")
+    ] = "latency,robustness",
 ) -> int:
     """Build, deploy and measure every model variant on every device of a lab; store; report."""
     from ..pipeline import MeasureSettings, Pipeline
@@ -67,15 +69,20 @@ def run(
     entries = load_catalog(catalog, models)
     store = _store(db)
     settings = MeasureSettings(min_duration_s=0.5, max_duration_s=5.0) if quick else MeasureSettings()
+    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = sorted(set(chosen) - {"latency", "robustness"})
+    if unknown:
+        raise ConfigError(f"unknown job kind {unknown[0]!r}", key="--kinds", fix="use latency and/or robustness")
     pipeline = Pipeline(
         lab_config,
         entries,
         store,
+        catalog=load_catalog(catalog),
         settings=settings,
         command="edgebench " + shlex.join(sys.argv[1:]),
         on_result=_print_result,
     )
-    jobs = pipeline.plan()
+    jobs = pipeline.plan(chosen)
     console.print(f"run {pipeline.run_id}: {len(jobs)} job(s) on {len(lab_config.devices)} device(s)")
     try:
         for job in jobs:
@@ -103,7 +110,9 @@ def _json_safe(value: Any) -> Any:
 def results(
     db: DbOpt = None,
     run_: Annotated[str, typer.Option("--run", help="'latest' or a run id (a unique prefix is enough).")] = "latest",
-    format_: Annotated[Format, typer.Option("--format", help="json, csv, table, or pytest-benchmark (JSON its compare tool reads).")] = Format.table,
+    format_: Annotated[
+        Format, typer.Option("--format", help="json, csv, table, or pytest-benchmark (JSON its compare tool reads).")
+    ] = Format.table,
     runs: Annotated[bool, typer.Option("--runs", help="List runs instead of results.")] = False,
 ) -> int:
     """Print a run's results (or the list of runs)."""
@@ -113,10 +122,7 @@ def results(
 
         print(json.dumps(_json_safe(export_run(store, store.resolve_run(run_))), indent=2, default=str))
         return 0
-    if runs:
-        rows = store.list_runs()
-    else:
-        rows = store.results(store.resolve_run(run_))
+    rows = store.list_runs() if runs else store.results(store.resolve_run(run_))
     if format_ is Format.json:
         print(json.dumps(_json_safe(rows), indent=2, default=str))
     elif format_ is Format.csv:
@@ -150,17 +156,23 @@ def _table(rows: list[dict[str, Any]], runs: bool) -> None:
             table.add_row(r["id"], r["started_at"], r["status"], r["lab_name"] or "", (r["git_sha"] or "")[:10])
         out.print(table)
         return
-    table = Table("job", "n", "P50 ms", "P95 ms", "P99 ms", "valid", "status")
+    table = Table("job", "kind", "n", "P50 ms", "P95 ms", "P99 ms", "valid", "status")
     for r in rows:
-        def ms(key: str) -> str:
-            value = r.get(key)
-            return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
-
         table.add_row(
-            r["job_id"], str(r["n"]), ms("p50_ms"), ms("p95_ms"), ms("p99_ms"),
-            "VALID" if r["valid"] else "INVALID", r["status"],
+            r["job_id"],
+            r.get("kind", "latency"),
+            str(r["n"]),
+            _ms(r.get("p50_ms")),
+            _ms(r.get("p95_ms")),
+            _ms(r.get("p99_ms")),
+            "VALID" if r["valid"] else "INVALID",
+            r["status"],
         )
     out.print(table)
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
 def report(
@@ -181,4 +193,3 @@ def register(app: typer.Typer) -> None:
     app.command("run")(run)
     app.command("results")(results)
     app.command("report")(report)
-

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..config import Strict, load_model
@@ -28,6 +29,7 @@ class Device(Strict):
     known_hosts: str | None = Field(default=None, description="known_hosts file; default ~/.ssh/known_hosts")
     ssh_config: str | None = Field(default=None, description="ssh config file; default ~/.ssh/config")
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_s: float = Field(default=15.0, gt=0, description="SSH keepalive interval")
     python: str | None = Field(default=None, description="absolute path of the device's python3")
     runtimes: tuple[str, ...] | None = None
     tags: tuple[str, ...] = ()
@@ -38,6 +40,14 @@ class Device(Strict):
     cache_max_age_days: float = Field(default=30.0, gt=0)
     threads: int | None = Field(default=None, gt=0)
     job_timeout_s: float = Field(default=900.0, gt=0)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"environment variable name {name!r} is not valid (letters, digits, _)")
+        return env
 
     @model_validator(mode="after")
     def _reachable(self) -> Device:

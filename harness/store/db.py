@@ -161,7 +161,9 @@ class Store:
             if run == "latest":
                 found = conn.execute(select(runs.c.id).order_by(desc(runs.c.started_at)).limit(1)).scalar()
                 if found is None:
-                    raise ConfigError("the results database has no runs yet", key="--run", fix="run edgebench run first")
+                    raise ConfigError(
+                        "the results database has no runs yet", key="--run", fix="run edgebench run first"
+                    )
                 return str(found)
             found = conn.execute(select(runs.c.id).where(runs.c.id.startswith(run))).scalars().all()
         if len(found) != 1:
@@ -210,9 +212,7 @@ class Store:
         """The facts each device reported in a run (from its last result)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(results.c.device, results.c.facts)
-                .where(results.c.run_id == run_id)
-                .order_by(results.c.id)
+                select(results.c.device, results.c.facts).where(results.c.run_id == run_id).order_by(results.c.id)
             ).all()
         facts: dict[str, dict[str, Any]] = {}
         for row in rows:

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -54,6 +54,14 @@ SFTP_IO_TIMEOUT_S = 60.0
 _MAX_JUMPS = 8
 
 T = TypeVar("T")
+
+
+class HostKeyRejected(DeviceOffline):
+    """The server answered, but its host key is unknown or changed; nothing was sent to it."""
+
+
+class AuthenticationFailed(DeviceOffline):
+    """The server answered and its host key checked out, but it did not accept our keys."""
 
 
 # ---- where to log in ------------------------------------------------------------------------------
@@ -90,12 +98,12 @@ class Endpoint:
         return self.label + "".join(f" via {h}" for h in hops)
 
 
-def load_ssh_config(path: str | None) -> paramiko.SSHConfig:
+def load_ssh_config(path: str | None, device: str) -> paramiko.SSHConfig:
     """The device's ssh config file, else ~/.ssh/config, else an empty one."""
     file = Path(path or "~/.ssh/config").expanduser()
     if path and not file.is_file():
         raise TransportError(
-            f"ssh_config {file} does not exist", device="?", fix="correct ssh_config: in the inventory"
+            f"ssh_config {file} does not exist", device=device, fix="correct ssh_config: in the inventory"
         )
     if not file.is_file():
         return paramiko.SSHConfig()
@@ -148,11 +156,7 @@ def _resolve_host(
             fix="check the ProxyJump lines of your ssh config",
         )
     entry = config.lookup(alias)
-    identities: tuple[str, ...]
-    if identity:
-        identities = (identity,)
-    else:
-        identities = tuple(str(p) for p in entry.get("identityfile", []))
+    identities = (identity,) if identity else tuple(str(p) for p in entry.get("identityfile", []))
     if device.identity and not identities and depth > 0:
         identities = (device.identity,)  # a jump host with no key of its own: try the device's key
     known = known_hosts or _first(entry.get("userknownhostsfile")) or "~/.ssh/known_hosts"
@@ -176,7 +180,7 @@ def _resolve_host(
     return Endpoint(
         alias=alias,
         hostname=str(entry.get("hostname", alias)),
-        port=int(port or entry.get("port", 22)),
+        port=port or int(str(entry.get("port", 22))),
         user=str(user or entry.get("user") or getpass.getuser()),
         identities=tuple(str(Path(i).expanduser()) for i in identities),
         known_hosts=Path(known).expanduser(),
@@ -207,17 +211,16 @@ def _resolve_chain(
             depth=depth + index,
         )
     if previous is None:
-        raise TransportError(f"empty ProxyJump {proxy!r}", device=device.name, fix="name a jump host or remove it")
+        raise TransportError(
+            f"empty ProxyJump {proxy!r}", device=device.name, fix="name a jump host or remove the line"
+        )
     return previous
 
 
 def resolve(device: Device) -> Endpoint:
     """Where and as whom to log in to a device, with its jump hosts."""
     assert device.host is not None  # an ssh device always has one (inventory validation)
-    try:
-        config = load_ssh_config(device.ssh_config)
-    except TransportError as exc:
-        raise TransportError(exc.message.split(": ", 1)[-1], device=device.name, fix=exc.fix) from None
+    config = load_ssh_config(device.ssh_config, device.name)
     return _resolve_host(
         device.host,
         config,
@@ -240,7 +243,8 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 def _keyscan(ep: Endpoint, key: paramiko.PKey) -> str:
-    kind = key.get_name().removeprefix("ssh-").split("-", 1)[0]  # ssh-ed25519 -> ed25519, ecdsa-sha2-... -> ecdsa
+    # ssh-ed25519 -> ed25519, ecdsa-sha2-nistp256 -> ecdsa, ssh-rsa -> rsa
+    kind = key.get_name().removeprefix("ssh-").split("-", 1)[0]
     port = f"-p {ep.port} " if ep.port != 22 else ""
     return f"ssh-keyscan {port}-t {kind} {shlex.quote(ep.hostname)} >> {shlex.quote(str(ep.known_hosts))}"
 
@@ -254,7 +258,7 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         where = "" if self.ep.known_hosts.is_file() else " (the file does not exist)"
-        raise DeviceOffline(
+        raise HostKeyRejected(
             f"host key of {self.ep.known_hosts_name} ({key.get_name()} {fingerprint(key)}) is not in "
             f"{self.ep.known_hosts}{where}; edgebench never adds host keys by itself",
             device=self.device,
@@ -263,11 +267,15 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
 
 
 # ---- connecting ---------------------------------------------------------------------------------------
-def _offline(ep: Endpoint, device: str, what: str, fix: str) -> DeviceOffline:
-    return DeviceOffline(f"{ep.route()}: {what}", device=device, fix=fix)
+def _offline(
+    ep: Endpoint, device: str, what: str, fix: str, kind: type[DeviceOffline] = DeviceOffline
+) -> DeviceOffline:
+    return kind(f"{ep.route()}: {what}", device=device, fix=fix)
 
 
-def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Channel | None) -> paramiko.SSHClient:
+def _connect_one(
+    ep: Endpoint, device: str, sock: socket.socket | paramiko.Channel | None
+) -> paramiko.SSHClient:
     """Open one authenticated SSH connection (through ``sock`` when it comes from a jump host)."""
     for identity in ep.identities:
         if not Path(identity).is_file():
@@ -286,7 +294,8 @@ def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Chann
             ep.hostname,
             port=ep.port,
             username=ep.user,
-            key_filename=list(ep.identities) or None,
+            # paramiko takes a list of key files here; its stubs say one
+            key_filename=list(ep.identities) or None,  # type: ignore[arg-type]
             allow_agent=ep.use_agent,
             look_for_keys=not ep.identities,
             timeout=timeout,
@@ -321,7 +330,9 @@ def _connect_error(ep: Endpoint, device: str, exc: BaseException) -> BaseExcepti
             f"{ep.known_hosts} holds {fingerprint(exc.expected_key)}; refusing to connect (this is what a "
             "man-in-the-middle looks like)",
             f"if the device was reinstalled, confirm the new fingerprint with its owner, then run: "
-            f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(ep.known_hosts))} && {_keyscan(ep, exc.key)}",
+            f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(ep.known_hosts))} && "
+            + _keyscan(ep, exc.key),
+            HostKeyRejected,
         )
     if isinstance(exc, paramiko.AuthenticationException):
         tried = ", ".join(ep.identities) if ep.identities else "the default keys in ~/.ssh"
@@ -334,17 +345,20 @@ def _connect_error(ep: Endpoint, device: str, exc: BaseException) -> BaseExcepti
             f"authentication failed for user {ep.user!r} (tried {tried}{agent}): {exc}",
             f"authorize the key on the device (ssh-copy-id -i {key}.pub {port}{ep.user}@{ep.hostname}) "
             "or set identity: / user: in the inventory",
+            AuthenticationFailed,
         )
     if isinstance(exc, ConnectionRefusedError | paramiko.ssh_exception.NoValidConnectionsError):
         return _offline(
-            ep, device, "connection refused (no SSH server listening)", "power the device on and start sshd, "
-            "or correct host:/port: in the inventory"
+            ep,
+            device,
+            "connection refused (no SSH server listening)",
+            "power the device on and start sshd, or correct host:/port: in the inventory",
         )
     if isinstance(exc, socket.gaierror):
         return _offline(
-            ep, device, f"cannot resolve host name {ep.hostname!r}", "correct host: or the Host alias in ssh config"
+            ep, device, f"cannot resolve host name {ep.hostname!r}", "correct host: (or the Host alias)"
         )
-    if isinstance(exc, TimeoutError | socket.timeout):
+    if isinstance(exc, TimeoutError):
         return _offline(
             ep,
             device,
@@ -375,7 +389,7 @@ def _open_chain(ep: Endpoint, device: str) -> list[paramiko.SSHClient]:
             raise _offline(
                 ep,
                 device,
-                f"the jump host {ep.jump.label} could not open a connection to {ep.hostname}:{ep.port} ({exc})",
+                f"the jump host {ep.jump.label} could not connect to {ep.hostname}:{ep.port} ({exc})",
                 "check the device from the jump host (is it on? is the port right?)",
             ) from None
         clients.append(_connect_one(ep, device, channel))
@@ -384,6 +398,12 @@ def _open_chain(ep: Endpoint, device: str) -> list[paramiko.SSHClient]:
             client.close()
         raise
     return clients
+
+
+def _with_timeout(ep: Endpoint, timeout: float) -> Endpoint:
+    """The same route with every hop's connect timeout capped."""
+    jump = _with_timeout(ep.jump, timeout) if ep.jump is not None else None
+    return replace(ep, connect_timeout_s=min(ep.connect_timeout_s, timeout), jump=jump)
 
 
 # ---- running commands -----------------------------------------------------------------------------------
@@ -403,21 +423,22 @@ def command_line(
         parts.append(command)
     else:
         limit = math.ceil(device_deadline_s)
-        parts.append(
-            f"if command -v timeout >/dev/null 2>&1; then timeout -s KILL {limit} {command}; else {command}; fi"
-        )
+        guarded = f"timeout -s KILL {limit} {command}"
+        parts.append(f"if command -v timeout >/dev/null 2>&1; then {guarded}; else {command}; fi")
     return "; ".join(parts)
 
 
 def kill_command(pgid: int | None, token: str) -> str:
-    """SIGKILL the command's process group; find it by its token when its PID never arrived."""
+    """SIGKILL everything in the command's session; find it by its token when its PID never arrived.
+
+    sshd makes the wrapper shell a session and process group leader, so its PID names both. The whole
+    session goes, not only the group: coreutils ``timeout`` moves its child into a group of its own.
+    """
     pattern = shlex.quote(f"[{token[0]}]{token[1:]}")  # the regex does not match this kill command itself
-    parts = []
+    parts = ['k() { pkill -KILL -s "$1" 2>/dev/null; kill -KILL -- -"$1" 2>/dev/null; }']
     if pgid is not None:
-        parts.append(f"kill -KILL -- -{pgid} 2>/dev/null")
-    parts.append(
-        f"for p in $(pgrep -f {pattern}); do kill -KILL -- -$p 2>/dev/null || kill -KILL $p 2>/dev/null; done"
-    )
+        parts.append(f"k {pgid}")
+    parts.append(f"for p in $(pgrep -f {pattern}); do k $p; done")
     parts.append("exit 0")
     return "; ".join(parts)
 
@@ -493,7 +514,8 @@ class SshTransport:
         endpoint = resolve(device)
         started = time.monotonic()
         clients = _open_chain(endpoint, device.name)
-        log.debug("device %s: connected to %s in %.3f s", device.name, endpoint.route(), time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        log.debug("device %s: connected to %s in %.3f s", device.name, endpoint.route(), elapsed)
         return cls(device, endpoint, clients)
 
     @property
@@ -509,8 +531,12 @@ class SshTransport:
             )
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
-            self._broken = "the connection was closed"
-            return self._transport()
+            self._broken = "the connection was lost"
+            raise TransportError(
+                "the SSH connection was lost",
+                device=self.device,
+                fix="check that the device is up and its sshd running (edgebench devices check)",
+            )
         return transport
 
     # ---- commands -------------------------------------------------------------------------------
@@ -605,27 +631,26 @@ class SshTransport:
     def _kill(self, pgid: int | None, token: str) -> str:
         """Kill the command's process group on the device; say how that went (for the error message)."""
         command = kill_command(pgid, token)
-        what = f"process group {pgid}" if pgid is not None else "its processes"
+        what = "its processes on the device" + (f" (session {pgid})" if pgid is not None else "")
         try:
             if self._broken is None:
                 self._exec_quick(self._transport(), command)
-                return f"its {what} on the device was killed"
+                return f"{what} were killed"
         except (TransportError, _Expired, _Lost, paramiko.SSHException, OSError, EOFError):
             self._broken = "the connection stalled (the device's sshd stopped answering)"
         # The old connection is stalled or gone: kill over a fresh one.
         clients: list[paramiko.SSHClient] = []
         try:
-            quick = _replace_timeout(self.endpoint, KILL_TIMEOUT_S)
-            clients = _open_chain(quick, self.device)
+            clients = _open_chain(_with_timeout(self.endpoint, KILL_TIMEOUT_S), self.device)
             transport = clients[-1].get_transport()
             assert transport is not None
             self._exec_quick(transport, command)
-            return f"{self._broken}; its {what} on the device was killed over a new connection"
+            return f"{self._broken}; {what} were killed over a new connection"
         except (TransportError, _Expired, _Lost, paramiko.SSHException, OSError, EOFError) as exc:
             detail = exc.message if isinstance(exc, TransportError) else str(exc) or type(exc).__name__
             return (
                 f"{self._broken}; could not reach the device to kill {what} ({detail}); the device-side "
-                f"deadline (coreutils timeout) ends it where available"
+                "deadline (coreutils timeout) ends them where available"
             )
         finally:
             for client in reversed(clients):
@@ -667,7 +692,7 @@ class SshTransport:
         sftp = self._sftp_client()
         try:
             return fn(sftp)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self._broken = f"a file transfer stalled for {SFTP_IO_TIMEOUT_S:g} s"
             raise TransportError(
                 f"{what}: no progress for {SFTP_IO_TIMEOUT_S:g} s (the connection stalled)",
@@ -715,14 +740,14 @@ class SshTransport:
             return TransportError(
                 f"permission denied writing {remote}",
                 device=self.device,
-                fix=f"make {directory} writable by {self.endpoint.user}, or point cache_dir at a writable place",
+                fix=f"make {directory} writable by {self.endpoint.user}, or point cache_dir elsewhere",
             )
         if free is not None and free < max(size, 1 << 20):
             return TransportError(
                 f"the device's disk is full: {local.name} ({size // 1024} KiB) does not fit in {directory} "
                 f"({free // 1024} KiB free)",
                 device=self.device,
-                fix="free space on the device (or lower cache_max_mb), or point cache_dir at a larger filesystem",
+                fix="free space on the device (or lower cache_max_mb), or point cache_dir at a bigger disk",
             )
         return TransportError(
             f"upload of {local.name} to {remote} failed: {exc.strerror or exc}",
@@ -749,7 +774,9 @@ class SshTransport:
                 sftp.get(remote, str(local))
             except FileNotFoundError:
                 raise TransportError(
-                    f"{remote} does not exist on the device", device=self.device, fix="check the runner's output"
+                    f"{remote} does not exist on the device",
+                    device=self.device,
+                    fix="check the runner's output and the free space on the device",
                 ) from None
             except OSError as exc:
                 raise TransportError(f"download of {remote} failed: {exc}", device=self.device) from None
@@ -772,19 +799,3 @@ class SshTransport:
                 with contextlib.suppress(Exception):
                     client.close()
             self._broken = self._broken or "the connection was closed"
-
-
-def _replace_timeout(ep: Endpoint, timeout: float) -> Endpoint:
-    jump = _replace_timeout(ep.jump, timeout) if ep.jump is not None else None
-    return Endpoint(
-        alias=ep.alias,
-        hostname=ep.hostname,
-        port=ep.port,
-        user=ep.user,
-        identities=ep.identities,
-        known_hosts=ep.known_hosts,
-        connect_timeout_s=min(ep.connect_timeout_s, timeout),
-        keepalive_s=ep.keepalive_s,
-        use_agent=ep.use_agent,
-        jump=jump,
-    )

@@ -125,21 +125,25 @@ def _upsample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
+def _octave(rng: np.random.Generator, channels: int, cells: int) -> np.ndarray:
+    """A (channels, cells+1, cells+1) noise grid, mostly shared across channels as luminance is."""
+    shared = rng.standard_normal((1, cells + 1, cells + 1))
+    return shared + 0.5 * rng.standard_normal((channels, cells + 1, cells + 1))
+
+
 def _smooth_image(rng: np.random.Generator, shape: Shape) -> np.ndarray:
-    """One image of layered low-frequency noise, a colour gradient and a few soft-edged shapes."""
+    """One image of 1/f (photograph-like) noise, a colour gradient and a few soft-edged shapes."""
     channels, height, width = shape
-    image = np.zeros(shape, dtype=np.float64)
     # Octaves of noise down to a few pixels, amplitude halving per octave: the 1/f spectrum of
     # photographs. Fine detail matters: on purely smooth images a random 3x3 filter sees almost no
     # signal, so quantisation noise would dominate and INT8 parity would measure nothing useful.
+    # Built as a pyramid (upsample 2x, add the next octave) so the cost is one full-size resize.
     cells, weight = 3, 1.0
-    while cells <= max(height, width) // 2:
-        # Mostly shared across channels (luminance), partly per channel (colour), as in photographs.
-        grid = rng.standard_normal((1, cells + 1, cells + 1)) + 0.5 * rng.standard_normal(
-            (channels, cells + 1, cells + 1)
-        )
-        image += weight * _upsample(grid, height, width)
+    grid = _octave(rng, channels, cells)
+    while cells * 2 <= max(height, width) // 2:
         cells, weight = cells * 2, weight * 0.5
+        grid = _upsample(grid, cells + 1, cells + 1) + weight * _octave(rng, channels, cells)
+    image = _upsample(grid, height, width)
 
     yy, xx = np.meshgrid(np.linspace(-1.0, 1.0, height), np.linspace(-1.0, 1.0, width), indexing="ij")
     angle = rng.uniform(0.0, 2.0 * np.pi)

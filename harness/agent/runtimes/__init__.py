@@ -23,6 +23,10 @@ import numpy as np
 # name -> module inside this package. Adding a runtime is one module and one line here.
 RUNTIMES: dict[str, str] = {
     "onnxruntime": "onnxruntime_rt",
+    "openvino": "openvino_rt",
+    "litert": "litert_rt",
+    "tensorrt": "tensorrt_rt",
+    "coreml": "coreml_rt",
 }
 
 

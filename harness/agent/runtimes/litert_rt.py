@@ -1,0 +1,129 @@
+"""LiteRT on the device: ai-edge-litert's Interpreter (or tflite_runtime's), XNNPACK threads, Edge TPU delegate.
+
+The input is written into the interpreter once (``set_tensor`` copies it into the model's own
+buffer), so the timed call is ``invoke()`` alone. Fully quantised models (int8/uint8 inputs, as the
+Edge TPU needs) get the input quantised with the model's own scale and zero point outside the
+timed call, and outputs dequantised for the eval pass. A model with NHWC inputs gets the runner's
+NCHW images transposed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"  # Linux; macOS uses libedgetpu.1.dylib, Windows edgetpu.dll
+
+
+def _module() -> Tuple[Any, str]:
+    try:
+        from ai_edge_litert import interpreter
+
+        return interpreter, "ai-edge-litert"
+    except ImportError:
+        from tflite_runtime import interpreter  # type: ignore[no-redef]
+
+        return interpreter, "tflite-runtime"
+
+
+def available() -> bool:
+    _module()
+    return True
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as dist_version
+
+        _, dist = _module()
+        return f"{dist} {dist_version(dist)}"
+    except Exception:  # metadata missing on some device images: the import itself is what matters
+        return _module()[1]
+
+
+def quantize(x: np.ndarray, details: Dict[str, Any]) -> np.ndarray:
+    """float -> the tensor's integer type with its (scale, zero_point); float tensors pass through."""
+    dtype = np.dtype(details["dtype"])
+    if dtype.kind == "f":
+        return np.ascontiguousarray(x, dtype=dtype)
+    scale, zero_point = details["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(y: np.ndarray, details: Dict[str, Any]) -> np.ndarray:
+    if np.dtype(details["dtype"]).kind == "f":
+        return np.asarray(y, dtype=np.float32)
+    scale, zero_point = details["quantization"]
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def to_model_layout(x: np.ndarray, model_shape: List[int]) -> np.ndarray:
+    """The runner's NCHW batch in the model's layout (NHWC models get a transpose)."""
+    if list(x.shape[1:]) == list(model_shape[1:]):
+        return x
+    nhwc = np.transpose(x, (0, 2, 3, 1))
+    if list(nhwc.shape[1:]) == list(model_shape[1:]):
+        return np.ascontiguousarray(nhwc)
+    raise ValueError(f"input of shape {list(x.shape)} fits neither the model's {list(model_shape)} nor its NHWC form")
+
+
+class LiteRtSession:
+    """One Interpreter with its input written once."""
+
+    def __init__(self, artifact: str, input_name: str, options: Dict[str, Any]) -> None:
+        module, self._dist = _module()
+        kwargs: Dict[str, Any] = {"model_path": artifact}
+        threads = options.get("threads")
+        if threads:
+            kwargs["num_threads"] = int(threads)
+        self._delegates: List[str] = []
+        if options.get("edgetpu"):
+            library = str(options.get("edgetpu_library") or EDGETPU_LIBRARY)
+            device = options.get("edgetpu_device")
+            delegate_options = {"device": str(device)} if device else {}
+            kwargs["experimental_delegates"] = [module.load_delegate(library, delegate_options)]
+            self._delegates.append(f"edgetpu:{library}")
+        if options.get("xnnpack") is False:
+            # Without XNNPACK the builtin reference kernels run (slow, but a useful A/B).
+            kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.interpreter = module.Interpreter(**kwargs)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self._threads = threads
+        self._xnnpack = options.get("xnnpack") is not False
+
+    def bind(self, x: np.ndarray) -> None:
+        data = quantize(to_model_layout(x, list(self._input["shape"])), self._input)
+        self.interpreter.set_tensor(self._input["index"], data)
+
+    def run_bound(self) -> None:
+        self.interpreter.invoke()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        # One image at a time: compiled Edge TPU models cannot be resized to a larger batch.
+        x = to_model_layout(x, list(self._input["shape"]))
+        rows = []
+        for i in range(len(x)):
+            self.interpreter.set_tensor(self._input["index"], quantize(x[i : i + 1], self._input))
+            self.interpreter.invoke()
+            rows.append(dequantize(self.interpreter.get_tensor(self._output["index"]), self._output))
+        return np.concatenate(rows)
+
+    def describe(self) -> Dict[str, Any]:
+        return {
+            "runtime": "litert",
+            "version": version(),
+            "threads": self._threads,
+            "xnnpack": self._xnnpack,
+            "delegates": self._delegates,
+            "input_dtype": np.dtype(self._input["dtype"]).name,
+            "input_shape": [int(d) for d in self._input["shape"]],
+        }
+
+
+def open_session(artifact: str, input_name: str, options: Dict[str, Any]) -> LiteRtSession:
+    return LiteRtSession(artifact, input_name, options)
+

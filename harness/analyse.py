@@ -1,0 +1,149 @@
+"""Analyse: turn a job's raw device outputs into metrics and check-group failures, on the host.
+
+Pure functions over arrays and records (no I/O): the pipeline fetches the data, these decide.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .catalog import Budgets
+from .gate.budgets import check_latency
+from .measure.corruptions import ALL_CORRUPTIONS, SEVERITIES
+from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_outputs
+from .measure.robustness import cell_from_logits, robustness_delta, robustness_report
+from .measure.stability import assess_stability
+from .measure.stats import LatencySummary
+
+Metrics = dict[str, Any]
+
+
+def latency_checks(
+    summary: LatencySummary, samples_ns: np.ndarray, budgets: Budgets
+) -> tuple[Metrics, tuple[str, ...]]:
+    """Stability metrics and latency budget failures (an INVALID percentile is a failure too)."""
+    failures = list(check_latency(summary, budgets))
+    if not summary.valid:
+        failures.append("statistics INVALID: " + "; ".join(summary.invalid_reasons))
+    metrics: Metrics = {}
+    if len(samples_ns) >= 2:
+        verdict = assess_stability(samples_ns)
+        metrics.update(
+            cv=verdict.cv,
+            drift=verdict.drift,
+            outlier_share=verdict.outlier_share,
+            unstable=verdict.unstable,
+            unstable_reasons=list(verdict.reasons),
+        )
+    return metrics, tuple(failures)
+
+
+def _parity_fields(m: ParityMetrics, prefix: str = "") -> Metrics:
+    return {
+        f"{prefix}top1_acc": m.top1_acc,
+        f"{prefix}reference_top1_acc": m.reference_top1_acc,
+        f"{prefix}top1_drop_pp": m.top1_drop_pp,
+        f"{prefix}top1_drop_ci_pp": list(m.top1_drop_ci_pp) if m.top1_drop_ci_pp else None,
+        f"{prefix}top1_agreement": m.top1_agreement,
+        f"{prefix}top5_agreement": m.top5_agreement,
+        f"{prefix}psnr_db": m.psnr_db,
+        f"{prefix}sqnr_db": m.sqnr_db,
+        f"{prefix}cosine": m.cosine,
+        f"{prefix}max_abs_err": m.max_abs_err,
+        f"{prefix}mean_abs_err": m.mean_abs_err,
+        f"{prefix}p99_abs_err": m.p99_abs_err,
+    }
+
+
+def parity_budget(budgets: Budgets) -> ParityBudget:
+    return ParityBudget(
+        max_top1_drop_pp=budgets.top1_drop_pp, min_top1_agreement=budgets.top1_agreement, min_psnr_db=budgets.psnr_db
+    )
+
+
+def parity_checks(
+    clean: np.ndarray,
+    host_reference: np.ndarray,
+    device_reference: np.ndarray | None,
+    labels: np.ndarray | None,
+    budgets: Budgets,
+) -> tuple[Metrics, tuple[str, ...]]:
+    """Parity against the host FP32 reference (the gate) and, when run, the FP32 variant on the device."""
+    host = compare_outputs(clean, host_reference, labels)
+    metrics = _parity_fields(host)
+    failures = list(check_parity(host, parity_budget(budgets)))
+    if device_reference is not None:
+        device = compare_outputs(clean, device_reference, labels)
+        metrics.update(_parity_fields(device, prefix="device_fp32_"))
+    return metrics, tuple(f"vs host FP32: {f}" for f in failures)
+
+
+def corruption_keys() -> list[str]:
+    return [f"{c}-{s}" for c in ALL_CORRUPTIONS for s in SEVERITIES]
+
+
+def robustness_checks(
+    outputs: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    budgets: Budgets,
+) -> tuple[Metrics, tuple[str, ...]]:
+    """mCE and relative mCE normalised by the host FP32 reference on the same corrupted sets."""
+    cells, ref_cells = [], []
+    for name in ALL_CORRUPTIONS:
+        for severity in SEVERITIES:
+            key = f"{name}-{severity}"
+            cells.append(cell_from_logits(name, severity, outputs[key], labels))
+            ref_cells.append(cell_from_logits(name, severity, reference[key], labels))
+    ref_clean_acc = float(np.mean(np.argmax(reference["clean"], axis=1) == labels))
+    report = robustness_report(outputs["clean"], labels, cells, ref_cells, ref_clean_acc)
+    ref_report = robustness_report(reference["clean"], labels, ref_cells, ref_cells, ref_clean_acc)
+    delta = robustness_delta(report, ref_report)
+    worst_acc = float(np.mean([c.top1_acc for c in cells if c.corruption == report.worst_corruption]))
+    metrics: Metrics = {
+        "robust_clean_acc": report.clean_acc,
+        "mce": report.mce,
+        "rel_mce": report.rel_mce,
+        "worst_corruption": report.worst_corruption,
+        "worst_corruption_acc": worst_acc,
+        "ce": dict(report.ce),
+        "confidence_shift": dict(report.confidence_shift),
+        "entropy_shift": dict(report.entropy_shift),
+        "robustness_delta_pp": dict(delta),
+        "corruption_acc": {f"{c.corruption}-{c.severity}": c.top1_acc for c in cells},
+    }
+    failures = []
+    if not math.isnan(report.mce) and report.mce > budgets.mce:
+        failures.append(
+            f"mCE {report.mce:.3f} vs the FP32 reference exceeds budget {budgets.mce:g}; "
+            f"worst corruption {report.worst_corruption} (mean top-1 {worst_acc:.1%})"
+        )
+    return metrics, tuple(failures)
+
+
+def production_checks(
+    candidate: np.ndarray,
+    production: np.ndarray,
+    labels: np.ndarray | None,
+    candidate_latency: LatencySummary | None,
+    production_latency: LatencySummary | None,
+) -> Metrics:
+    """Shadow comparison (seed Q7): the candidate against the production model it would replace."""
+    m = compare_outputs(candidate, production, labels)
+    metrics: Metrics = {
+        "production_top1_agreement": m.top1_agreement,
+        "production_acc_delta_pp": None if m.top1_drop_pp is None else -m.top1_drop_pp,
+        "production_acc_delta_ci_pp": None
+        if m.top1_drop_ci_pp is None
+        else [-m.top1_drop_ci_pp[1], -m.top1_drop_ci_pp[0]],
+        "production_top1_acc": m.reference_top1_acc,
+    }
+    if candidate_latency is not None and production_latency is not None:
+        metrics["production_p50_delta_ms"] = candidate_latency.p50.value_ms - production_latency.p50.value_ms
+        metrics["production_p99_delta_ms"] = candidate_latency.p99.value_ms - production_latency.p99.value_ms
+        metrics["production_p50_ratio"] = candidate_latency.p50.value_ms / production_latency.p50.value_ms
+    return metrics

@@ -1,0 +1,57 @@
+"""Plan variants: a catalog model x a device's platform profile -> backend x precision x size x threads.
+
+Every planned variant has its FP32 reference in the plan too (``Variant.reference()``: the same
+backend, size and threads at fp32), listed before the variants compared with it, so parity always
+finds its reference on the same device. A backend whose runtime the device does not declare is left
+out; a device that declares no runtimes gets everything its platform runs.
+"""
+
+from __future__ import annotations
+
+from .build.backends import BACKENDS, get_backend
+from .catalog import ModelEntry
+from .errors import UnknownNameError
+from .lab.inventory import Device
+from .lab.platforms import PlatformProfile
+from .records import Variant
+
+# Backends whose runner ignores a CPU thread count (the accelerator does the work): one thread
+# setting, the runtime's own, instead of one variant per count that would all measure the same.
+THREADLESS_BACKENDS = frozenset({"tensorrt", "coreml"})
+
+
+def input_sizes(model: ModelEntry) -> tuple[int | None, ...]:
+    """The square input sides to plan; the catalog's own size is None (its exact shape)."""
+    height, width = model.input.size
+    if not model.input_sizes:
+        return (None,)
+    return tuple(None if (s == height and s == width) else s for s in dict.fromkeys(model.input_sizes))
+
+
+def plan_variants(
+    model: ModelEntry, device: Device, profile: PlatformProfile, *, backends: set[str] | None = None
+) -> list[Variant]:
+    """Every variant of ``model`` the device runs, FP32 references first within each backend and size."""
+    if backends is not None:
+        for name in sorted(backends - set(BACKENDS)):
+            raise UnknownNameError("backend", name, list(BACKENDS))
+    if device.threads is not None:
+        thread_counts: tuple[int | None, ...] = (device.threads,)
+    else:
+        thread_counts = profile.threads
+    variants: list[Variant] = []
+    for name, precisions in profile.runtimes.items():
+        if backends is not None and name not in backends:
+            continue
+        backend = get_backend(name)
+        if device.runtimes is not None and backend.runtime not in device.runtimes:
+            continue
+        counts = (None,) if name in THREADLESS_BACKENDS else thread_counts
+        # The reference first; a backend that cannot build fp32 (the Edge TPU) has none of its own.
+        ordered = sorted(dict.fromkeys(precisions), key=lambda p: p != "fp32")
+        if "fp32" not in ordered and "fp32" in backend.precisions:
+            ordered.insert(0, "fp32")
+        for size in input_sizes(model):
+            for threads in counts:
+                variants.extend(Variant(name, precision, size, threads) for precision in ordered)
+    return variants

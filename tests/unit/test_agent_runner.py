@@ -1,0 +1,235 @@
+"""The runner bundle as a device runs it: ``python -I agent.pyz run`` on the tiny ONNX model.
+
+Every test goes through the zipapp in a fresh interpreter, so what is checked is what a device gets.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from harness.agent import PROTOCOL_VERSION
+from harness.build.agent_bundle import build_agent_bundle
+
+MEAN, STD = 0.5, 0.25
+EVAL_COUNT = 7  # not a multiple of the eval batch, so the last partial batch is exercised
+
+
+@dataclass(frozen=True)
+class Device:
+    """The files a job needs, laid out as the deploy step would leave them."""
+
+    bundle: Path
+    artifact: Path
+    latency: Path
+    eval: Path
+    eval_images: np.ndarray
+    root: Path
+
+
+@dataclass(frozen=True)
+class Reply:
+    exit_code: int
+    result: dict[str, Any]
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Device:
+    root = tmp_path_factory.mktemp("device")
+    bundle, _ = build_agent_bundle(root)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (EVAL_COUNT, 3, 16, 16), dtype=np.uint8)
+    np.savez(root / "latency.npz", latency=images[:1])
+    np.savez(root / "eval.npz", images=images)
+    return Device(bundle, tiny_onnx, root / "latency.npz", root / "eval.npz", images, root)
+
+
+def make_spec(device: Device, **changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "protocol": PROTOCOL_VERSION,
+        "job_id": "tiny-cnn/onnxruntime-fp32-t1/local",
+        "runtime": "onnxruntime",
+        "artifact": str(device.artifact),
+        "input": {"name": "input", "shape": [1, 3, 16, 16], "mean": [MEAN], "std": [STD]},
+        "latency": {"file": str(device.latency), "key": "latency"},
+        "eval": [{"name": "clean", "file": str(device.eval), "key": "images"}],
+        "outputs": str(device.root / "out" / f"{len(changes)}-{sorted(changes)}.npz"),
+        "options": {"threads": 1},
+        "warmup": {"window": 5, "windows": 2, "min_iterations": 10, "max_iterations": 60},
+        "stop": {"iterations": 200},
+        "eval_batch": 3,
+    }
+    spec.update(changes)
+    return spec
+
+
+def run_agent(device: Device, spec: Any, *, block_harness: bool = False) -> Reply:
+    """Run the bundle isolated (-I: no PYTHONPATH, no user site, no script dir on sys.path)."""
+    argv = [sys.executable, "-I", str(device.bundle), "run"]
+    if block_harness:
+        # -I still sees the editable install in site-packages; make any import of harness fail outright.
+        shim = (
+            "import runpy, sys; sys.modules['harness'] = None; "
+            f"sys.argv = [{str(device.bundle)!r}, 'run']; runpy.run_path(sys.argv[0], run_name='__main__')"
+        )
+        argv = [sys.executable, "-I", "-c", shim]
+    stdin = spec if isinstance(spec, bytes) else json.dumps(spec).encode()
+    proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=120, cwd=device.root)
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == 1, f"the runner must print exactly one JSON line; got {proc.stdout!r}"
+    return Reply(proc.returncode, json.loads(lines[0]), proc.stderr.decode())
+
+
+def reference_outputs(device: Device) -> np.ndarray:
+    import onnxruntime as ort
+
+    x = (device.eval_images.astype(np.float32) / 255.0 - MEAN) / STD
+    session = ort.InferenceSession(str(device.artifact), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"input": x})[0])
+
+
+def test_fixed_count_run_returns_raw_samples_and_separate_cold_start(device: Device) -> None:
+    reply = run_agent(device, make_spec(device), block_harness=True)
+    assert reply.exit_code == 0, reply.stderr
+    r = reply.result
+    assert r["protocol"] == PROTOCOL_VERSION
+    assert r["status"] == "ok"
+    assert r["job_id"] == "tiny-cnn/onnxruntime-fp32-t1/local"
+    assert r["stop_reason"] == "fixed_count"
+    samples = r["samples_ns"]
+    assert len(samples) == 200
+    assert all(isinstance(s, int) and s > 0 for s in samples)
+    # Load and the cold first call are measured apart from the timed loop and from each other.
+    assert r["load_ms"] > 0 and r["first_inference_ms"] > 0
+    assert r["load_ms"] != r["first_inference_ms"]
+    assert 10 <= r["warmup_iterations"] <= 60
+    assert isinstance(r["warmup_stable"], bool)
+    assert r["duration_s"] > 0
+    assert r["duration_s"] * 1e9 >= sum(samples)
+
+
+def test_result_carries_the_device_and_runtime_facts(device: Device) -> None:
+    import platform
+
+    import onnxruntime
+
+    r = run_agent(device, make_spec(device)).result
+    runtime = r["runtime"]
+    assert runtime["runtime"] == "onnxruntime"
+    assert runtime["version"] == onnxruntime.__version__
+    assert runtime["intra_op_threads"] == 1
+    assert runtime["inter_op_threads"] == 1
+    assert "CPUExecutionProvider" in runtime["providers"]
+    facts = r["facts"]
+    assert facts["python"] == platform.python_version()
+    assert facts["os"] == platform.system()
+    assert facts["arch"] == platform.machine()
+    assert facts["cpu_count"] >= 1
+    assert isinstance(facts["cpu_model"], str) and facts["cpu_model"]
+    assert facts["numpy"] == np.__version__
+
+
+def test_eval_outputs_are_written_to_the_npz_the_spec_names(device: Device) -> None:
+    spec = make_spec(device)
+    r = run_agent(device, spec).result
+    assert r["outputs"] == spec["outputs"]
+    assert r["outputs_keys"] == ["clean"]
+    import hashlib
+
+    data = Path(spec["outputs"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == r["outputs_sha256"]
+    with np.load(spec["outputs"]) as npz:
+        clean = npz["clean"]
+    # Normalised on the device exactly as the catalog says, batched in threes, every image kept in order.
+    assert clean.shape == (EVAL_COUNT, 10)
+    np.testing.assert_allclose(clean, reference_outputs(device), rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_stop_runs_until_the_percentiles_are_pinned_down(device: Device) -> None:
+    stop = {"min_iterations": 400, "min_duration_s": 0.2, "max_duration_s": 10.0, "max_half_width": 0.5}
+    r = run_agent(device, make_spec(device, stop=stop)).result
+    assert r["stop_reason"] == "converged"
+    # Converged means every requested percentile has an interval, P99's needing n >= 368.
+    assert len(r["samples_ns"]) >= 400
+    assert r["duration_s"] >= 0.2
+
+
+def test_adaptive_stop_never_runs_past_max_iterations(device: Device) -> None:
+    stop = {"min_iterations": 100, "max_iterations": 500, "min_duration_s": 5.0, "max_duration_s": 10.0}
+    r = run_agent(device, make_spec(device, stop=stop)).result
+    assert r["stop_reason"] == "max_iterations"
+    assert len(r["samples_ns"]) == 500
+
+
+def test_adaptive_stop_gives_up_at_the_time_cap(device: Device) -> None:
+    # A half-width of 1e-9 can never be met, so only the clock ends the loop.
+    stop = {"min_iterations": 50, "min_duration_s": 0.0, "max_duration_s": 0.3, "max_half_width": 1e-9}
+    r = run_agent(device, make_spec(device, stop=stop)).result
+    assert r["stop_reason"] == "time_cap"
+    assert 0.3 <= r["duration_s"] < 5.0
+
+
+def test_a_bad_spec_gives_an_error_result_and_a_nonzero_exit(device: Device) -> None:
+    spec = make_spec(device)
+    del spec["artifact"]
+    reply = run_agent(device, spec)
+    assert reply.exit_code != 0
+    assert reply.result["status"] == "error"
+    assert reply.result["job_id"] == spec["job_id"]
+    assert reply.result["error"]["kind"] == "spec"
+    assert "artifact" in reply.result["error"]["message"]
+    assert "samples_ns" not in reply.result
+
+
+def test_a_spec_that_is_not_json_gives_an_error_result(device: Device) -> None:
+    reply = run_agent(device, b"{not json")
+    assert reply.exit_code != 0
+    assert reply.result["status"] == "error"
+    assert reply.result["error"]["kind"] == "spec"
+    assert "cannot read the job spec" in reply.result["error"]["message"]
+
+
+def test_an_unknown_runtime_lists_the_known_ones(device: Device) -> None:
+    reply = run_agent(device, make_spec(device, runtime="tensorrtx"))
+    assert reply.exit_code != 0
+    error = reply.result["error"]
+    assert error["kind"] == "unknown_runtime"
+    assert "'tensorrtx'" in error["message"]
+    assert "onnxruntime" in error["message"].split("knows:")[1]
+
+
+def test_a_missing_artifact_is_reported_with_its_path(device: Device) -> None:
+    missing = device.root / "no-such-model.onnx"
+    reply = run_agent(device, make_spec(device, artifact=str(missing)))
+    assert reply.exit_code != 0
+    assert reply.result["error"]["kind"] == "missing_file"
+    assert str(missing) in reply.result["error"]["message"]
+
+
+def test_a_model_the_runtime_rejects_is_a_runtime_error_not_a_crash(device: Device) -> None:
+    broken = device.root / "broken.onnx"
+    broken.write_bytes(b"this is not an onnx model")
+    reply = run_agent(device, make_spec(device, artifact=str(broken)))
+    assert reply.exit_code != 0
+    assert reply.result["status"] == "error"
+    assert reply.result["error"]["kind"] == "runtime_error"
+    # The runtime's traceback goes to stderr, never into the JSON line on stdout.
+    assert "Traceback" in reply.stderr
+
+
+def test_version_and_probe_speak_the_protocol(device: Device) -> None:
+    for command in ("version", "probe"):
+        proc = subprocess.run(
+            [sys.executable, "-I", str(device.bundle), command], capture_output=True, timeout=60, check=True
+        )
+        reply = json.loads(proc.stdout)
+        assert reply["protocol"] == PROTOCOL_VERSION
+    assert reply["runtimes"]["onnxruntime"]["available"] is True
