@@ -12,8 +12,10 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +45,7 @@ from .errors import (
 from .lab.connect import open_transport
 from .lab.inventory import Device, Lab
 from .measure.stats import LatencySummary, summarize
+from .measure.throttle import ThrottleLimits, ThrottleVerdict, assess_throttle, throttle_metrics
 from .records import Job, JobResult, Status, Variant
 from .references import host_reference
 from .zoo.datasets import load_dataset
@@ -66,6 +69,13 @@ class MeasureSettings:
     warmup_window: int = 20
     warmup_max_iterations: int = 1000
     eval_batch: int = 32
+    thermal_interval_s: float = 0.5  # clocks/temperatures sampled during the loop; 0 = off
+    calibration_reps: int = 7  # calibration workload repetitions before and after; 0 = off
+    throttle: ThrottleLimits = field(default_factory=ThrottleLimits)
+    throttle_retries: int = 2  # a throttled latency job is cooled down and run again this many times
+    cooldown_s: float = 30.0
+    cpus: tuple[int, ...] | None = None  # pin the runner to these CPU ids
+    batch: int = 1  # rows of the latency input per timed call
 
     def spec(self) -> dict[str, Any]:
         stop: dict[str, Any] = {
@@ -76,11 +86,16 @@ class MeasureSettings:
         }
         if self.iterations is not None:
             stop = {"iterations": self.iterations}
-        return {
+        spec: dict[str, Any] = {
             "stop": stop,
             "warmup": {"window": self.warmup_window, "max_iterations": self.warmup_max_iterations},
             "eval_batch": self.eval_batch,
+            "thermal": {"interval_s": self.thermal_interval_s, "calibration_reps": self.calibration_reps},
+            "batch": self.batch,
         }
+        if self.cpus is not None:
+            spec["cpus"] = list(self.cpus)
+        return spec
 
 
 def now() -> str:
@@ -256,7 +271,7 @@ class Pipeline:
         started = now()
         base = self._base_result(job, started)
         try:
-            result = self._execute(job, started)
+            result = self._execute_cooled(job, started)
         except CapabilityMissing as exc:
             result = replace(base, status="skipped", message=exc.one_line(), finished_at=now())
         except DeviceOffline as exc:
@@ -272,6 +287,24 @@ class Pipeline:
         if self.on_result:
             self.on_result(result)
         return result
+
+    def _execute_cooled(self, job: Job, started: str) -> JobResult:
+        """Execute; while a latency job ran throttled or contended, cool down and retry, then say so."""
+        attempts: list[ThrottleVerdict] = []
+        while True:
+            result = self._execute(job, started)
+            baseline = attempts[0].calibration_ns if attempts else None
+            attempts.append(assess_throttle(result.facts, self.settings.throttle, baseline))
+            last = attempts[-1]
+            if job.kind != "latency" or not last.throttled or len(attempts) > self.settings.throttle_retries:
+                metrics = {**result.metrics, **throttle_metrics(result.metrics, attempts), "batch": self.settings.batch}
+                why = [*last.reasons, *([last.contention] if last.contention else [])]
+                message = f"{result.message} (unstable: {why[0]})" if why else result.message
+                return replace(result, metrics=metrics, message=message)
+            reasons = "; ".join(last.reasons)
+            log.warning("%s: %s; cooling down %g s, then retrying", job.id, reasons, self.settings.cooldown_s)
+            time.sleep(self.settings.cooldown_s)
+            started = now()
 
     def _base_result(self, job: Job, started: str) -> JobResult:
         return JobResult(
@@ -490,6 +523,8 @@ class Pipeline:
         """Close devices and mark the run; return its status (passed, failed or error)."""
         for link in self.links.values():
             link.close()
+        # The fetched outputs were read into memory job by job; without this every run leaves a tmp dir.
+        shutil.rmtree(self._workdir, ignore_errors=True)
         statuses = {r.status for r in self.results}
         status = "error" if "error" in statuses else "failed" if "failed" in statuses else "passed"
         self.store.finish_run(self.run_id, now(), status)

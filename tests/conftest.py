@@ -12,8 +12,14 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import pytest
+
+from harness.measure.stats import summarize
+from harness.records import JobResult
+from harness.store import RunInfo
 
 TINY_SHAPE = (1, 3, 16, 16)
 TINY_CLASSES = 10
@@ -92,6 +98,70 @@ def local_lab_yaml(cache_dir: Path, *, name: str = "testlab") -> str:
     )
 
 
+# The fields issue 2 item 11 promises in every `edgebench results --format json` record.
+RECORD_FIELDS = (
+    "run_id", "model", "model_sha256", "device", "backend", "precision", "input_shape", "n", "p50_ms",
+    "p95_ms", "p99_ms", "p50_ci_ms", "p95_ci_ms", "p99_ci_ms", "mean_ms", "std_ms", "first_inference_ms",
+    "valid", "invalid_reasons", "status", "message",
+)
+
+
+def make_result(
+    run_id: str,
+    job_id: str = "tiny-cnn/onnxruntime-fp32/local",
+    *,
+    n: int = 500,
+    seed: int = 0,
+    metrics: dict[str, Any] | None = None,
+) -> JobResult:
+    """A passed latency result with ``n`` lognormal samples around 2.4 ms, as the pipeline records it."""
+    samples = np.ceil(np.random.default_rng(seed).lognormal(np.log(2.4e6), 0.05, n)).astype(np.int64)
+    model, variant, device = job_id.split("/")
+    return JobResult(
+        run_id=run_id,
+        job_id=job_id,
+        model=model,
+        model_sha256="ab" * 32,
+        artifact_sha256="cd" * 32,
+        device=device,
+        platform="generic-linux",
+        backend=variant.split("-")[0],
+        runtime=variant.split("-")[0],
+        precision="fp32",
+        input_shape=(1, 3, 16, 16),
+        threads=1,
+        status="passed",
+        message="within budget",
+        started_at="2026-11-24T10:00:00.000+00:00",
+        finished_at="2026-11-24T10:00:02.000+00:00",
+        latency=summarize(samples),
+        samples_ns=samples,
+        first_inference_ms=3.5,
+        load_ms=12.0,
+        facts={"os": "Linux", "cpu_model": "test CPU", "runtime": {"runtime": "onnxruntime", "version": "1"}},
+        metrics={"stop_reason": "converged", "warmup_iterations": 60, **(metrics or {})},
+    )
+
+
+def make_run(run_id: str, started_at: str = "2026-11-24T10:00:00.000+00:00") -> RunInfo:
+    return RunInfo(id=run_id, started_at=started_at, host="testhost", harness_version="0.1.0", lab_name="testlab")
+
+
+@pytest.fixture(scope="session")
+def record_fields() -> tuple[str, ...]:
+    return RECORD_FIELDS
+
+
+@pytest.fixture(name="make_result", scope="session")
+def make_result_fixture() -> Callable[..., JobResult]:
+    return make_result
+
+
+@pytest.fixture(name="make_run", scope="session")
+def make_run_fixture() -> Callable[..., RunInfo]:
+    return make_run
+
+
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny classifier's .onnx file, built once per session (per xdist worker)."""
@@ -121,10 +191,16 @@ def tiny_catalog(tmp_path: Path, tiny_onnx: Path) -> Path:
     return directory
 
 
-@pytest.fixture(name="tiny_catalog_yaml")
+@pytest.fixture(name="tiny_catalog_yaml", scope="session")
 def tiny_catalog_yaml_fixture() -> Callable[..., str]:
     """The tiny-cnn catalog entry's text, as a function of its name and an optional budgets block."""
     return tiny_catalog_yaml
+
+
+@pytest.fixture(scope="session")
+def local_lab_text() -> Callable[[Path], str]:
+    """A one-device local lab's text, as a function of the device's cache directory."""
+    return local_lab_yaml
 
 
 @pytest.fixture

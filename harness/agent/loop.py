@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import JobSpec, StopSpec, WarmupSpec
+from . import thermal
+from .protocol import InputSpec, JobSpec, StopSpec, ThermalSpec, WarmupSpec
 
 perf_ns = time.perf_counter_ns
 
@@ -114,33 +115,79 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
         next_check = len(samples) + max(int(max(len(samples) * 0.1, until_min)), 50)
 
 
-def preprocess(images: np.ndarray, spec: JobSpec) -> np.ndarray:
+def preprocess(images: np.ndarray, spec: JobSpec | InputSpec) -> np.ndarray:
     """Pixel images (uint8 0..255 or float in [0, 1]) -> normalised model input of the input dtype."""
+    inp = spec.input if isinstance(spec, JobSpec) else spec
     x = images.astype(np.float32)
     if images.dtype == np.uint8:
         x /= 255.0
-    channels = x.shape[1] if spec.input.layout == "NCHW" else x.shape[-1]
-    shape = (1, channels, 1, 1) if spec.input.layout == "NCHW" else (1, 1, 1, channels)
-    mean = np.asarray(spec.input.mean, dtype=np.float32)
-    std = np.asarray(spec.input.std, dtype=np.float32)
+    channels = x.shape[1] if inp.layout == "NCHW" else x.shape[-1]
+    shape = (1, channels, 1, 1) if inp.layout == "NCHW" else (1, 1, 1, channels)
+    mean = np.asarray(inp.mean, dtype=np.float32)
+    std = np.asarray(inp.std, dtype=np.float32)
     if mean.size == 1:
         mean = np.repeat(mean, channels)
     if std.size == 1:
         std = np.repeat(std, channels)
     x = (x - mean.reshape(shape)) / std.reshape(shape)
-    return x.astype(spec.input.dtype)
+    return x.astype(inp.dtype)
+
+
+def latency_input(path: str, key: str, inp: InputSpec, batch: int) -> np.ndarray:
+    """The normalised latency input with ``batch`` rows (the file's rows repeated as needed)."""
+    with np.load(path) as data:
+        x = preprocess(data[key], inp)
+    if batch != len(x):
+        x = np.ascontiguousarray(np.resize(x, (batch,) + x.shape[1:]))
+    return x
+
+
+class Watch:
+    """Thermal state and the calibration workload before, during and after a measurement."""
+
+    def __init__(self, spec: ThermalSpec) -> None:
+        self.spec = spec
+        self.origin = time.monotonic()
+        self.before = thermal.reading(self.origin)
+        self.size = thermal.calibration_size(spec.calibration_ms) if spec.calibration_reps > 0 else 0
+        self.calibration_before = thermal.calibrate(self.size, spec.calibration_reps)
+        self.sampler = thermal.Sampler(spec.interval_s, self.origin).__enter__()
+
+    def finish(self) -> dict[str, Any]:
+        """Stop sampling, time the calibration again and return the raw record (facts, not conclusions)."""
+        self.sampler.__exit__()
+        calibration_after = thermal.calibrate(self.size, self.spec.calibration_reps)
+        return {
+            "thermal": {
+                "interval_s": self.spec.interval_s,
+                "before": self.before,
+                "during": self.sampler.samples,
+                "after": thermal.reading(self.origin),
+            },
+            "calibration": {
+                "iterations": self.size,
+                "before_ns": self.calibration_before,
+                "after_ns": calibration_after,
+            },
+        }
 
 
 def measure(session: Any, job: JobSpec, load_ms: float) -> dict[str, Any]:
-    """Everything the runner measures for one job, as JSON-ready values plus the eval outputs."""
-    with np.load(job.latency_file) as data:
-        latency_input = preprocess(data[job.latency_key], job)
-    session.bind(latency_input)
-    t0 = perf_ns()
-    session.run_bound()
-    first_ms = (perf_ns() - t0) / 1e6
-    warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup)
-    samples, stop_reason, duration = timed_loop(session.run_bound, job.stop)
+    """Everything the runner measures for one job, as JSON-ready values plus the eval outputs.
+
+    The thermal record and calibration times go under ``_facts`` (device facts of this run), which
+    the command merges into the result's ``facts``.
+    """
+    session.bind(latency_input(job.latency_file, job.latency_key, job.input, job.batch))
+    watch = Watch(job.thermal)
+    try:
+        t0 = perf_ns()
+        session.run_bound()
+        first_ms = (perf_ns() - t0) / 1e6
+        warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup)
+        samples, stop_reason, duration = timed_loop(session.run_bound, job.stop)
+    finally:
+        watched = watch.finish()
     outputs: dict[str, np.ndarray] = {}
     for eval_set in job.eval_sets:
         with np.load(eval_set.file) as data:
@@ -158,5 +205,7 @@ def measure(session: Any, job: JobSpec, load_ms: float) -> dict[str, Any]:
         "stop_reason": stop_reason,
         "duration_s": duration,
         "samples_ns": samples,
+        "batch": job.batch,
         "_outputs": outputs,
+        "_facts": watched,
     }

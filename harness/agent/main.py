@@ -1,4 +1,4 @@
-"""Runner command line: ``run`` a job, ``probe`` runtimes and facts, ``hash`` files, ``version``.
+"""Runner command line: ``run`` a job, ``interleave`` several, ``capacity``, ``probe``, ``hash``, ``version``.
 
 ``run`` reads the job spec as JSON from standard input (or ``--job FILE``), writes the eval outputs
 to the npz the spec names and prints exactly one JSON result line on standard output. Anything the
@@ -15,8 +15,8 @@ import time
 import traceback
 from typing import Any
 
-from . import PROTOCOL_VERSION, facts, runtimes
-from .protocol import SpecError, error_result, parse_job
+from . import PROTOCOL_VERSION, facts, runtimes, thermal
+from .protocol import SpecError, VariantSpec, error_result, parse_capacity, parse_interleave, parse_job
 
 
 def _sha256(path: str) -> str:
@@ -68,6 +68,11 @@ def run_job(raw: Any) -> int:
     from .loop import measure
 
     try:
+        placement = thermal.apply_affinity(job.cpus)
+    except OSError as exc:
+        _emit(error_result(job.job_id, "spec", f"cannot pin the runner to CPUs {list(job.cpus or ())}: {exc}"))
+        return 3
+    try:
         t0 = time.perf_counter_ns()
         session = module.open_session(job.artifact, job.input.name, job.options)
         load_ms = (time.perf_counter_ns() - t0) / 1e6
@@ -77,13 +82,14 @@ def run_job(raw: Any) -> int:
         _emit(error_result(job.job_id, "runtime_error", f"{type(exc).__name__}: {exc}"))
         return 5
     outputs = measured.pop("_outputs")
+    run_facts = measured.pop("_facts")
     outputs_sha = _write_npz_atomic(job.outputs_file, outputs)
     result: dict[str, Any] = {
         "protocol": PROTOCOL_VERSION,
         "job_id": job.job_id,
         "status": "ok",
         "runtime": session.describe(),
-        "facts": facts.collect(),
+        "facts": {**facts.collect(), **placement, **run_facts},
         **measured,
         "outputs": job.outputs_file,
         "outputs_keys": sorted(outputs),
@@ -93,9 +99,111 @@ def run_job(raw: Any) -> int:
     return 0
 
 
+def _check_variants(job_id: str, variants: list[VariantSpec]) -> tuple[int, dict[str, Any] | None]:
+    """(exit code, error result) when a variant's files or runtime are missing; (0, None) when all are ready."""
+    for v in variants:
+        for path in (v.artifact, v.latency_file):
+            if not os.path.exists(path):
+                return 3, error_result(job_id, "missing_file", f"{path} does not exist on the device")
+        try:
+            runtimes.load(v.runtime).available()
+        except runtimes.UnknownRuntime as exc:
+            return 3, error_result(job_id, "unknown_runtime", str(exc))
+        except ImportError as exc:
+            return 4, error_result(job_id, "runtime_missing", f"runtime {v.runtime!r} is not installed: {exc}")
+    return 0, None
+
+
+def _open(variant: VariantSpec) -> Any:
+    return runtimes.load(variant.runtime).open_session(variant.artifact, variant.input.name, variant.options)
+
+
+def run_interleaved(raw: Any) -> int:
+    """Run several variants in randomised interleaved rounds in this one process; print per-variant samples."""
+    job_id: str | None = raw.get("job_id") if isinstance(raw, dict) else None
+    try:
+        spec = parse_interleave(raw)
+    except SpecError as exc:
+        _emit(error_result(job_id, "spec", str(exc)))
+        return 3
+    code, error = _check_variants(spec.job_id, list(spec.variants))
+    if error is not None:
+        _emit(error)
+        return code
+    from .interleave import interleave
+
+    try:
+        placement = thermal.apply_affinity(spec.cpus)
+        sessions = []
+        for v in spec.variants:
+            t0 = time.perf_counter_ns()
+            sessions.append((_open(v), (time.perf_counter_ns() - t0) / 1e6))
+        measured = interleave(sessions, spec)
+    except Exception as exc:  # the runtime's own errors are many and untyped: report, don't crash
+        traceback.print_exc(file=sys.stderr)
+        _emit(error_result(spec.job_id, "runtime_error", f"{type(exc).__name__}: {exc}"))
+        return 5
+    run_facts = measured.pop("_facts")
+    _emit(
+        {
+            "protocol": PROTOCOL_VERSION,
+            "job_id": spec.job_id,
+            "status": "ok",
+            "facts": {**facts.collect(), **placement, **run_facts},
+            **measured,
+        }
+    )
+    return 0
+
+
+def run_capacity(raw: Any) -> int:
+    """Raise concurrent streams at each frame rate until the tail latency passes the frame interval."""
+    job_id: str | None = raw.get("job_id") if isinstance(raw, dict) else None
+    try:
+        spec = parse_capacity(raw)
+    except SpecError as exc:
+        _emit(error_result(job_id, "spec", str(exc)))
+        return 3
+    code, error = _check_variants(spec.job_id, [spec.variant])
+    if error is not None:
+        _emit(error)
+        return code
+    from .capacity import capacity
+
+    try:
+        placement = thermal.apply_affinity(spec.cpus)
+        measured = capacity(lambda: _open(spec.variant), spec)
+    except Exception as exc:  # the runtime's own errors are many and untyped: report, don't crash
+        traceback.print_exc(file=sys.stderr)
+        _emit(error_result(spec.job_id, "runtime_error", f"{type(exc).__name__}: {exc}"))
+        return 5
+    _emit(
+        {
+            "protocol": PROTOCOL_VERSION,
+            "job_id": spec.job_id,
+            "status": "ok",
+            "facts": {**facts.collect(), **placement},
+            **measured,
+        }
+    )
+    return 0
+
+
+def _read_spec(rest: list[str]) -> Any:
+    if rest[:1] == ["--job"] and len(rest) == 2:
+        with open(rest[1], encoding="utf-8") as f:
+            return json.load(f)
+    return json.load(sys.stdin)
+
+
+_SPEC_COMMANDS = {"run": run_job, "interleave": run_interleaved, "capacity": run_capacity}
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        sys.stderr.write("usage: agent {run [--job FILE] | probe | hash FILE... | version}\n")
+        sys.stderr.write(
+            "usage: agent {run|interleave|capacity [--job FILE] | probe | hash FILE... | version}\n"
+        )
         return 2
     command, rest = argv[0], argv[1:]
     if command == "version":
@@ -107,16 +215,14 @@ def main(argv: list[str]) -> int:
     if command == "hash":
         _emit({p: (_sha256(p) if os.path.isfile(p) else None) for p in rest})
         return 0
-    if command == "run":
+    if command in _SPEC_COMMANDS:
         try:
-            if rest[:1] == ["--job"] and len(rest) == 2:
-                with open(rest[1], encoding="utf-8") as f:
-                    raw = json.load(f)
-            else:
-                raw = json.load(sys.stdin)
+            raw = _read_spec(rest)
         except (OSError, ValueError) as exc:
             _emit(error_result(None, "spec", f"cannot read the job spec: {exc}"))
             return 3
-        return run_job(raw)
-    sys.stderr.write(f"agent: unknown command {command!r}; use run, probe, hash or version\n")
+        return _SPEC_COMMANDS[command](raw)
+    sys.stderr.write(
+        f"agent: unknown command {command!r}; use run, interleave, capacity, probe, hash or version\n"
+    )
     return 2

@@ -41,6 +41,20 @@ class StopSpec:
 
 
 @dataclass(frozen=True)
+class ThermalSpec:
+    """Clock and temperature sampling around the timed loop, and the calibration workload.
+
+    ``interval_s`` 0 turns the background sampler off; ``calibration_reps`` 0 skips the calibration
+    workload (a fixed busy loop timed before warm-up and after the timed loop, sized on the device to
+    about ``calibration_ms`` per repetition).
+    """
+
+    interval_s: float = 0.5
+    calibration_reps: int = 7
+    calibration_ms: float = 10.0
+
+
+@dataclass(frozen=True)
 class EvalSet:
     name: str
     file: str
@@ -72,6 +86,9 @@ class JobSpec:
     eval_sets: tuple[EvalSet, ...] = ()
     eval_batch: int = 32
     protocol: int = PROTOCOL_VERSION
+    thermal: ThermalSpec = ThermalSpec()
+    cpus: tuple[int, ...] | None = None  # pin the runner to these CPUs (taskset's job when the device has it)
+    batch: int = 1  # rows of the latency input per timed call
 
 
 _TOP_LEVEL = (
@@ -87,6 +104,9 @@ _TOP_LEVEL = (
     "warmup",
     "stop",
     "eval_batch",
+    "thermal",
+    "cpus",
+    "batch",
 )
 _LATENCY = ("file", "key")
 _MISSING = object()
@@ -169,6 +189,7 @@ def parse_job(obj: Any) -> JobSpec:
     eval_batch = obj.get("eval_batch", 32)
     if not _type_ok(eval_batch, "int") or eval_batch < 1:
         raise SpecError(f"job spec: eval_batch must be a positive int, got {eval_batch!r}")
+    cpus, batch = _placement(obj)
     return JobSpec(
         job_id=str(_require(obj, "job_id", "")),
         runtime=str(_require(obj, "runtime", "")),
@@ -182,6 +203,204 @@ def parse_job(obj: Any) -> JobSpec:
         stop=_sub(StopSpec, obj.get("stop"), "stop"),
         eval_sets=tuple(_sub(EvalSet, e, f"eval[{i}]") for i, e in enumerate(eval_list)),
         eval_batch=eval_batch,
+        thermal=_sub(ThermalSpec, obj.get("thermal"), "thermal"),
+        cpus=cpus,
+        batch=batch,
+    )
+
+
+def _placement(obj: dict[str, Any]) -> tuple[tuple[int, ...] | None, int]:
+    """The optional ``cpus`` (CPU ids to pin to) and ``batch`` (rows per timed call) of a spec."""
+    cpus = obj.get("cpus")
+    if cpus is not None and (not _type_ok(cpus, "tuple[int, ...]") or not cpus or min(cpus) < 0):
+        raise SpecError(f"job spec: cpus must be a non-empty list of CPU ids, got {cpus!r}")
+    batch = obj.get("batch", 1)
+    if not _type_ok(batch, "int") or batch < 1:
+        raise SpecError(f"job spec: batch must be a positive int, got {batch!r}")
+    return (tuple(cpus) if cpus is not None else None), batch
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One model of an interleaved run: its artifact, runtime, input and latency data."""
+
+    name: str
+    runtime: str
+    artifact: str
+    input: InputSpec
+    latency_file: str
+    latency_key: str = "latency"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InterleaveSpec:
+    """Several variants in one process, timed in rounds of blocks in a random order per round.
+
+    ``stop`` applies to every variant: the run ends when all of them converged (or a cap hit);
+    ``stop.iterations`` asks for that many timed iterations of each. Each block starts with
+    ``block_warmup`` untimed calls, so the previous variant's caches and spinning threads are not
+    charged to this one.
+    """
+
+    job_id: str
+    variants: tuple[VariantSpec, ...]
+    warmup: WarmupSpec = WarmupSpec()
+    stop: StopSpec = StopSpec()
+    block: int = 25
+    block_warmup: int = 2
+    seed: int = 0
+    thermal: ThermalSpec = ThermalSpec()
+    cpus: tuple[int, ...] | None = None
+    batch: int = 1
+    protocol: int = PROTOCOL_VERSION
+
+
+_INTERLEAVE = (
+    "protocol",
+    "job_id",
+    "variants",
+    "warmup",
+    "stop",
+    "block",
+    "block_warmup",
+    "seed",
+    "thermal",
+    "cpus",
+    "batch",
+)
+_VARIANT = ("name", "runtime", "artifact", "input", "latency", "options")
+
+
+def _check_protocol(obj: Any) -> None:
+    if not isinstance(obj, dict):
+        raise SpecError("job spec must be a JSON object")
+    version = obj.get("protocol")
+    if version != PROTOCOL_VERSION:
+        raise SpecError(
+            f"job spec: protocol {version!r} is not supported by this runner (speaks {PROTOCOL_VERSION}); "
+            "redeploy the runner from the same edgebench version as the host"
+        )
+
+
+def _positive_int(obj: dict[str, Any], key: str, default: int, minimum: int = 1) -> int:
+    value = obj.get(key, default)
+    if not _type_ok(value, "int") or value < minimum:
+        raise SpecError(f"job spec: {key} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _variant(obj: Any, where: str) -> VariantSpec:
+    if not isinstance(obj, dict):
+        raise SpecError(f"job spec: {where} must be an object, got {type(obj).__name__}")
+    _reject_unknown(obj, _VARIANT, f"{where}.")
+    latency = _require(obj, "latency", f"{where}.")
+    if not isinstance(latency, dict):
+        raise SpecError(f"job spec: {where}.latency must be an object, got {type(latency).__name__}")
+    _reject_unknown(latency, _LATENCY, f"{where}.latency.")
+    options = obj.get("options", {})
+    if not isinstance(options, dict):
+        raise SpecError(f"job spec: {where}.options must be an object, got {type(options).__name__}")
+    return VariantSpec(
+        name=str(_require(obj, "name", f"{where}.")),
+        runtime=str(_require(obj, "runtime", f"{where}.")),
+        artifact=str(_require(obj, "artifact", f"{where}.")),
+        input=_sub(InputSpec, _require(obj, "input", f"{where}."), f"{where}.input"),
+        latency_file=str(_require(latency, "file", f"{where}.latency.")),
+        latency_key=str(latency.get("key", "latency")),
+        options=dict(options),
+    )
+
+
+def parse_interleave(obj: Any) -> InterleaveSpec:
+    """Read an interleaved-run spec; raise SpecError naming the bad key."""
+    _check_protocol(obj)
+    _reject_unknown(obj, _INTERLEAVE, "")
+    variants = _require(obj, "variants", "")
+    if not isinstance(variants, list) or len(variants) < 2:
+        raise SpecError("job spec: variants must be a list of at least 2 variants to interleave")
+    parsed = tuple(_variant(v, f"variants[{i}]") for i, v in enumerate(variants))
+    names = [v.name for v in parsed]
+    if len(set(names)) != len(names):
+        raise SpecError(f"job spec: variant names must be unique, got {names!r}")
+    cpus, batch = _placement(obj)
+    return InterleaveSpec(
+        job_id=str(_require(obj, "job_id", "")),
+        variants=parsed,
+        warmup=_sub(WarmupSpec, obj.get("warmup"), "warmup"),
+        stop=_sub(StopSpec, obj.get("stop"), "stop"),
+        block=_positive_int(obj, "block", 25),
+        block_warmup=_positive_int(obj, "block_warmup", 2, minimum=0),
+        seed=_positive_int(obj, "seed", 0, minimum=0),
+        thermal=_sub(ThermalSpec, obj.get("thermal"), "thermal"),
+        cpus=cpus,
+        batch=batch,
+    )
+
+
+@dataclass(frozen=True)
+class CapacitySpec:
+    """How many concurrent streams at ``fps`` frames per second one device serves within 1000/fps ms P99.
+
+    Each stream is a thread with its own session and input, calling the runtime at its frame times
+    (random phase per stream); a frame's latency runs from its due time to its result, so a stream
+    that falls behind accumulates queueing delay. Streams double until a step fails, then bisect.
+    """
+
+    job_id: str
+    variant: VariantSpec
+    fps: tuple[float, ...] = (30.0, 60.0)
+    max_streams: int = 64
+    percentile: float = 0.99
+    min_samples: int = 400
+    min_step_s: float = 2.0
+    max_step_s: float = 20.0
+    ramp_s: float = 0.5
+    seed: int = 0
+    cpus: tuple[int, ...] | None = None
+    protocol: int = PROTOCOL_VERSION
+
+
+_CAPACITY = (
+    "protocol",
+    "job_id",
+    "variant",
+    "fps",
+    "max_streams",
+    "percentile",
+    "min_samples",
+    "min_step_s",
+    "max_step_s",
+    "ramp_s",
+    "seed",
+    "cpus",
+)
+
+
+def parse_capacity(obj: Any) -> CapacitySpec:
+    """Read a capacity spec; raise SpecError naming the bad key."""
+    _check_protocol(obj)
+    _reject_unknown(obj, _CAPACITY, "")
+    fields = CapacitySpec.__dataclass_fields__
+    values: dict[str, Any] = {}
+    for name in ("fps", "percentile", "min_step_s", "max_step_s", "ramp_s"):
+        if name in obj:
+            if not _type_ok(obj[name], str(fields[name].type)):
+                raise SpecError(f"job spec: {name} must be {fields[name].type}, got {obj[name]!r}")
+            values[name] = tuple(float(v) for v in obj[name]) if name == "fps" else float(obj[name])
+    if "fps" in values and (not values["fps"] or min(values["fps"]) <= 0):
+        raise SpecError(f"job spec: fps must be a non-empty list of positive rates, got {obj['fps']!r}")
+    if not 0.0 < values.get("percentile", 0.99) < 1.0:
+        raise SpecError(f"job spec: percentile must lie in (0, 1), got {obj['percentile']!r}")
+    cpus, _ = _placement(obj)
+    return CapacitySpec(
+        job_id=str(_require(obj, "job_id", "")),
+        variant=_variant(_require(obj, "variant", ""), "variant"),
+        max_streams=_positive_int(obj, "max_streams", 64),
+        min_samples=_positive_int(obj, "min_samples", 400),
+        seed=_positive_int(obj, "seed", 0, minimum=0),
+        cpus=cpus,
+        **values,
     )
 
 

@@ -10,7 +10,7 @@ import shlex
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,8 +20,10 @@ from ..catalog import load_catalog
 from ..errors import ConfigError
 from ..lab.inventory import load_lab
 from ..paths import default_db_path, default_report_path
-from ..records import JobResult
 from ..store import Store
+
+if TYPE_CHECKING:  # records pulls in scipy; the CLI starts faster without it
+    from ..records import JobResult
 
 # soft_wrap: a job's message stays on one line in CI logs, whatever the terminal width.
 console = Console(stderr=True, highlight=False, soft_wrap=True)

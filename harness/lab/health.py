@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from ..build.agent_bundle import build_agent_bundle
 from ..deploy import Deployable, DeviceCache
-from ..errors import DeviceOffline, TransportError
+from ..errors import TransportError
 from ..store import Store
 from ..transport.protocol import Transport
 from .connect import open_transport
@@ -243,8 +243,7 @@ def _check_connected(
     hottest = max(temperatures.items(), key=lambda kv: kv[1], default=None)
     if hottest is not None and hottest[1] > max_temperature_c:
         check.reasons.append(
-            f"running hot: {hottest[0]} at {hottest[1]:.0f} °C (over {max_temperature_c:.0f} °C); "
-            "latency will throttle"
+            f"running hot: {hottest[0]} at {hottest[1]:.0f} °C (over {max_temperature_c:.0f} °C); latency will throttle"
         )
     return check.record("degraded" if check.reasons else "healthy")
 
@@ -264,6 +263,3 @@ def check_lab(
         for record in records:
             store.record_health(record.checked_at, record.device, record.state, record.reason, record.as_facts())
     return records
-
-
-__all__ = ["DeviceOffline", "HealthRecord", "HealthState", "check_device", "check_lab"]

@@ -126,6 +126,10 @@ class LabState:
             f"no loopback device named {name!r}", file=self.lab_file, fix=f"use one of: {known}"
         )
 
+    def device_processes(self) -> list[str]:
+        """What still runs under this lab's devices: their command lines hold the lab's directory."""
+        return processes_under(str(self.directory))
+
     def save(self) -> None:
         data = {
             "version": STATE_VERSION,
@@ -211,6 +215,28 @@ def _descendants(root: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def processes_under(marker: str) -> list[str]:
+    """``"pid: command line"`` of every process (sshd aside) whose command line mentions ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        cmdline = _cmdline(int(entry.name))
+        if marker in cmdline and _comm(int(entry.name)) != "sshd":
+            found.append(f"{entry.name}: {cmdline.strip()}")
+    return found
+
+
+def wait_for_processes(marker: str, *, gone: bool, timeout_s: float) -> list[str]:
+    """Poll until processes under ``marker`` exist (``gone=False``) or are all gone; return the last look."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = processes_under(marker)
+        if bool(found) != gone or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def _wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from .. import __version__
 from ..errors import ConfigError
@@ -146,7 +147,9 @@ def render_report(store: Store, run_id: str) -> str:
     devices: dict[str, dict[str, Any]] = {}
     for r in rows:
         devices.setdefault(r["device"], {"platform": r["platform"], "facts": facts.get(r["device"], {})})
-    css = (TEMPLATES / "templates" / "report.css").read_text(encoding="utf-8")
+    # Markup: <style> is raw text, where autoescaping would turn the quotes of "Segoe UI" into a
+    # literal &#34; and the browser would drop the whole font declaration.
+    css = markupsafe.Markup((TEMPLATES / "templates" / "report.css").read_text(encoding="utf-8"))
     return env.get_template("templates/report.html.j2").render(
         run=store.run_info(run_id),
         rows=rows,

@@ -8,15 +8,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, delete, desc, event, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ConfigError, StoreError
-from ..records import JobResult
 from .schema import SCHEMA_VERSION, device_health, metrics, migrate, results, runs, samples
+
+if TYPE_CHECKING:  # records pulls in scipy; the CLI starts faster without it
+    from ..records import JobResult
 
 SAMPLE_CODEC = "zlib-int64le"
 
@@ -40,7 +42,13 @@ def _url(target: str | Path) -> str:
     if "://" in text:
         return text
     path = Path(text).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the directory of the results database {path}: {exc.strerror}",
+            fix="pass --db a path in a writable directory",
+        ) from None
     return f"sqlite:///{path}"
 
 
@@ -165,7 +173,9 @@ class Store:
                         "the results database has no runs yet", key="--run", fix="run edgebench run first"
                     )
                 return str(found)
-            found = conn.execute(select(runs.c.id).where(runs.c.id.startswith(run))).scalars().all()
+            # autoescape: a '%' or '_' the user types is a character of the id, not a LIKE wildcard.
+            prefixed = runs.c.id.startswith(run, autoescape=True)
+            found = conn.execute(select(runs.c.id).where(prefixed)).scalars().all()
         if len(found) != 1:
             raise ConfigError(
                 f"run {run!r} {'is ambiguous' if found else 'not found'}",

@@ -273,9 +273,7 @@ def _offline(
     return kind(f"{ep.route()}: {what}", device=device, fix=fix)
 
 
-def _connect_one(
-    ep: Endpoint, device: str, sock: socket.socket | paramiko.Channel | None
-) -> paramiko.SSHClient:
+def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Channel | None) -> paramiko.SSHClient:
     """Open one authenticated SSH connection (through ``sock`` when it comes from a jump host)."""
     for identity in ep.identities:
         if not Path(identity).is_file():
@@ -330,8 +328,7 @@ def _connect_error(ep: Endpoint, device: str, exc: BaseException) -> BaseExcepti
             f"{ep.known_hosts} holds {fingerprint(exc.expected_key)}; refusing to connect (this is what a "
             "man-in-the-middle looks like)",
             f"if the device was reinstalled, confirm the new fingerprint with its owner, then run: "
-            f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(ep.known_hosts))} && "
-            + _keyscan(ep, exc.key),
+            f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(ep.known_hosts))} && " + _keyscan(ep, exc.key),
             HostKeyRejected,
         )
     if isinstance(exc, paramiko.AuthenticationException):
@@ -355,9 +352,7 @@ def _connect_error(ep: Endpoint, device: str, exc: BaseException) -> BaseExcepti
             "power the device on and start sshd, or correct host:/port: in the inventory",
         )
     if isinstance(exc, socket.gaierror):
-        return _offline(
-            ep, device, f"cannot resolve host name {ep.hostname!r}", "correct host: (or the Host alias)"
-        )
+        return _offline(ep, device, f"cannot resolve host name {ep.hostname!r}", "correct host: (or the Host alias)")
     if isinstance(exc, TimeoutError):
         return _offline(
             ep,
@@ -377,7 +372,11 @@ def _open_chain(ep: Endpoint, device: str) -> list[paramiko.SSHClient]:
     """Connect to ``ep`` through its jump hosts; return the clients, the device's last."""
     if ep.jump is None:
         return [_connect_one(ep, device, None)]
-    clients = _open_chain(ep.jump, device)
+    try:
+        clients = _open_chain(ep.jump, device)
+    except DeviceOffline as exc:
+        what = exc.message.removeprefix(f"device {device!r}: ")
+        raise type(exc)(f"jump host {what} (on the way to {ep.label})", device=device, fix=exc.fix) from None
     try:
         hop = clients[-1].get_transport()
         assert hop is not None
@@ -410,15 +409,19 @@ def _with_timeout(ep: Endpoint, timeout: float) -> Endpoint:
 def command_line(
     argv: Sequence[str], *, env: Mapping[str, str] | None, token: str, device_deadline_s: float | None
 ) -> str:
-    """The one string the device's shell runs for ``argv``: quoted, with its PID first on stderr."""
+    """The one string the device's shell runs for ``argv``: quoted, with its PID first on stderr.
+
+    The shell's own stderr goes to /dev/null (the command keeps the real one as fd 2, via fd 3), so the
+    shell's "Aborted ... <command line>" report does not bury the command's last words.
+    """
     if not argv:
         raise ValueError("empty argv")
-    parts = [f": {token}", f"echo {_PGID_MARK}$$ >&2"]
+    parts = [f": {token}", "exec 3>&2 2>/dev/null", f"echo {_PGID_MARK}$$ >&3"]
     for name, value in (env or {}).items():
         if not _ENV_NAME.match(name):
             raise ValueError(f"environment variable name {name!r} is not a valid shell name")
         parts.append(f"export {name}={shlex.quote(value)}")
-    command = " ".join(shlex.quote(a) for a in argv)
+    command = " ".join(shlex.quote(a) for a in argv) + " 2>&3 3>&-"
     if device_deadline_s is None:
         parts.append(command)
     else:
@@ -426,6 +429,11 @@ def command_line(
         guarded = f"timeout -s KILL {limit} {command}"
         parts.append(f"if command -v timeout >/dev/null 2>&1; then {guarded}; else {command}; fi")
     return "; ".join(parts)
+
+
+def _exit_code(status: int) -> int:
+    """The shell reports death by signal N as 128+N; return -N for it, as ``subprocess`` does locally."""
+    return -(status - 128) if 128 < status <= 128 + 64 else status
 
 
 def kill_command(pgid: int | None, token: str) -> str:
@@ -490,9 +498,12 @@ def _closing_at(channel: paramiko.Channel, deadline: float, expired: threading.E
 
 
 def _short(argv: Sequence[str]) -> str:
-    text = " ".join(shlex.quote(a) for a in argv[:3])
-    text = text if len(text) <= 120 else text[:117] + "..."
-    return text + (" ..." if len(argv) > 3 else "")
+    """A command for a message: programs by their base name, long words cut, at most four words."""
+    words = []
+    for arg in argv[:4]:
+        word = posixpath.basename(arg) if arg.startswith("/") else arg
+        words.append(shlex.quote(word if len(word) <= 32 else word[:29] + "..."))
+    return " ".join(words) + (" ..." if len(argv) > 4 else "")
 
 
 class SshTransport:
@@ -550,9 +561,7 @@ class SshTransport:
     ) -> CommandResult:
         token = f"{_TOKEN_PREFIX}{uuid.uuid4().hex[:16]}"
         try:
-            command = command_line(
-                argv, env=env, token=token, device_deadline_s=timeout_s + DEVICE_DEADLINE_GRACE_S
-            )
+            command = command_line(argv, env=env, token=token, device_deadline_s=timeout_s + DEVICE_DEADLINE_GRACE_S)
         except ValueError as exc:
             raise TransportError(str(exc), device=self.device, fix="correct env: in the inventory") from None
         started = time.monotonic()
@@ -598,7 +607,11 @@ class SshTransport:
         finally:
             channel.close()
         return CommandResult(
-            tuple(argv), channel.exit_status, bytes(out), _strip_mark(bytes(err)), time.monotonic() - started
+            tuple(argv),
+            _exit_code(channel.exit_status),
+            bytes(out),
+            _strip_mark(bytes(err)),
+            time.monotonic() - started,
         )
 
     def _collect(self, channel: paramiko.Channel, deadline: float, out: bytearray, err: bytearray) -> None:
@@ -629,15 +642,17 @@ class SshTransport:
                 select.select([ready_fd], [], [], min(remaining, 0.5))
 
     def _kill(self, pgid: int | None, token: str) -> str:
-        """Kill the command's process group on the device; say how that went (for the error message)."""
+        """Kill the command's session on the device; say how that went, for the error message."""
         command = kill_command(pgid, token)
         what = "its processes on the device" + (f" (session {pgid})" if pgid is not None else "")
-        try:
-            if self._broken is None:
-                self._exec_quick(self._transport(), command)
+        stalled = ""
+        if self._broken is None:
+            try:
+                self._exec_quick(self._transport(), command, open_timeout_s=2.0)
                 return f"{what} were killed"
-        except (TransportError, _Expired, _Lost, paramiko.SSHException, OSError, EOFError):
-            self._broken = "the connection stalled (the device's sshd stopped answering)"
+            except (TransportError, _Expired, _Lost, paramiko.SSHException, OSError, EOFError):
+                self._broken = "the connection stalled (the device's sshd stopped answering)"
+                stalled = self._broken + "; "
         # The old connection is stalled or gone: kill over a fresh one.
         clients: list[paramiko.SSHClient] = []
         try:
@@ -645,20 +660,25 @@ class SshTransport:
             transport = clients[-1].get_transport()
             assert transport is not None
             self._exec_quick(transport, command)
-            return f"{self._broken}; {what} were killed over a new connection"
+            return f"{stalled}{what} were killed over a new connection"
         except (TransportError, _Expired, _Lost, paramiko.SSHException, OSError, EOFError) as exc:
-            detail = exc.message if isinstance(exc, TransportError) else str(exc) or type(exc).__name__
+            if isinstance(exc, TransportError):
+                detail = exc.message.removeprefix(f"device {self.device!r}: ")
+            else:
+                detail = str(exc) or type(exc).__name__
             return (
-                f"{self._broken}; could not reach the device to kill {what} ({detail}); the device-side "
-                "deadline (coreutils timeout) ends them where available"
+                f"{stalled}could not reconnect to kill {what} ({detail}); where coreutils timeout exists "
+                "the device ends them at the deadline"
             )
         finally:
             for client in reversed(clients):
                 client.close()
 
-    def _exec_quick(self, transport: paramiko.Transport, command: str) -> None:
+    def _exec_quick(
+        self, transport: paramiko.Transport, command: str, *, open_timeout_s: float = KILL_TIMEOUT_S
+    ) -> None:
         deadline = time.monotonic() + KILL_TIMEOUT_S
-        channel = transport.open_session(timeout=KILL_TIMEOUT_S)
+        channel = transport.open_session(timeout=open_timeout_s)
         expired = threading.Event()
         try:
             with _closing_at(channel, deadline, expired):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import zipfile
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +21,7 @@ COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 def available() -> bool:
     if sys.platform != "darwin":
         # coremltools imports on Linux (conversion works there), but prediction needs macOS.
-        raise ImportError("Core ML prediction needs macOS; this device runs %s" % sys.platform)
+        raise ImportError(f"Core ML prediction needs macOS; this device runs {sys.platform}")
     import coremltools  # noqa: F401
 
     return True
@@ -38,7 +38,7 @@ def unpack(artifact: str) -> str:
     target = artifact + ".d"
     package = os.path.join(target, "model.mlpackage")
     if not os.path.isdir(package):
-        tmp = "%s.tmp-%d" % (target, os.getpid())
+        tmp = f"{target}.tmp-{os.getpid()}"
         with zipfile.ZipFile(artifact) as zf:
             zf.extractall(tmp)
         os.replace(tmp, target)
@@ -46,18 +46,18 @@ def unpack(artifact: str) -> str:
 
 
 class CoreMlSession:
-    def __init__(self, artifact: str, input_name: str, options: Dict[str, Any]) -> None:
+    def __init__(self, artifact: str, input_name: str, options: dict[str, Any]) -> None:
         import coremltools as ct
 
         units = str(options.get("compute_units", "ALL"))
         if units not in COMPUTE_UNITS:
-            raise ValueError("compute_units %r is not one of %s" % (units, ", ".join(COMPUTE_UNITS)))
+            raise ValueError(f"compute_units {units!r} is not one of {', '.join(COMPUTE_UNITS)}")
         self.units = units
         self.model = ct.models.MLModel(unpack(artifact), compute_units=getattr(ct.ComputeUnit, units))
         self.input_name = input_name
         outputs = self.model.get_spec().description.output
         self.output_name = outputs[0].name
-        self._feed: Dict[str, np.ndarray] = {}
+        self._feed: dict[str, np.ndarray] = {}
 
     def bind(self, x: np.ndarray) -> None:
         self._feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
@@ -72,9 +72,9 @@ class CoreMlSession:
             rows.append(np.asarray(out[self.output_name], dtype=np.float32).reshape(1, -1))
         return np.concatenate(rows)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return {"runtime": "coreml", "version": version(), "compute_units": self.units}
 
 
-def open_session(artifact: str, input_name: str, options: Dict[str, Any]) -> CoreMlSession:
+def open_session(artifact: str, input_name: str, options: dict[str, Any]) -> CoreMlSession:
     return CoreMlSession(artifact, input_name, options)

@@ -9,14 +9,14 @@ NCHW images transposed here.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"  # Linux; macOS uses libedgetpu.1.dylib, Windows edgetpu.dll
 
 
-def _module() -> Tuple[Any, str]:
+def _module() -> tuple[Any, str]:
     try:
         from ai_edge_litert import interpreter
 
@@ -42,24 +42,26 @@ def version() -> str:
         return _module()[1]
 
 
-def quantize(x: np.ndarray, details: Dict[str, Any]) -> np.ndarray:
+def quantize(x: np.ndarray, details: dict[str, Any]) -> np.ndarray:
     """float -> the tensor's integer type with its (scale, zero_point); float tensors pass through."""
     dtype = np.dtype(details["dtype"])
     if dtype.kind == "f":
         return np.ascontiguousarray(x, dtype=dtype)
     scale, zero_point = details["quantization"]
     info = np.iinfo(dtype)
-    return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
+    out: np.ndarray = np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
+    return out
 
 
-def dequantize(y: np.ndarray, details: Dict[str, Any]) -> np.ndarray:
+def dequantize(y: np.ndarray, details: dict[str, Any]) -> np.ndarray:
     if np.dtype(details["dtype"]).kind == "f":
         return np.asarray(y, dtype=np.float32)
     scale, zero_point = details["quantization"]
-    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    out: np.ndarray = ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return out
 
 
-def to_model_layout(x: np.ndarray, model_shape: List[int]) -> np.ndarray:
+def to_model_layout(x: np.ndarray, model_shape: list[int]) -> np.ndarray:
     """The runner's NCHW batch in the model's layout (NHWC models get a transpose)."""
     if list(x.shape[1:]) == list(model_shape[1:]):
         return x
@@ -72,13 +74,13 @@ def to_model_layout(x: np.ndarray, model_shape: List[int]) -> np.ndarray:
 class LiteRtSession:
     """One Interpreter with its input written once."""
 
-    def __init__(self, artifact: str, input_name: str, options: Dict[str, Any]) -> None:
+    def __init__(self, artifact: str, input_name: str, options: dict[str, Any]) -> None:
         module, self._dist = _module()
-        kwargs: Dict[str, Any] = {"model_path": artifact}
+        kwargs: dict[str, Any] = {"model_path": artifact}
         threads = options.get("threads")
         if threads:
             kwargs["num_threads"] = int(threads)
-        self._delegates: List[str] = []
+        self._delegates: list[str] = []
         if options.get("edgetpu"):
             library = str(options.get("edgetpu_library") or EDGETPU_LIBRARY)
             device = options.get("edgetpu_device")
@@ -112,7 +114,7 @@ class LiteRtSession:
             rows.append(dequantize(self.interpreter.get_tensor(self._output["index"]), self._output))
         return np.concatenate(rows)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return {
             "runtime": "litert",
             "version": version(),
@@ -124,6 +126,5 @@ class LiteRtSession:
         }
 
 
-def open_session(artifact: str, input_name: str, options: Dict[str, Any]) -> LiteRtSession:
+def open_session(artifact: str, input_name: str, options: dict[str, Any]) -> LiteRtSession:
     return LiteRtSession(artifact, input_name, options)
-

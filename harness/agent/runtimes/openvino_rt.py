@@ -9,7 +9,7 @@ its images one by one through a second request of the same compiled model.
 from __future__ import annotations
 
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +35,9 @@ def _read_ir(core: Any, artifact: str) -> Any:
     return core.read_model(model=xml, weights=weights)
 
 
-def compile_config(options: Dict[str, Any]) -> Dict[str, Any]:
+def compile_config(options: dict[str, Any]) -> dict[str, Any]:
     """The compile_model properties for the job's options (None means: the plugin's default)."""
-    config: Dict[str, Any] = {"PERFORMANCE_HINT": _HINTS[str(options.get("hint", "latency"))]}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": _HINTS[str(options.get("hint", "latency"))]}
     if options.get("inference_precision"):
         config["INFERENCE_PRECISION_HINT"] = str(options["inference_precision"])
     if options.get("threads"):
@@ -53,7 +53,7 @@ def compile_config(options: Dict[str, Any]) -> Dict[str, Any]:
 class OpenVinoSession:
     """One compiled model, a timed request with a shared input tensor, and an eval request."""
 
-    def __init__(self, artifact: str, input_name: str, options: Dict[str, Any]) -> None:
+    def __init__(self, artifact: str, input_name: str, options: dict[str, Any]) -> None:
         import openvino as ov
 
         self._ov = ov
@@ -67,9 +67,9 @@ class OpenVinoSession:
         self.config = compile_config(options)
         self.compiled = core.compile_model(model, self.device, self.config)
         self.request = self.compiled.create_infer_request()
-        self._eval_request: Optional[Any] = None
+        self._eval_request: Any | None = None
         self.input_name = input_name
-        self._bound: Optional[np.ndarray] = None
+        self._bound: np.ndarray | None = None
 
     def bind(self, x: np.ndarray) -> None:
         self._bound = np.ascontiguousarray(x, dtype=np.float32)
@@ -88,11 +88,13 @@ class OpenVinoSession:
             rows.append(np.array(result[self.compiled.outputs[0]], copy=True))
         return np.concatenate(rows)
 
-    def describe(self) -> Dict[str, Any]:
-        applied: Dict[str, Any] = {}
+    def describe(self) -> dict[str, Any]:
+        applied: dict[str, Any] = {}
         for key in ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS"):
             try:
-                applied[key] = str(self.compiled.get_property(key))
+                value = self.compiled.get_property(key)
+                # ov.Type prints as "<Type: 'float32'>"; its to_string() is the hint's own spelling.
+                applied[key] = value.to_string() if hasattr(value, "to_string") else str(value)
             except Exception:  # a property the device's plugin does not expose
                 applied[key] = None
         return {
@@ -105,5 +107,5 @@ class OpenVinoSession:
         }
 
 
-def open_session(artifact: str, input_name: str, options: Dict[str, Any]) -> OpenVinoSession:
+def open_session(artifact: str, input_name: str, options: dict[str, Any]) -> OpenVinoSession:
     return OpenVinoSession(artifact, input_name, options)

@@ -17,16 +17,16 @@ import json
 import os
 import subprocess
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
 
 def _cudart() -> Any:
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]  # cuda-python >= 12.6
     except ImportError:
-        from cuda import cudart  # type: ignore[no-redef]
+        from cuda import cudart  # type: ignore[import-not-found,no-redef]
     return cudart
 
 
@@ -55,7 +55,7 @@ def unpack(artifact: str) -> str:
     """Unpack the bundle beside it (once); return the directory."""
     target = artifact + ".d"
     if not os.path.isfile(os.path.join(target, "build.json")):
-        tmp = "%s.tmp-%d" % (target, os.getpid())
+        tmp = f"{target}.tmp-{os.getpid()}"
         with zipfile.ZipFile(artifact) as zf:
             zf.extractall(tmp)
         os.replace(tmp, target)
@@ -94,7 +94,7 @@ def _calibrator(trt: Any, data: np.ndarray, cache_path: str, batch: int) -> Any:
         def get_batch_size(self) -> int:
             return batch
 
-        def get_batch(self, names: List[str]) -> Optional[List[int]]:
+        def get_batch(self, names: list[str]) -> list[int] | None:
             if self.position + batch > len(self.data):
                 return None
             chunk = np.ascontiguousarray(self.data[self.position : self.position + batch])
@@ -103,7 +103,7 @@ def _calibrator(trt: Any, data: np.ndarray, cache_path: str, batch: int) -> Any:
                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))  # fmt: skip
             return [self.buffer.ptr]
 
-        def read_calibration_cache(self) -> Optional[bytes]:
+        def read_calibration_cache(self) -> bytes | None:
             if os.path.isfile(cache_path):
                 with open(cache_path, "rb") as f:
                     return f.read()
@@ -116,7 +116,7 @@ def _calibrator(trt: Any, data: np.ndarray, cache_path: str, batch: int) -> Any:
     return EntropyCalibrator()
 
 
-def build_engine_api(trt: Any, logger: Any, directory: str, build: Dict[str, Any]) -> bytes:
+def build_engine_api(trt: Any, logger: Any, directory: str, build: dict[str, Any]) -> bytes:
     """Build with the builder API as build.json says; INT8 calibrates from calibration.npy."""
     builder = trt.Builder(logger)
     flags = 0
@@ -153,7 +153,7 @@ def build_engine_api(trt: Any, logger: Any, directory: str, build: Dict[str, Any
     return bytes(serialized)
 
 
-def build_engine_trtexec(directory: str, build: Dict[str, Any], engine_path: str) -> None:
+def build_engine_trtexec(directory: str, build: dict[str, Any], engine_path: str) -> None:
     argv = list(build["trtexec"])
     argv = [a if not a.startswith("--saveEngine=") else "--saveEngine=" + engine_path for a in argv]
     done = subprocess.run(argv, cwd=directory, capture_output=True, text=True, check=False)
@@ -165,7 +165,7 @@ def build_engine_trtexec(directory: str, build: Dict[str, Any], engine_path: str
 class TensorRtSession:
     """A deserialised engine, one execution context, device buffers and a CUDA stream."""
 
-    def __init__(self, artifact: str, input_name: str, options: Dict[str, Any]) -> None:
+    def __init__(self, artifact: str, input_name: str, options: dict[str, Any]) -> None:
         import tensorrt as trt
 
         cudart = _cudart()
@@ -177,7 +177,7 @@ class TensorRtSession:
             build = json.load(f)
         props = _check(cudart.cudaGetDeviceProperties(0))
         gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-        engine_path = os.path.join(directory, "model-%s.engine" % engine_key(artifact, trt.__version__, gpu))
+        engine_path = os.path.join(directory, f"model-{engine_key(artifact, trt.__version__, gpu)}.engine")
         self.built_now = not os.path.isfile(engine_path)
         if self.built_now:
             calib_ready = not build.get("calibration_cache") or os.path.isfile(
@@ -194,14 +194,14 @@ class TensorRtSession:
         with open(engine_path, "rb") as f:
             self.engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
         if self.engine is None:
-            raise RuntimeError("TensorRT could not deserialise %s (built by another TensorRT version?)" % engine_path)
+            raise RuntimeError(f"TensorRT could not deserialise {engine_path} (built by another TensorRT version?)")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = input_name
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         self.stream = _check(cudart.cudaStreamCreate())
         self.max_batch = int(build["profile"]["max"][0])
-        self._buffers: Dict[str, DeviceBuffer] = {}
+        self._buffers: dict[str, DeviceBuffer] = {}
         self._gpu = gpu
         self._precision = build["precision"]
 
@@ -215,7 +215,7 @@ class TensorRtSession:
         self.context.set_tensor_address(name, buf.ptr)
         return buf.ptr
 
-    def _prepare(self, x: np.ndarray) -> Tuple[int, np.ndarray]:
+    def _prepare(self, x: np.ndarray) -> tuple[int, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32)
         self.context.set_input_shape(self.input_name, tuple(x.shape))
         ptr = self._ensure(self.input_name, x.nbytes)
@@ -252,7 +252,7 @@ class TensorRtSession:
             rows.append(out.astype(np.float32))
         return np.concatenate(rows)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return {
             "runtime": "tensorrt",
             "version": version(),
@@ -263,5 +263,5 @@ class TensorRtSession:
         }
 
 
-def open_session(artifact: str, input_name: str, options: Dict[str, Any]) -> TensorRtSession:
+def open_session(artifact: str, input_name: str, options: dict[str, Any]) -> TensorRtSession:
     return TensorRtSession(artifact, input_name, options)

@@ -1,0 +1,148 @@
+"""Clocks, temperatures and contention around a timed loop, and the calibration workload.
+
+A background thread reads the thermal zones, the CPU clocks and the CPU time other processes used
+every ``interval_s`` while the timed loop runs. It reads a few small files per wake-up and sleeps in
+between, so the timed thread pays at most one short GIL hand-off per interval, not a cost per call.
+
+The calibration workload is the AndroidX benchmark library's throttle check: a fixed busy loop timed
+before warm-up and again after the timed loop. The same work taking longer afterwards means the CPU
+got slower (throttled clocks) or busier (another process), whatever the sensors say; many boards
+expose no cpufreq or thermal zone at all (this project's reference machine among them).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from . import facts
+
+perf_ns = time.perf_counter_ns
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine from /proc/stat, in clock ticks; None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already inside user and nice)
+    values = [int(v) for v in fields[1:9]] + [0] * max(0, 9 - len(fields))
+    idle = values[3] + values[4]
+    busy = values[0] + values[1] + values[2] + values[5] + values[6] + values[7]
+    return busy, busy + idle
+
+
+def _own_jiffies() -> int | None:
+    """CPU time (user + system, all threads) this process used, in clock ticks."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def reading(origin: float) -> dict[str, Any]:
+    """One snapshot: seconds since ``origin`` (a time.monotonic value), temperatures and clocks."""
+    return {
+        "t_s": round(time.monotonic() - origin, 3),
+        "temperatures_c": facts.temperatures_c(),
+        "cpu_freq_mhz": facts.cpu_frequencies_mhz(),
+    }
+
+
+class Sampler:
+    """Reads clocks, temperatures and other processes' CPU share every ``interval_s`` on a daemon thread."""
+
+    def __init__(self, interval_s: float, origin: float) -> None:
+        self.interval_s = interval_s
+        self.origin = origin
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._machine = _cpu_jiffies()
+        self._own = _own_jiffies()
+
+    def _foreign_share(self) -> float | None:
+        """Share of all CPUs' time since the last call used by other processes (0..1), where /proc exists."""
+        machine, own = _cpu_jiffies(), _own_jiffies()
+        previous_machine, previous_own = self._machine, self._own
+        self._machine, self._own = machine, own
+        if machine is None or own is None or previous_machine is None or previous_own is None:
+            return None
+        total = machine[1] - previous_machine[1]
+        if total <= 0:
+            return None
+        foreign = (machine[0] - previous_machine[0]) - (own - previous_own)
+        return round(min(max(foreign / total, 0.0), 1.0), 3)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            sample = reading(self.origin)
+            sample["foreign_cpu"] = self._foreign_share()
+            self.samples.append(sample)
+
+    def __enter__(self) -> Sampler:
+        if self.interval_s > 0:
+            self._thread = threading.Thread(target=self._run, name="edgebench-thermal", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _spin(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x = (x * 31 + i) & 0xFFFFFFFF
+    return x
+
+
+def calibration_size(target_ms: float) -> int:
+    """Loop count that takes about ``target_ms`` here (the same count is then timed before and after)."""
+    n = 10_000
+    while True:
+        elapsed_ms = min(calibrate(n, 3)) / 1e6  # the fastest of three: a preempted try would undersize it
+        if elapsed_ms >= target_ms / 4 or n >= 1 << 26:
+            return max(int(n * target_ms / max(elapsed_ms, 1e-3)), 1000)
+        n *= 4
+
+
+def calibrate(n: int, reps: int) -> list[int]:
+    """Time the fixed busy loop ``reps`` times; raw nanoseconds, the host picks the statistic."""
+    out: list[int] = []
+    for _ in range(reps):
+        t0 = perf_ns()
+        _spin(n)
+        out.append(perf_ns() - t0)
+    return out
+
+
+def apply_affinity(cpus: tuple[int, ...] | None) -> dict[str, Any]:
+    """Pin this process to ``cpus`` unless the launcher (taskset) already did; report what applies.
+
+    Threads the runtime starts later inherit the mask, so this runs before any session is opened.
+    """
+    getter = getattr(os, "sched_getaffinity", None)
+    setter = getattr(os, "sched_setaffinity", None)
+    if getter is None or setter is None:
+        return {"cpu_affinity": None, "pinning": "unsupported" if cpus else None}
+    method = None
+    if cpus:
+        if set(getter(0)) == set(cpus):
+            method = "inherited"
+        else:
+            setter(0, set(cpus))
+            method = "sched_setaffinity"
+    return {"cpu_affinity": sorted(getter(0)), "pinning": method}

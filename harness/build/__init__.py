@@ -1,0 +1,1 @@
+"""Host-side build: torch -> ONNX export, one compile step per backend, a content-addressed artifact cache."""

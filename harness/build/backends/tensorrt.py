@@ -1,0 +1,204 @@
+"""TensorRT (Jetson): the engine is built on the device, so the host ships a build bundle.
+
+A TensorRT engine is specific to the GPU, the TensorRT version and the JetPack it was built with, so
+the host cannot build it. The host's artifact is one zip (``model.trt.zip``) holding the FP32 ONNX,
+``build.json`` (precision flags, workspace, optimisation profile, and the equivalent trtexec command
+line for a human to rerun) and, for INT8, ``calibration.npy``: the catalog's calibration inputs,
+which the runner's entropy calibrator (IInt8EntropyCalibrator2) feeds to the builder, writing a
+calibration cache that later builds reuse (trtexec ``--calib=``). The runner builds the engine once
+per device and caches it beside the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import ConfigError
+from ..export import check_onnx
+from .onnxruntime import check_options, check_precision, require_calibration, write_archive
+from .protocol import CompileRequest
+
+BUILD_SCHEMA = 1
+DEFAULT_WORKSPACE_MB = 1024
+DEFAULT_MAX_BATCH = 32  # the runner's eval batch; latency runs at batch 1
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def build_config(
+    precision: str,
+    input_name: str,
+    input_shape: tuple[int, ...],
+    *,
+    workspace_mb: int = DEFAULT_WORKSPACE_MB,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    builder_optimization_level: int = 3,
+    dla_core: int | None = None,
+) -> dict[str, Any]:
+    """What the device's builder does, as data the runner reads (and a human can diff)."""
+    one = (1, *input_shape[1:])
+    most = (max_batch, *input_shape[1:])
+    flags = {"fp32": [], "fp16": ["FP16"], "int8": ["FP16", "INT8"]}[precision]
+    return {
+        "schema": BUILD_SCHEMA,
+        "precision": precision,
+        "flags": flags,  # INT8 keeps FP16 on, so layers without an INT8 kernel fall back to FP16, not FP32
+        "workspace_mb": workspace_mb,
+        "builder_optimization_level": builder_optimization_level,
+        "dla_core": dla_core,
+        "input": input_name,
+        "profile": {"min": list(one), "opt": list(one), "max": list(most)},
+        "calibration": "calibration.npy" if precision == "int8" else None,
+        "calibration_cache": "calibration.cache" if precision == "int8" else None,
+        "trtexec": trtexec_command(
+            precision,
+            input_name,
+            input_shape,
+            workspace_mb=workspace_mb,
+            max_batch=max_batch,
+            builder_optimization_level=builder_optimization_level,
+            dla_core=dla_core,
+        ),
+    }
+
+
+def trtexec_command(
+    precision: str,
+    input_name: str,
+    input_shape: tuple[int, ...],
+    *,
+    onnx: str = "model.onnx",
+    engine: str = "model.engine",
+    workspace_mb: int = DEFAULT_WORKSPACE_MB,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    builder_optimization_level: int = 3,
+    dla_core: int | None = None,
+    trtexec: str = "/usr/src/tensorrt/bin/trtexec",
+) -> list[str]:
+    """The trtexec line that builds the same engine (TensorRT 8.6+/10 flag names)."""
+    one = _dims((1, *input_shape[1:]))
+    argv = [
+        trtexec,
+        f"--onnx={onnx}",
+        f"--saveEngine={engine}",
+        f"--minShapes={input_name}:{one}",
+        f"--optShapes={input_name}:{one}",
+        f"--maxShapes={input_name}:{_dims((max_batch, *input_shape[1:]))}",
+        f"--memPoolSize=workspace:{workspace_mb}M",
+        f"--builderOptimizationLevel={builder_optimization_level}",
+        "--skipInference",
+    ]
+    if precision in ("fp16", "int8"):
+        argv.append("--fp16")
+    if precision == "int8":
+        # trtexec cannot calibrate from data: it reads the cache the runner's calibrator wrote.
+        argv += ["--int8", "--calib=calibration.cache"]
+    if dla_core is not None:
+        argv += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
+    return argv
+
+
+@dataclass(frozen=True)
+class TrtexecSummary:
+    """The performance summary trtexec prints (all times in ms)."""
+
+    tensorrt_version: str | None
+    passed: bool | None
+    throughput_qps: float | None
+    latency_ms: dict[str, float]
+    gpu_compute_ms: dict[str, float]
+
+
+_STAT = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=\s*([0-9.eE+-]+)\s*ms")
+
+
+def _stats(line: str | None) -> dict[str, float]:
+    if line is None:
+        return {}
+    out: dict[str, float] = {}
+    for m in _STAT.finditer(line):
+        key = f"p{m.group(2)}" if m.group(2) else m.group(1)
+        out[key] = float(m.group(3))
+    return out
+
+
+def parse_trtexec_log(text: str) -> TrtexecSummary:
+    """Read a trtexec log: its TensorRT version, PASSED/FAILED, and the performance summary lines."""
+    version = re.search(r"&&&& RUNNING TensorRT\.trtexec \[TensorRT v(\d+)\]", text)
+    status = re.search(r"&&&& (PASSED|FAILED) TensorRT\.trtexec", text)
+    throughput = re.search(r"\]\s*Throughput:\s*([0-9.eE+-]+)\s*qps", text)
+    latency = re.search(r"\]\s*Latency:\s*(min = .*)$", text, re.MULTILINE)
+    gpu = re.search(r"\]\s*GPU Compute Time:\s*(min = .*)$", text, re.MULTILINE)
+    return TrtexecSummary(
+        tensorrt_version=_trt_version(version.group(1)) if version else None,
+        passed=None if status is None else status.group(1) == "PASSED",
+        throughput_qps=float(throughput.group(1)) if throughput else None,
+        latency_ms=_stats(latency.group(1) if latency else None),
+        gpu_compute_ms=_stats(gpu.group(1) if gpu else None),
+    )
+
+
+def _trt_version(code: str) -> str:
+    """trtexec's packed version: 8601 -> 8.6.1, 100200 -> 10.2.0."""
+    number = int(code)
+    if number >= 100000:  # TensorRT 10+: MMmmpp
+        return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+    return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
+
+
+class TensorRtBackend:
+    """NVIDIA TensorRT on Jetson: host prepares, device builds and runs."""
+
+    name = "tensorrt"
+    runtime = "tensorrt"
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    needs_calibration: tuple[str, ...] = ("int8",)
+    build_options: tuple[str, ...] = ("workspace_mb", "max_batch", "builder_optimization_level", "dla_core")
+    run_options: tuple[str, ...] = ("builder",)
+
+    def compile(self, request: CompileRequest) -> Path:
+        check_precision(self.name, request.precision, self.precisions)
+        check_options(self.name, request.options, self.build_options + self.run_options)
+        onnx = request.onnx
+        check_onnx(onnx.path, onnx.input_shape)
+        opts = request.options
+        for key in ("workspace_mb", "max_batch", "builder_optimization_level"):
+            if key in opts and not (isinstance(opts[key], int) and opts[key] >= (0 if "level" in key else 1)):
+                raise ConfigError(
+                    f"tensorrt option {key}={opts[key]!r} must be a positive integer", key=f"options.{key}"
+                )
+        config = build_config(
+            request.precision,
+            onnx.input_name,
+            onnx.input_shape,
+            workspace_mb=int(opts.get("workspace_mb", DEFAULT_WORKSPACE_MB)),
+            max_batch=int(opts.get("max_batch", DEFAULT_MAX_BATCH)),
+            builder_optimization_level=int(opts.get("builder_optimization_level", 3)),
+            dla_core=opts.get("dla_core"),
+        )
+        work = request.out_dir / "bundle"
+        work.mkdir()
+        (work / "build.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        members = [("model.onnx", onnx.path), ("build.json", work / "build.json")]
+        if request.precision == "int8":
+            np.save(work / "calibration.npy", require_calibration(self.name, request))
+            members.append(("calibration.npy", work / "calibration.npy"))
+        return write_archive(request.out_dir / "model.trt.zip", members)
+
+    def runner_options(self, precision: str, threads: int | None, options: Mapping[str, Any]) -> dict[str, Any]:
+        check_options(self.name, options, self.build_options + self.run_options)
+        builder = str(options.get("builder", "api"))
+        if builder not in ("api", "trtexec"):
+            raise ConfigError(
+                f"tensorrt option builder={builder!r} is not valid", key="options.builder", fix="use api or trtexec"
+            )
+        return {"builder": builder}

@@ -1,0 +1,211 @@
+"""Was the device throttled or contended during a run: clocks, temperatures and a calibration workload.
+
+Pure: takes the thermal record and calibration times the runner reports among a result's facts and
+returns a verdict. Three independent signs, any of which makes a run's numbers describe a device
+that changed under the measurement:
+
+- the calibration workload (a fixed busy loop timed before warm-up and after the timed loop; the
+  AndroidX benchmark library's check) took more than ``max_slowdown`` longer afterwards. Sensors
+  need not exist for this one: it sees throttled clocks and a CPU shared with another process alike;
+- a CPU clock fell more than ``max_freq_drop`` below where it started while the loop ran;
+- a thermal zone rose more than ``max_temp_rise_c``: a run that warms a device that much did not
+  reach thermal steady state, so its early and late iterations measured different machines;
+
+and one sign of contention, kept apart: other processes used more than ``max_foreign_cpu`` of all
+CPU time on average while the loop ran. A throttled job is cooled down and retried (cooling helps a
+hot device); a contended one is marked unstable and not retried, since waiting does not remove another
+tenant's load and retrying on a shared machine would only multiply the run time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ThrottleLimits", "ThrottleVerdict", "assess_throttle", "calibration_per_iteration_ns", "throttle_metrics"]
+
+
+@dataclass(frozen=True)
+class ThrottleLimits:
+    """Thresholds past which a run counts as throttled or contended (fractions, degrees Celsius)."""
+
+    max_slowdown: float = 0.10
+    max_freq_drop: float = 0.10
+    max_temp_rise_c: float = 15.0
+    max_foreign_cpu: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("max_slowdown", "max_freq_drop", "max_temp_rise_c", "max_foreign_cpu"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"ThrottleLimits.{name}={value!r} must be a positive number, e.g. 0.1")
+
+
+@dataclass(frozen=True)
+class ThrottleVerdict:
+    """What the thermal record says about one run, and why it counts as throttled (if it does)."""
+
+    throttled: bool
+    reasons: tuple[str, ...]  # why it counts as throttled: clocks, temperatures, calibration
+    contention: str | None  # why it counts as contended by other processes (None: it does not)
+    calibration_slowdown: float | None  # after / before - 1 of the calibration workload's fastest repetition
+    calibration_ns: float | None  # nanoseconds per loop iteration before the run (the baseline for retries)
+    freq_drop: float | None
+    temp_rise_c: float | None
+    foreign_cpu: float | None  # mean share of all CPU time other processes used during the run
+    thermal: Mapping[str, Any]  # {before, after, max}: the summary the flat record carries
+
+
+def calibration_per_iteration_ns(calibration: Mapping[str, Any], key: str = "before_ns") -> float | None:
+    """Fastest repetition of the calibration loop, per iteration, in nanoseconds (None when not run).
+
+    The fastest repetition, not the median: a burst from some other process slows a few repetitions,
+    while throttled clocks or a competing load that lasts slow every one of them.
+    """
+    times = calibration.get(key) or []
+    iterations = calibration.get("iterations") or 0
+    if not times or iterations <= 0:
+        return None
+    return float(min(times)) / float(iterations)
+
+
+def _temperature_state(reading: Mapping[str, Any]) -> dict[str, float]:
+    temps = reading.get("temperatures_c") or {}
+    return {str(k): float(v) for k, v in temps.items() if isinstance(v, (int, float))}
+
+
+def _freqs(reading: Mapping[str, Any]) -> list[float | None]:
+    return [float(f) if isinstance(f, (int, float)) else None for f in reading.get("cpu_freq_mhz") or []]
+
+
+def _freq_drop(before: Mapping[str, Any], during: Sequence[Mapping[str, Any]]) -> tuple[float | None, int | None]:
+    """Largest fall of one CPU's clock during the loop below max(before, first sample); (fraction, cpu)."""
+    if not during:
+        return None, None
+    start = [_freqs(before), _freqs(during[0])]
+    worst, worst_cpu = None, None
+    for cpu in range(max(len(f) for f in start)):
+        ref_values = [f[cpu] for f in start if cpu < len(f) and f[cpu]]
+        low_values = [f[cpu] for f in map(_freqs, during) if cpu < len(f) and f[cpu]]
+        if not ref_values or not low_values:
+            continue
+        drop = 1.0 - min(low_values) / max(ref_values)  # type: ignore[type-var]
+        if worst is None or drop > worst:
+            worst, worst_cpu = drop, cpu
+    return worst, worst_cpu
+
+
+def _max_temperatures(readings: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for reading in readings:
+        for zone, value in _temperature_state(reading).items():
+            out[zone] = max(value, out.get(zone, value))
+    return out
+
+
+def assess_throttle(
+    facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleLimits(), baseline_ns: float | None = None
+) -> ThrottleVerdict:
+    """Judge one run from its facts' ``thermal`` and ``calibration`` records (absent: not throttled).
+
+    ``baseline_ns`` is the calibration speed (ns per iteration) measured before an earlier attempt of
+    the same job: a retry is judged against it too, so a load that started during the first attempt
+    and still runs is not mistaken for a device that is merely slower.
+    """
+    thermal: Mapping[str, Any] = facts.get("thermal") or {}
+    calibration: Mapping[str, Any] = facts.get("calibration") or {}
+    before: Mapping[str, Any] = thermal.get("before") or {}
+    after: Mapping[str, Any] = thermal.get("after") or {}
+    during: Sequence[Mapping[str, Any]] = thermal.get("during") or []
+    reasons: list[str] = []
+
+    cal_before = calibration_per_iteration_ns(calibration, "before_ns")
+    cal_after = calibration_per_iteration_ns(calibration, "after_ns")
+    slowdown = None
+    if cal_before and cal_after:
+        slowdown = cal_after / cal_before - 1.0
+        if slowdown > limits.max_slowdown:
+            reasons.append(
+                f"calibration workload {slowdown * 100:.0f}% slower after the run than before "
+                f"(limit {limits.max_slowdown * 100:g}%)"
+            )
+    if baseline_ns and cal_after:
+        vs_first = cal_after / baseline_ns - 1.0
+        if vs_first > limits.max_slowdown and (slowdown is None or slowdown <= limits.max_slowdown):
+            reasons.append(
+                f"calibration workload {vs_first * 100:.0f}% slower than before the first attempt "
+                f"(limit {limits.max_slowdown * 100:g}%)"
+            )
+
+    drop, cpu = _freq_drop(before, during)
+    if drop is not None and drop > limits.max_freq_drop:
+        reasons.append(f"CPU{cpu} clock fell {drop * 100:.0f}% during the run (limit {limits.max_freq_drop * 100:g}%)")
+
+    start = _temperature_state(before)
+    hottest = _max_temperatures([before, *during, after])
+    rises = {zone: hottest[zone] - t for zone, t in start.items() if zone in hottest}
+    rise_zone = max(rises, key=lambda z: rises[z]) if rises else None
+    rise = rises[rise_zone] if rise_zone is not None else None
+    if rise is not None and rise > limits.max_temp_rise_c:
+        reasons.append(
+            f"{rise_zone} rose {rise:.1f} C during the run (limit {limits.max_temp_rise_c:g} C): "
+            "not at thermal steady state"
+        )
+
+    shares = [float(s["foreign_cpu"]) for s in during if isinstance(s.get("foreign_cpu"), (int, float))]
+    foreign = float(np.mean(shares)) if shares else None
+    contention = None
+    if foreign is not None and foreign > limits.max_foreign_cpu:
+        contention = (
+            f"competing load: other processes used {foreign * 100:.0f}% of the CPU time during the run "
+            f"(limit {limits.max_foreign_cpu * 100:g}%)"
+        )
+
+    summary = {
+        "before": {"temperatures_c": start, "cpu_freq_mhz": _freqs(before)},
+        "after": {"temperatures_c": _temperature_state(after), "cpu_freq_mhz": _freqs(after)},
+        "max": {"temperatures_c": hottest},
+        "samples": len(during),
+        "foreign_cpu_max": max(shares) if shares else None,
+    }
+    return ThrottleVerdict(
+        throttled=bool(reasons),
+        reasons=tuple(reasons),
+        contention=contention,
+        calibration_slowdown=slowdown,
+        calibration_ns=cal_before,
+        freq_drop=drop,
+        temp_rise_c=rise,
+        foreign_cpu=foreign,
+        thermal=summary,
+    )
+
+
+def throttle_metrics(metrics: Mapping[str, Any], attempts: Sequence[ThrottleVerdict]) -> dict[str, Any]:
+    """The flat-record fields for a job measured ``len(attempts)`` times (the last one is the result).
+
+    A result still throttled after its retries, or contended, keeps its numbers but is marked unstable
+    with the reasons; the reasons of the attempts thrown away are kept too, so a retried run says why.
+    """
+    last = attempts[-1]
+    out: dict[str, Any] = {
+        "throttled": last.throttled,
+        "throttle_reasons": list(last.reasons),
+        "throttle_retries": len(attempts) - 1,
+        "retried_because": [r for a in attempts[:-1] for r in a.reasons],
+        "calibration_slowdown": last.calibration_slowdown,
+        "freq_drop": last.freq_drop,
+        "temp_rise_c": last.temp_rise_c,
+        "foreign_cpu": last.foreign_cpu,
+        "competing_load": last.contention,
+        "thermal": dict(last.thermal),
+    }
+    reasons = [f"throttled: {r}" for r in last.reasons] + ([last.contention] if last.contention else [])
+    if reasons:
+        out["unstable"] = True
+        out["unstable_reasons"] = [*metrics.get("unstable_reasons", []), *reasons]
+    return out

@@ -1,0 +1,223 @@
+"""The HTML report in a real browser: headless Chromium with no network renders every part of it.
+
+The screenshot is kept at /tmp/edgebench-report.png for a human to look at.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from harness.records import JobResult
+from harness.report.render import write_report
+from harness.store import RunInfo, Store
+
+pytestmark = pytest.mark.integration
+
+SCREENSHOT = Path("/tmp/edgebench-report.png")
+RUN_ID = "rep000000001"
+VALID_JOB = "tiny-cnn/onnxruntime-fp32/local"
+INVALID_JOB = "small-cnn/onnxruntime-fp32/local"
+OTHER_DEVICE_JOB = "tiny-cnn/onnxruntime-fp32/nuc"
+
+
+def chromium_binary() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no Chromium binary (chromium, chromium-browser, google-chrome) on PATH")
+
+
+def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium as root, with every network lookup failing."""
+    argv = [
+        chromium_binary(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        # No network: names resolve to nothing and anything else goes to a closed port.
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=http://127.0.0.1:9",
+        *args,
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+@dataclass
+class Row:
+    section: str | None
+    attrs: dict[str, str]
+    cells: list[str] = field(default_factory=list)
+
+
+class Rows(HTMLParser):
+    """Table rows of the rendered DOM, each with the id of the section it sits in and its cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[Row] = []
+        self.style = ""
+        self._section: str | None = None
+        self._cell: list[str] | None = None
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "section":
+            self._section = values.get("id")
+        elif tag == "tr":
+            self.rows.append(Row(self._section, values))
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag in ("br", "div") and self._cell is not None:
+            self._cell.append(" ")
+        elif tag == "style":
+            self._in_style = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].cells.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_style:
+            self.style += data
+
+
+@dataclass(frozen=True)
+class Rendered:
+    html: str
+    dom: str
+    rows: list[Row]
+    style: str
+    records: dict[str, dict[str, object]]
+
+
+@pytest.fixture(scope="module")
+def rendered(
+    tmp_path_factory: pytest.TempPathFactory, make_result: Callable[..., JobResult], make_run: Callable[..., RunInfo]
+) -> Rendered:
+    root = tmp_path_factory.mktemp("report")
+    store = Store(root / "results.sqlite")
+    store.start_run(make_run(RUN_ID))
+    store.add_result(make_result(RUN_ID, VALID_JOB, n=2000, metrics={"top1_acc": 0.975}))
+    small = make_result(RUN_ID, INVALID_JOB, n=50, seed=1)
+    assert small.latency is not None
+    reasons = "; ".join(small.latency.invalid_reasons)
+    store.add_result(replace(small, status="failed", message=f"statistics INVALID: {reasons}"))
+    store.add_result(make_result(RUN_ID, OTHER_DEVICE_JOB, n=1000, seed=2))
+    store.finish_run(RUN_ID, "2026-11-24T10:01:00.000+00:00", "failed")
+    report = write_report(store, RUN_ID, root / "report.html")
+    records = {r["job_id"]: r for r in store.results(RUN_ID)}
+    store.close()
+
+    dumped = chromium(root / "profile", "--dump-dom", report.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    assert "<html" in dumped.stdout, dumped.stderr[-2000:]
+    SCREENSHOT.unlink(missing_ok=True)
+    shot = chromium(root / "profile", f"--screenshot={SCREENSHOT}", "--window-size=1280,1400", report.as_uri())
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    parser = Rows()
+    parser.feed(dumped.stdout)
+    return Rendered(report.read_text(encoding="utf-8"), dumped.stdout, parser.rows, parser.style, records)
+
+
+def ms(value: object) -> str:
+    assert isinstance(value, float)
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def job_row(rendered: Rendered, job: str) -> Row:
+    found = [r for r in rendered.rows if r.section == "matrix" and r.attrs.get("data-job") == job]
+    assert len(found) == 1, f"one row for {job} in the job matrix"
+    return found[0]
+
+
+def test_every_job_has_a_row_in_the_matrix(rendered: Rendered) -> None:
+    jobs = [r.attrs["data-job"] for r in rendered.rows if r.section == "matrix" and "data-job" in r.attrs]
+    assert jobs == [VALID_JOB, INVALID_JOB, OTHER_DEVICE_JOB]
+    header = next(r for r in rendered.rows if r.section == "matrix")
+    for title in ("model", "device", "n", "P50 ms", "P95 ms", "P99 ms", "statistics", "status"):
+        assert title in header.cells
+
+
+def test_percentiles_are_shown_with_their_intervals(rendered: Rendered) -> None:
+    record = rendered.records[VALID_JOB]
+    row = job_row(rendered, VALID_JOB)
+    header = next(r for r in rendered.rows if r.section == "matrix").cells
+    for q in ("p50", "p95", "p99"):
+        cell = row.cells[header.index(f"{q.upper()} ms")]
+        low, high = record[f"{q}_ci_ms"]  # type: ignore[misc]
+        assert cell == f"{ms(record[f'{q}_ms'])} {ms(low)}..{ms(high)}"
+    assert row.cells[header.index("n")] == "2000"
+    assert row.cells[header.index("top-1")] == "97.5%"
+
+
+def test_valid_and_invalid_are_told_apart_with_the_reason(rendered: Rendered) -> None:
+    header = next(r for r in rendered.rows if r.section == "matrix").cells
+    valid = job_row(rendered, VALID_JOB).cells[header.index("statistics")]
+    assert valid == "VALID"
+    invalid_row = job_row(rendered, INVALID_JOB)
+    invalid = invalid_row.cells[header.index("statistics")]
+    assert invalid.startswith("INVALID")
+    assert "P99 needs n >= 368 for a two-sided 95% interval; have 50" in invalid
+    assert "no interval" in invalid_row.cells[header.index("P99 ms")]
+    assert invalid_row.cells[header.index("status")].startswith("failed statistics INVALID")
+
+
+def test_the_realtime_table_lists_the_valid_results_per_device(rendered: Rendered) -> None:
+    rows = [r for r in rendered.rows if r.section == "realtime"]
+    header, body = rows[0].cells, rows[1:]
+    assert header[:4] == ["model", "device", "fastest variant", "P99 ms"]
+    assert header[4:] == ["30 FPS", "60 FPS"]
+    # The INVALID job has no row: a tail latency without an interval is no basis for a yes.
+    assert [(r.cells[0], r.cells[1]) for r in body] == [("tiny-cnn", "local"), ("tiny-cnn", "nuc")]
+    local = body[0].cells
+    assert local[2] == "onnxruntime fp32 3x16x16"
+    assert local[3] == ms(rendered.records[VALID_JOB]["p99_ms"])
+    assert local[4:] == ["yes", "yes"], "a 2.4 ms model meets 30 and 60 FPS"
+
+
+def test_the_chart_and_device_facts_are_drawn(rendered: Rendered) -> None:
+    assert re.search(r"<svg[^>]*class=\"chart\"", rendered.dom)
+    assert rendered.dom.count('class="p99"') == 3
+    assert "test CPU" in rendered.dom
+
+
+def test_the_report_needs_no_network(rendered: Rendered) -> None:
+    for text in (rendered.html, rendered.dom):
+        assert not re.search(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//""", text, re.IGNORECASE)
+        assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//""", text, re.IGNORECASE)
+        assert "@import" not in text
+        assert "<script" not in text.lower() and "<link" not in text.lower()
+
+
+def test_styles_reach_the_browser_unescaped(rendered: Rendered) -> None:
+    # <style> is raw text: an escaped quote would stay a literal "&#34;" and break the declaration.
+    assert rendered.style.strip(), "the styles are inlined"
+    assert "&#34;" not in rendered.style and "&quot;" not in rendered.style and "&amp;" not in rendered.style
+    assert '"Segoe UI"' in rendered.style
+
+
+def test_a_screenshot_is_taken(rendered: Rendered) -> None:
+    data = SCREENSHOT.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 20_000, "a blank page compresses to almost nothing"

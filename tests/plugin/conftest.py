@@ -1,0 +1,3 @@
+"""The plugin is tested through pytester: a real inner pytest session per test."""
+
+pytest_plugins = ["pytester"]

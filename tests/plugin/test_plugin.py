@@ -1,0 +1,152 @@
+"""The pytest plugin through pytester: one test per job, results stored, JUnit properties, the report."""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness.store import Store
+
+pytestmark = pytest.mark.usefixtures("edgebench_env")
+
+SUITE = """
+import pytest
+
+from harness.records import JobResult
+
+pytestmark = pytest.mark.edgebench_kind("latency")
+
+
+def test_latency(edgebench_result: JobResult) -> None:
+    assert edgebench_result.status == "passed", edgebench_result.message
+    assert edgebench_result.latency is not None and edgebench_result.latency.valid
+"""
+
+JOBS = ["tiny-a/onnxruntime-fp32-t1/local", "tiny-b/onnxruntime-fp32-t1/local"]
+
+
+@pytest.fixture
+def two_model_catalog(tmp_path: Path, tiny_onnx: Path, tiny_catalog_yaml: Callable[..., str]) -> Path:
+    """Two catalog entries over the tiny model, so a lab of one device plans two jobs."""
+    directory = tmp_path / "two-models"
+    directory.mkdir()
+    shutil.copyfile(tiny_onnx, directory / "tiny.onnx")
+    for name in ("tiny-a", "tiny-b"):
+        (directory / f"{name}.yaml").write_text(tiny_catalog_yaml(name), encoding="utf-8")
+    return directory
+
+
+def lab_args(lab: Path, catalog: Path, out: Path) -> list[str]:
+    return [
+        "--lab", str(lab), "--catalog", str(catalog), "--db", str(out / "results.sqlite"),
+        "--report", str(out / "report.html"), "--quick",
+    ]
+
+
+def test_a_suite_runs_one_test_per_job_and_records_everything(
+    pytester: pytest.Pytester, local_lab: Path, two_model_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    junit = out / "junit.xml"
+    result = pytester.runpytest(*lab_args(local_lab, two_model_catalog, out), "-v", f"--junitxml={junit}")
+
+    result.assert_outcomes(passed=2)
+    # The job id is the test id, so a CI dashboard names the model, variant and device.
+    result.stdout.fnmatch_lines([f"*test_suite.py::test_latency[[]{job}[]] PASSED*" for job in JOBS])
+    result.stdout.fnmatch_lines(["*- edgebench -*", "run: *", f"report: {out / 'report.html'}", "database: *"])
+
+    store = Store(out / "results.sqlite")
+    try:
+        records = store.results(store.resolve_run("latest"))
+        assert [r["job_id"] for r in records] == JOBS
+        assert all(r["status"] == "passed" and r["valid"] for r in records)
+        run = store.run_info(store.resolve_run("latest"))
+        assert run["command"] == "pytest" and run["status"] == "passed" and run["lab_name"] == "testlab"
+    finally:
+        store.close()
+
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    suite_props = {p.get("name"): p.get("value") for p in suite.iterfind("properties/property")}
+    assert suite_props["edgebench_run_id"] == records[0]["run_id"]
+    assert suite_props["edgebench_lab"] == "testlab"
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == [f"test_latency[{job}]" for job in JOBS]
+    for case, record in zip(cases, records, strict=True):
+        props = {p.get("name"): p.get("value") for p in case.iterfind("properties/property")}
+        assert props["model"] == record["model"]
+        assert props["device"] == "local" and props["backend"] == "onnxruntime"
+        assert props["valid"] == "True" and props["status"] == "passed"
+        assert float(props["p99_ms"]) == pytest.approx(record["p99_ms"])
+        assert props["p99_ci_ms"] == str(record["p99_ci_ms"])
+        assert int(props["n"]) == record["n"] >= 368
+        assert props["stop_reason"] in ("converged", "time_cap", "max_iterations")
+
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert all(job in html for job in JOBS)
+
+
+def test_without_lab_the_suite_is_skipped_with_the_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*edgebench suites need --lab FILE*"])
+    assert "- edgebench -" not in result.stdout.str()
+
+
+def test_requires_skips_a_device_without_the_capability(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(
+        test_trt="""
+        import pytest
+
+        @pytest.mark.requires("tensorrt")
+        def test_int8(edgebench_result):
+            raise AssertionError("must not run on a device without TensorRT")
+
+        @pytest.mark.requires("onnxruntime", "generic-linux")
+        def test_ort(edgebench_result):
+            assert edgebench_result.backend == "onnxruntime"
+        """
+    )
+    result = pytester.runpytest(*lab_args(local_lab, tiny_catalog, tmp_path / "out"), "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*local lacks tensorrt*"])
+
+
+def test_a_bad_lab_is_a_usage_error_naming_the_file(
+    pytester: pytest.Pytester, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    lab = tmp_path / "broken-lab.yaml"
+    lab.write_text("schema_version: 1\ndevices:\n  - name: x\n    platform: generic-linux\n    port: 99999\n")
+    result = pytester.runpytest(*lab_args(lab, tiny_catalog, tmp_path / "out"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*edgebench: {lab}:5: devices[[]0[]].port: *fix: use a value <= 65535*"])
+    assert "Traceback" not in result.stderr.str()
+    assert not (tmp_path / "out" / "results.sqlite").exists()
+
+
+def test_a_missing_lab_file_is_a_usage_error(pytester: pytest.Pytester, tiny_catalog: Path, tmp_path: Path) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    missing = tmp_path / "nowhere.yaml"
+    result = pytester.runpytest(*lab_args(missing, tiny_catalog, tmp_path / "out"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*edgebench: {missing}: file not found*"])
+
+
+def test_options_appear_in_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*edgebench device-lab benchmarking*", "*--lab=FILE*", "*--models=GLOB*"])
+
+
+def test_markers_are_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers")
+    for marker in ("requires(capability)", "edgebench_kind(name)"):
+        result.stdout.fnmatch_lines([f"*@pytest.mark.{marker}:*"])

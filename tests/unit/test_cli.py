@@ -1,0 +1,209 @@
+"""The edgebench command as a user types it: run, results (json, csv, table), report, and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TINY_JOB = "tiny-cnn/onnxruntime-fp32-t1/local"
+
+
+def edgebench_path() -> str:
+    found = shutil.which("edgebench")
+    assert found, "the edgebench console script is not installed (pip install -e .)"
+    return found
+
+
+def cli(*args: str | Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [edgebench_path(), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    catalog: Path
+    lab: Path
+    db: Path
+    report: Path
+    env: dict[str, str]
+
+
+def make_workspace(root: Path, tiny_onnx: Path, entry_text: str, lab_text: str) -> Workspace:
+    catalog = root / "catalog"
+    catalog.mkdir(parents=True)
+    shutil.copyfile(tiny_onnx, catalog / "tiny.onnx")
+    (catalog / "tiny-cnn.yaml").write_text(entry_text, encoding="utf-8")
+    lab = root / "lab.yaml"
+    lab.write_text(lab_text, encoding="utf-8")
+    env = dict(os.environ)
+    env.update(
+        EDGEBENCH_CACHE=str(root / "cache"), EDGEBENCH_HOME=str(root / "home"), OMP_NUM_THREADS="1"
+    )
+    env.pop("EDGEBENCH_DEBUG", None)
+    return Workspace(root, catalog, lab, root / "out" / "results.sqlite", root / "out" / "report.html", env)
+
+
+@dataclass(frozen=True)
+class Ran:
+    ws: Workspace
+    proc: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def ran(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_onnx: Path,
+    tiny_catalog_yaml: Callable[..., str],
+    local_lab_text: Callable[[Path], str],
+) -> Ran:
+    """One `edgebench run --quick` of the tiny model on a local lab, shared by the read-back tests."""
+    root = tmp_path_factory.mktemp("cli")
+    ws = make_workspace(root, tiny_onnx, tiny_catalog_yaml(), local_lab_text(root / "device"))
+    proc = cli(
+        "run", "--lab", ws.lab, "--catalog", ws.catalog, "--db", ws.db, "--report", ws.report, "--quick",
+        env=ws.env,
+    )
+    return Ran(ws, proc)
+
+
+def test_run_passes_and_says_where_the_report_and_database_are(ran: Ran) -> None:
+    assert ran.proc.returncode == 0, ran.proc.stderr
+    lines = ran.proc.stdout.splitlines()
+    assert f"report: {ran.ws.report.resolve()}" in lines
+    assert f"database: {ran.ws.db}" in lines
+    assert any(line.startswith("run: ") and line.endswith("(passed)") for line in lines)
+    assert ran.ws.report.is_file() and ran.ws.db.is_file()
+    # Progress goes to stderr, one line per job, so stdout stays machine-readable.
+    assert any(line.startswith("PASSED") and TINY_JOB in line for line in ran.proc.stderr.splitlines())
+    assert "Traceback" not in ran.proc.stderr
+
+
+def test_run_leaves_the_user_directories_alone(ran: Ran) -> None:
+    # The device cache is where the lab file says; the build cache is EDGEBENCH_CACHE.
+    assert any((ran.ws.root / "device" / "files").glob("*.pyz"))
+    assert any((ran.ws.root / "cache").rglob("*.npz"))
+
+
+def test_results_json_has_the_promised_fields_and_valid_intervals(ran: Ran, record_fields: tuple[str, ...]) -> None:
+    proc = cli("results", "--db", ran.ws.db, "--format", "json", env=ran.ws.env)
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(proc.stdout)
+    assert isinstance(records, list) and len(records) == 1
+    r = records[0]
+    assert [f for f in record_fields if f not in r] == []
+    assert r["job_id"] == TINY_JOB and r["model"] == "tiny-cnn" and r["device"] == "local"
+    assert r["backend"] == "onnxruntime" and r["precision"] == "fp32"
+    assert r["input_shape"] == [1, 3, 16, 16]
+    assert len(r["model_sha256"]) == 64
+    assert r["status"] == "passed"
+    assert r["valid"] is True and r["invalid_reasons"] == []
+    assert r["n"] >= 368, "a VALID P99 needs at least 368 samples"
+    for q in ("p50", "p95", "p99"):
+        ci = r[f"{q}_ci_ms"]
+        assert isinstance(ci, list) and len(ci) == 2
+        assert 0 < ci[0] <= r[f"{q}_ms"] <= ci[1]
+    assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert r["mean_ms"] > 0 and r["std_ms"] >= 0
+    assert r["first_inference_ms"] > 0
+    assert r["message"]
+
+
+def test_results_csv_parses_and_agrees_with_json(ran: Ran, record_fields: tuple[str, ...]) -> None:
+    as_csv = cli("results", "--db", ran.ws.db, "--format", "csv", env=ran.ws.env)
+    as_json = cli("results", "--db", ran.ws.db, "--run", "latest", "--format", "json", env=ran.ws.env)
+    assert as_csv.returncode == 0, as_csv.stderr
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert len(rows) == 1
+    row, record = rows[0], json.loads(as_json.stdout)[0]
+    assert set(record_fields) <= set(row)
+    assert row["job_id"] == record["job_id"]
+    assert float(row["p99_ms"]) == record["p99_ms"]
+    assert json.loads(row["p99_ci_ms"]) == record["p99_ci_ms"]
+    assert json.loads(row["input_shape"]) == [1, 3, 16, 16]
+    assert row["valid"] == "True"
+
+
+def test_results_by_run_id_prefix_and_the_list_of_runs(ran: Ran) -> None:
+    runs = json.loads(cli("results", "--db", ran.ws.db, "--runs", "--format", "json", env=ran.ws.env).stdout)
+    assert len(runs) == 1 and runs[0]["status"] == "passed" and runs[0]["lab_name"] == "testlab"
+    run_id = runs[0]["id"]
+    by_prefix = cli("results", "--db", ran.ws.db, "--run", run_id[:5], "--format", "json", env=ran.ws.env)
+    assert [r["run_id"] for r in json.loads(by_prefix.stdout)] == [run_id]
+    table = cli("results", "--db", ran.ws.db, env=ran.ws.env)
+    assert table.returncode == 0 and "VALID" in table.stdout
+
+
+def test_report_writes_the_file_it_names(ran: Ran) -> None:
+    out = ran.ws.root / "elsewhere" / "r.html"
+    proc = cli("report", "--db", ran.ws.db, "--out", out, env=ran.ws.env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"report: {out.resolve()}"
+    html = out.read_text(encoding="utf-8")
+    assert TINY_JOB in html and "VALID" in html
+
+
+def test_results_of_an_unknown_run_is_exit_2_in_one_line(ran: Ran) -> None:
+    proc = cli("results", "--db", ran.ws.db, "--run", "zzzz", env=ran.ws.env)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "edgebench: error: --run: run 'zzzz' not found; fix: pass 'latest' or a run id from 'edgebench results --runs'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--bogus"], "No such option: --bogus; fix: see 'edgebench run --help'"),
+        (["results", "--format", "xml"], "'xml' is not one of"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_a_command_line_mistake_is_exit_2_in_one_line(
+    tmp_path: Path, subprocess_env: dict[str, str], args: list[str], expected: str
+) -> None:
+    proc = cli(*args, env=subprocess_env)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgebench: error: ") and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_no_arguments_prints_help(subprocess_env: dict[str, str]) -> None:
+    proc = cli(env=subprocess_env)
+    assert proc.returncode == 0
+    assert "Usage: edgebench" in proc.stdout and "run" in proc.stdout
+
+
+def test_a_broken_budget_fails_the_run_with_exit_1(
+    tmp_path: Path,
+    tiny_onnx: Path,
+    tiny_catalog_yaml: Callable[..., str],
+    local_lab_text: Callable[[Path], str],
+) -> None:
+    entry = tiny_catalog_yaml(budgets="budgets:\n  p99_ms: 0.000001\n")
+    ws = make_workspace(tmp_path, tiny_onnx, entry, local_lab_text(tmp_path / "device"))
+    proc = cli(
+        "run", "--lab", ws.lab, "--catalog", ws.catalog, "--db", ws.db, "--report", ws.report, "--quick",
+        env=ws.env,
+    )
+    assert proc.returncode == 1, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, proc.stderr
+    assert TINY_JOB in failed[0]
+    assert "P99" in failed[0] and "exceeds budget 1e-06 ms" in failed[0]
+    assert any(line.endswith("(failed)") for line in proc.stdout.splitlines())
+    # A failed gate still stores the evidence and writes the report.
+    assert ws.report.is_file()
+    record = json.loads(cli("results", "--db", ws.db, "--format", "json", env=ws.env).stdout)[0]
+    assert record["status"] == "failed" and "P99" in record["message"] and record["valid"] is True

@@ -1,0 +1,257 @@
+"""The SQLite results store: migrations, the flat record, raw samples, atomic writes, run lookup."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, func, inspect, select
+
+from harness.errors import ConfigError, StoreError
+from harness.records import JobResult
+from harness.store import RunInfo, Store
+from harness.store import db as store_db
+from harness.store.schema import (
+    SCHEMA_VERSION,
+    metrics,
+    migrate,
+    results,
+    runs,
+    samples,
+    schema_info,
+)
+from harness.store.schema import _v1 as create_v1_tables
+
+MakeResult = Callable[..., JobResult]
+MakeRun = Callable[..., RunInfo]
+
+
+def version_of(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(schema_info.c.version)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def count(store: Store, table: Any) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = Store(tmp_path / "results.sqlite")
+    yield s
+    s.close()
+
+
+def test_a_fresh_database_is_created_at_the_current_schema(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "results.sqlite"
+    store = Store(path)
+    try:
+        assert path.is_file(), "the parent directories are created"
+        assert version_of(store.url) == SCHEMA_VERSION
+        tables = set(inspect(store.engine).get_table_names())
+        assert {"schema_info", "runs", "results", "samples", "metrics", "device_health"} <= tables
+    finally:
+        store.close()
+    # Opening it again is a no-op migration.
+    Store(path).close()
+    assert version_of(f"sqlite:///{path}") == SCHEMA_VERSION
+
+
+def test_a_version_1_database_migrates_without_losing_rows(
+    tmp_path: Path, make_result: MakeResult, make_run: MakeRun
+) -> None:
+    path = tmp_path / "old.sqlite"
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        create_v1_tables(conn)
+        conn.execute(schema_info.insert().values(id=1, version=1))
+    engine.dispose()
+    assert "device_health" not in inspect(create_engine(url)).get_table_names()
+    # Rows written by a version-1 edgebench: the store's own writes use only v1 tables.
+    old = Store.__new__(Store)
+    old.url, old.engine = url, create_engine(url)
+    old.start_run(make_run("oldrun000001"))
+    stored = make_result("oldrun000001")
+    old.add_result(stored)
+    old.close()
+    assert version_of(url) == 1
+
+    store = Store(path)
+    try:
+        assert version_of(url) == SCHEMA_VERSION
+        assert store.resolve_run("latest") == "oldrun000001"
+        assert store.results("oldrun000001") == [json.loads(json.dumps(stored.flat()))]
+        np.testing.assert_array_equal(store.samples_of("oldrun000001", stored.job_id), stored.samples_ns)
+        # The version-2 table works.
+        store.record_health("2026-11-24T10:00:00+00:00", "local", "healthy", "", {"cpu_count": 2})
+        assert [h["device"] for h in store.health()] == ["local"]
+    finally:
+        store.close()
+
+
+def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite"
+    Store(path).close()
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(schema_info.update().values(version=SCHEMA_VERSION + 1))
+    engine.dispose()
+    with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1}, newer .*fix: upgrade edgebench"):
+        Store(path)
+
+
+def test_migrate_is_idempotent(store: Store) -> None:
+    with store.engine.begin() as conn:
+        assert migrate(conn) == SCHEMA_VERSION
+    assert version_of(store.url) == SCHEMA_VERSION
+
+
+def test_results_roundtrip_with_every_record_field(
+    store: Store, make_result: MakeResult, make_run: MakeRun, record_fields: tuple[str, ...]
+) -> None:
+    store.start_run(make_run("run000000001"))
+    first = make_result("run000000001", "tiny-cnn/onnxruntime-fp32/local", metrics={"top1_acc": 0.97})
+    second = make_result("run000000001", "other/onnxruntime-fp32/local", n=50, seed=1)
+    store.add_result(first)
+    store.add_result(second)
+    records = store.results("run000000001")
+    assert [r["job_id"] for r in records] == [first.job_id, second.job_id], "in the order recorded"
+    for record, result in zip(records, (first, second), strict=True):
+        missing = [f for f in record_fields if f not in record]
+        assert not missing
+        assert record == json.loads(json.dumps(result.flat()))
+    top = records[0]
+    assert top["valid"] is True and top["invalid_reasons"] == []
+    for q in ("p50", "p95", "p99"):
+        low, high = top[f"{q}_ci_ms"]
+        assert low <= top[f"{q}_ms"] <= high
+    assert top["top1_acc"] == 0.97
+    assert top["input_shape"] == [1, 3, 16, 16]
+    # 50 samples: P50 has an interval, P99 does not, and the record says why.
+    small = records[1]
+    assert small["valid"] is False
+    assert small["p99_ci_ms"] is None and small["p50_ci_ms"] is not None
+    assert any("P99 needs n >= 368" in reason for reason in small["invalid_reasons"])
+    # Metrics are rows as well, so they can be queried without parsing JSON.
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(metrics.c.name, metrics.c.value, metrics.c.text)).all()
+    by_name = {r.name: (r.value, r.text) for r in rows}
+    assert by_name["top1_acc"] == (0.97, None)
+    assert by_name["stop_reason"] == (None, '"converged"')
+
+
+def test_device_facts_and_run_info_come_back(store: Store, make_result: MakeResult, make_run: MakeRun) -> None:
+    store.start_run(make_run("run000000001"))
+    store.add_result(make_result("run000000001"))
+    store.finish_run("run000000001", "2026-11-24T10:05:00+00:00", "passed")
+    info = store.run_info("run000000001")
+    assert info["status"] == "passed" and info["host"] == "testhost" and info["lab_name"] == "testlab"
+    assert store.device_facts("run000000001")["local"]["cpu_model"] == "test CPU"
+
+
+def test_raw_samples_roundtrip_bit_exact_and_compressed(
+    store: Store, make_result: MakeResult, make_run: MakeRun
+) -> None:
+    store.start_run(make_run("run000000001"))
+    result = make_result("run000000001", n=20_000)
+    # Extremes a nanosecond clock can produce must survive too.
+    raw = result.samples_ns
+    assert raw is not None
+    raw[:3] = [1, 2**62, 123_456_789_012]
+    store.add_result(result)
+    back = store.samples_of("run000000001", result.job_id)
+    assert back.dtype == np.int64
+    assert back.tobytes() == raw.astype("<i8").tobytes()
+    with store.engine.connect() as conn:
+        row = conn.execute(select(samples.c.codec, samples.c.count, samples.c.data)).one()
+    assert row.codec == "zlib-int64le" and row.count == 20_000
+    assert len(row.data) < 0.6 * raw.nbytes
+
+
+def test_samples_of_an_unknown_job_is_empty(store: Store) -> None:
+    assert store.samples_of("nope", "nope").size == 0
+
+
+def test_a_result_for_an_unknown_run_is_refused_and_leaves_nothing(store: Store, make_result: MakeResult) -> None:
+    # The foreign key holds: a result cannot point at a run that was never started.
+    with pytest.raises(StoreError, match="database write failed"):
+        store.add_result(make_result("never-started"))
+    assert count(store, results) == 0 and count(store, samples) == 0 and count(store, metrics) == 0
+
+
+def test_a_write_failing_midway_leaves_no_partial_result(
+    store: Store, make_result: MakeResult, make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.start_run(make_run("run000000001"))
+    store.add_result(make_result("run000000001", "kept/onnxruntime-fp32/local"))
+    real_row = store_db._metric_row
+
+    def bad_row(result_id: int, name: str, value: Any) -> dict[str, Any]:
+        row = real_row(result_id, name, value)
+        if name == "poison":
+            row["name"] = None  # violates NOT NULL after the result and its samples were inserted
+        return row
+
+    monkeypatch.setattr(store_db, "_metric_row", bad_row)
+    with pytest.raises(StoreError, match="database write failed"):
+        store.add_result(make_result("run000000001", "lost/onnxruntime-fp32/local", metrics={"poison": 1.0}))
+    assert [r["job_id"] for r in store.results("run000000001")] == ["kept/onnxruntime-fp32/local"]
+    assert count(store, results) == 1 and count(store, samples) == 1
+    assert store.samples_of("run000000001", "lost/onnxruntime-fp32/local").size == 0
+
+
+def test_a_duplicate_run_id_is_a_store_error(store: Store, make_run: MakeRun) -> None:
+    store.start_run(make_run("run000000001"))
+    with pytest.raises(StoreError, match="database write failed"):
+        store.start_run(make_run("run000000001"))
+    assert count(store, runs) == 1
+
+
+def test_resolve_run_latest_and_by_prefix(store: Store, make_run: MakeRun) -> None:
+    with pytest.raises(ConfigError, match="no runs yet.*fix: run edgebench run first"):
+        store.resolve_run("latest")
+    store.start_run(make_run("aaaa11112222", "2026-11-24T09:00:00.000+00:00"))
+    store.start_run(make_run("aaaa33334444", "2026-11-24T11:00:00.000+00:00"))
+    store.start_run(make_run("bbbb55556666", "2026-11-24T10:00:00.000+00:00"))
+    assert store.resolve_run("latest") == "aaaa33334444"
+    assert store.resolve_run() == "aaaa33334444"
+    assert store.resolve_run("bbbb") == "bbbb55556666"
+    assert store.resolve_run("aaaa1") == "aaaa11112222"
+    assert store.resolve_run("aaaa11112222") == "aaaa11112222"
+    with pytest.raises(ConfigError, match="run 'aaaa' is ambiguous") as ambiguous:
+        store.resolve_run("aaaa")
+    assert ambiguous.value.key == "--run"
+    with pytest.raises(ConfigError, match="run 'cccc' not found"):
+        store.resolve_run("cccc")
+    # LIKE wildcards typed by a user are characters, not patterns.
+    for wildcard in ("%", "_", "aaaa_"):
+        with pytest.raises(ConfigError, match="not found"):
+            store.resolve_run(wildcard)
+    assert [r["id"] for r in store.list_runs()] == ["aaaa33334444", "bbbb55556666", "aaaa11112222"]
+
+
+def test_delete_run_removes_its_results_samples_and_metrics(
+    store: Store, make_result: MakeResult, make_run: MakeRun
+) -> None:
+    store.start_run(make_run("run000000001"))
+    store.add_result(make_result("run000000001"))
+    store.delete_run("run000000001")
+    assert count(store, runs) == 0 and count(store, results) == 0
+    assert count(store, samples) == 0 and count(store, metrics) == 0
+
+
+def test_an_unwritable_location_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match=f"cannot create the directory of the results database {blocker}"):
+        Store(blocker / "results.sqlite")
