@@ -44,17 +44,17 @@ from .errors import (
 )
 from .lab.connect import open_transport
 from .lab.inventory import Device, Lab
+from .lab.platforms import load_platform
 from .measure.stats import LatencySummary, summarize
 from .measure.throttle import ThrottleLimits, ThrottleVerdict, assess_throttle, throttle_metrics
+from .plan import plan_variants
 from .records import Job, JobResult, Status, Variant
 from .references import host_reference
-from .zoo.datasets import load_dataset
 from .store import RunInfo, Store
 from .transport.protocol import Transport
+from .zoo.datasets import load_dataset
 
 log = logging.getLogger(__name__)
-
-DEFAULT_VARIANTS: tuple[Variant, ...] = (Variant("onnxruntime", "fp32"),)
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,8 @@ class Pipeline:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     on_result: Callable[[JobResult], None] | None = None
     catalog: Sequence[ModelEntry] = ()  # every catalog model, to find a candidate's production model
+    backends: set[str] | None = None  # only these backends (None: every one the platform runs)
+    native_size_only: bool = False  # only the catalog's own input shape, not its extra input_sizes
 
     def __post_init__(self) -> None:
         self.links = {d.name: DeviceLink(d) for d in self.lab.devices}
@@ -194,9 +196,11 @@ class Pipeline:
 
     # ---- plan -------------------------------------------------------------------------------
     def variants_for(self, model: ModelEntry, device: Device) -> list[Variant]:
-        """The variants of a model a device runs; grows with the platform profiles of [targets]."""
-        threads = device.threads
-        return [replace(v, threads=threads) for v in DEFAULT_VARIANTS]
+        """The variants of a model a device runs: its platform profile x the catalog's input sizes."""
+        variants = plan_variants(model, device, load_platform(device.platform), backends=self.backends)
+        if self.native_size_only:
+            variants = [v for v in variants if v.size is None]
+        return variants
 
     def plan(self, kinds: Iterable[str] = ("latency",)) -> list[Job]:
         """Jobs per kind, model and device; FP32 variants first so on-device references exist."""
@@ -533,7 +537,9 @@ class Pipeline:
 
 def has_labels(model: ModelEntry) -> bool:
     """Whether the model's eval set is labelled (checked on one image)."""
-    return load_dataset(model.eval.dataset, count=1, seed=model.eval.seed, shape=model.input.shape[1:]).labels is not None
+    channels, height, width = model.input.shape[1:]
+    sample = load_dataset(model.eval.dataset, count=1, seed=model.eval.seed, shape=(channels, height, width))
+    return sample.labels is not None
 
 
 def _parse_reply(stdout: bytes) -> dict[str, Any] | None:

@@ -50,6 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--db", metavar="PATH", help="results database: SQLite path or postgresql:// URL")
     group.addoption("--report", metavar="PATH", help="write the HTML report here at the end of the session")
     group.addoption("--quick", action="store_true", help="shorter timed loops (P99 still VALID)")
+    group.addoption("--backends", metavar="LIST", help="comma-separated backends (default: all the platform runs)")
+    group.addoption(
+        "--native-size", action="store_true", help="only each model's catalog input shape, not its input_sizes"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,9 +78,22 @@ def pytest_configure(config: pytest.Config) -> None:
     except EdgebenchError as exc:
         raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
     quick = config.getoption("--quick")
-    settings = MeasureSettings(min_duration_s=0.5, max_duration_s=5.0) if quick else MeasureSettings()
+    # A quick run still reports a throttled or contended job as unstable, but never sleeps to cool down.
+    settings = (
+        MeasureSettings(min_duration_s=0.5, max_duration_s=5.0, throttle_retries=0) if quick else MeasureSettings()
+    )
     catalog = load_catalog(Path(config.getoption("--catalog")))
-    config.stash[_PIPELINE] = Pipeline(lab, models, store, settings=settings, command="pytest", catalog=catalog)
+    backends = config.getoption("--backends")
+    config.stash[_PIPELINE] = Pipeline(
+        lab,
+        models,
+        store,
+        settings=settings,
+        command="pytest",
+        catalog=catalog,
+        backends={b.strip() for b in backends.split(",") if b.strip()} if backends else None,
+        native_size_only=config.getoption("--native-size"),
+    )
     report = config.getoption("--report")
     config.stash[_REPORT] = Path(report) if report else default_report_path()
 

@@ -23,6 +23,9 @@ Status = Literal["passed", "failed", "error", "skipped"]
 MetricValue = float | int | str | bool | None | list[Any]
 
 
+REFERENCE_BACKENDS = {"edgetpu": "litert"}
+
+
 @dataclass(frozen=True)
 class Variant:
     """How one model is compiled and run: backend x precision x input size x threads."""
@@ -45,8 +48,12 @@ class Variant:
         return text
 
     def reference(self) -> Variant:
-        """The FP32 variant this one is compared with on the same device."""
-        return Variant(self.backend, "fp32", self.size, self.threads, self.options)
+        """The FP32 variant this one is compared with on the same device.
+
+        The Edge TPU runs only full-INT8 models, so its FP32 reference is LiteRT on the device's CPU.
+        """
+        backend = REFERENCE_BACKENDS.get(self.backend, self.backend)
+        return Variant(backend, "fp32", self.size, self.threads, self.options)
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,9 @@ def step(runs: list[Callable[[], None]], fps: float, spec: CapacitySpec, rng: ra
     outs: list[list[int]] = [[] for _ in runs]
     threads = [
         threading.Thread(
-            target=_stream, args=(run, start + int(rng.random() * period), period, ramp_end, end, out), daemon=True
+            target=_stream, args=(run, start + int(rng.random() * period), period, ramp_end, end, outs[i]), daemon=True
         )
-        for run, out in zip(runs, outs)
+        for i, run in enumerate(runs)
     ]
     for t in threads:
         t.start()

@@ -65,13 +65,16 @@ def rounds(
 
 def interleave(sessions: Sequence[tuple[Any, float]], spec: InterleaveSpec) -> dict[str, Any]:
     """Bind, cold-start and warm every (session, load_ms), then time them in interleaved rounds."""
+    # Indexed loops, not zip: the runner supports Python 3.8, which has no zip(strict=True).
     variants: list[dict[str, Any]] = []
-    for (session, load_ms), v in zip(sessions, spec.variants):
+    for i, v in enumerate(spec.variants):
+        session, load_ms = sessions[i]
         session.bind(latency_input(v.latency_file, v.latency_key, v.input, spec.batch))
         variants.append({"name": v.name, "runtime": session.describe(), "load_ms": load_ms})
     watch = Watch(spec.thermal)
     try:
-        for (session, _), record in zip(sessions, variants):
+        for i, record in enumerate(variants):
+            session = sessions[i][0]
             t0 = perf_ns()
             session.run_bound()
             record["first_inference_ms"] = (perf_ns() - t0) / 1e6
@@ -80,8 +83,8 @@ def interleave(sessions: Sequence[tuple[Any, float]], spec: InterleaveSpec) -> d
         samples, reason, count, duration = rounds(runs, spec.stop, spec.block, spec.block_warmup, spec.seed)
     finally:
         watched = watch.finish()
-    for record, s in zip(variants, samples):
-        record["samples_ns"] = s
+    for i, record in enumerate(variants):
+        record["samples_ns"] = samples[i]
     return {
         "stop_reason": reason,
         "rounds": count,

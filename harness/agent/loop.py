@@ -138,7 +138,7 @@ def latency_input(path: str, key: str, inp: InputSpec, batch: int) -> np.ndarray
     with np.load(path) as data:
         x = preprocess(data[key], inp)
     if batch != len(x):
-        x = np.ascontiguousarray(np.resize(x, (batch,) + x.shape[1:]))
+        x = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
     return x
 
 

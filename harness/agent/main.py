@@ -77,6 +77,9 @@ def run_job(raw: Any) -> int:
         session = module.open_session(job.artifact, job.input.name, job.options)
         load_ms = (time.perf_counter_ns() - t0) / 1e6
         measured = measure(session, job, load_ms)
+    except runtimes.RuntimeMissing as exc:
+        _emit(error_result(job.job_id, "runtime_missing", str(exc)))
+        return 4
     except Exception as exc:  # the runtime's own errors are many and untyped: report, don't crash
         traceback.print_exc(file=sys.stderr)
         _emit(error_result(job.job_id, "runtime_error", f"{type(exc).__name__}: {exc}"))
@@ -201,9 +204,7 @@ _SPEC_COMMANDS = {"run": run_job, "interleave": run_interleaved, "capacity": run
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        sys.stderr.write(
-            "usage: agent {run|interleave|capacity [--job FILE] | probe | hash FILE... | version}\n"
-        )
+        sys.stderr.write("usage: agent {run|interleave|capacity [--job FILE] | probe | hash FILE... | version}\n")
         return 2
     command, rest = argv[0], argv[1:]
     if command == "version":
@@ -222,7 +223,5 @@ def main(argv: list[str]) -> int:
             _emit(error_result(None, "spec", f"cannot read the job spec: {exc}"))
             return 3
         return _SPEC_COMMANDS[command](raw)
-    sys.stderr.write(
-        f"agent: unknown command {command!r}; use run, interleave, capacity, probe, hash or version\n"
-    )
+    sys.stderr.write(f"agent: unknown command {command!r}; use run, interleave, capacity, probe, hash or version\n")
     return 2

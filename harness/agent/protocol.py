@@ -317,8 +317,8 @@ def parse_interleave(obj: Any) -> InterleaveSpec:
     _check_protocol(obj)
     _reject_unknown(obj, _INTERLEAVE, "")
     variants = _require(obj, "variants", "")
-    if not isinstance(variants, list) or len(variants) < 2:
-        raise SpecError("job spec: variants must be a list of at least 2 variants to interleave")
+    if not isinstance(variants, list) or not variants:
+        raise SpecError("job spec: variants must be a non-empty list of variants")
     parsed = tuple(_variant(v, f"variants[{i}]") for i, v in enumerate(variants))
     names = [v.name for v in parsed]
     if len(set(names)) != len(names):

@@ -84,11 +84,14 @@ class Sampler:
         foreign = (machine[0] - previous_machine[0]) - (own - previous_own)
         return round(min(max(foreign / total, 0.0), 1.0), 3)
 
+    def _sample(self) -> None:
+        sample = reading(self.origin)
+        sample["foreign_cpu"] = self._foreign_share()
+        self.samples.append(sample)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            sample = reading(self.origin)
-            sample["foreign_cpu"] = self._foreign_share()
-            self.samples.append(sample)
+            self._sample()
 
     def __enter__(self) -> Sampler:
         if self.interval_s > 0:
@@ -100,6 +103,9 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+            # One last reading covers the stretch since the previous one (all of a run shorter than the interval).
+            self._sample()
 
 
 def _spin(n: int) -> int:

@@ -62,6 +62,12 @@ def run(
     kinds: Annotated[
         str, typer.Option("--kinds", help="Comma-separated job kinds: latency (with parity), robustness.")
     ] = "latency,robustness",
+    backends: Annotated[
+        str | None, typer.Option("--backends", help="Comma-separated backends (default: all the platform runs).")
+    ] = None,
+    all_sizes: Annotated[
+        bool, typer.Option("--all-sizes", help="Also every extra input size in the catalog (input_sizes).")
+    ] = False,
 ) -> int:
     """Build, deploy and measure every model variant on every device of a lab; store; report."""
     from ..pipeline import MeasureSettings, Pipeline
@@ -70,7 +76,10 @@ def run(
     lab_config = load_lab(lab)
     entries = load_catalog(catalog, models)
     store = _store(db)
-    settings = MeasureSettings(min_duration_s=0.5, max_duration_s=5.0) if quick else MeasureSettings()
+    # A quick run still reports a throttled or contended job as unstable, but never sleeps to cool down.
+    settings = (
+        MeasureSettings(min_duration_s=0.5, max_duration_s=5.0, throttle_retries=0) if quick else MeasureSettings()
+    )
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = sorted(set(chosen) - {"latency", "robustness"})
     if unknown:
@@ -80,6 +89,8 @@ def run(
         entries,
         store,
         catalog=load_catalog(catalog),
+        backends={b.strip() for b in backends.split(",") if b.strip()} if backends else None,
+        native_size_only=not all_sizes,
         settings=settings,
         command="edgebench " + shlex.join(sys.argv[1:]),
         on_result=_print_result,

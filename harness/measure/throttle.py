@@ -89,11 +89,11 @@ def _freq_drop(before: Mapping[str, Any], during: Sequence[Mapping[str, Any]]) -
     start = [_freqs(before), _freqs(during[0])]
     worst, worst_cpu = None, None
     for cpu in range(max(len(f) for f in start)):
-        ref_values = [f[cpu] for f in start if cpu < len(f) and f[cpu]]
-        low_values = [f[cpu] for f in map(_freqs, during) if cpu < len(f) and f[cpu]]
+        ref_values = [v for v in (f[cpu] for f in start if cpu < len(f)) if v]
+        low_values = [v for v in (f[cpu] for f in map(_freqs, during) if cpu < len(f)) if v]
         if not ref_values or not low_values:
             continue
-        drop = 1.0 - min(low_values) / max(ref_values)  # type: ignore[type-var]
+        drop = 1.0 - min(low_values) / max(ref_values)
         if worst is None or drop > worst:
             worst, worst_cpu = drop, cpu
     return worst, worst_cpu

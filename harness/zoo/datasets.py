@@ -23,7 +23,8 @@ Shape = tuple[int, int, int]
 DEFAULT_GENERATED_COUNT = 64
 
 
-@dataclass(frozen=True)
+# eq=False: a generated __eq__ would compare arrays elementwise and fail on truthiness; identity will do.
+@dataclass(frozen=True, eq=False)
 class LabeledImages:
     """A batch of images in pixel space with their class labels, if the set has any."""
 
@@ -98,7 +99,7 @@ def _resize_digits(images: np.ndarray, shape: Shape) -> np.ndarray:
         ).astype(np.float32)
     # Bilinear interpolation stays within the input range up to rounding; clip the rounding.
     np.clip(resized, 0.0, 1.0, out=resized)
-    return np.repeat(resized[:, None], channels, axis=1)
+    return np.repeat(resized.reshape(n, 1, height, width), channels, axis=1)
 
 
 def _digits_loader(part: str) -> DatasetLoader:

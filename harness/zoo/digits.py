@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import platformdirs
 import torch
 from torch import nn
 
+from harness.errors import ConfigError
+from harness.paths import cache_dir as cache_dir  # re-exported: zoo weights live in cache_dir() / "zoo"
 from harness.zoo.datasets import load_dataset
 
 # Bump when the training recipe changes in a way the source hash would not catch (it catches most).
@@ -37,14 +38,6 @@ _NUM_CLASSES = 10
 _BATCH_SIZE = 64
 _MAX_LR = 0.01
 _WEIGHT_DECAY = 1e-4
-
-
-def cache_dir() -> Path:
-    """The edgebench cache root: ``$EDGEBENCH_CACHE`` if set, else the platform's user cache dir."""
-    override = os.environ.get("EDGEBENCH_CACHE")
-    if override:
-        return Path(override).expanduser()
-    return Path(platformdirs.user_cache_dir("edgebench"))
 
 
 @contextmanager
@@ -87,7 +80,8 @@ class DigitsCNN(nn.Module):
         self.classifier = nn.Linear(channels * 4 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(self.features(x), 1))
+        return logits
 
 
 def _normalise(images: np.ndarray) -> torch.Tensor:
@@ -151,7 +145,7 @@ def _train(seed: int, epochs: int) -> dict[str, torch.Tensor]:
                 batch = permutation[start : start + _BATCH_SIZE]
                 loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
                 optimiser.zero_grad(set_to_none=True)
-                loss.backward()
+                torch.autograd.backward(loss)
                 optimiser.step()
                 schedule.step()
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
@@ -168,7 +162,8 @@ def _load_cached(path: Path) -> dict[str, torch.Tensor] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        # A truncated or foreign file is a cache miss, not an error: retrain and overwrite it.
+        # A truncated or foreign file is a cache miss, not an error: retrain and overwrite it. Broad on
+        # purpose: torch's weights-only unpickler raises KeyError, AssertionError, EOFError and more on junk.
         return None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return None
@@ -192,11 +187,21 @@ def _save_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def digits_cnn(seed: int = 0, epochs: int = 30) -> nn.Module:
     """The trained digits CNN in eval mode: 1x32x32 input normalised by DIGITS_MEAN/STD, 10 logits."""
+    if epochs < 1:
+        raise ConfigError(f"digits_cnn: epochs must be >= 1, got {epochs}", key="epochs", fix="e.g. epochs: 30")
     path = weights_path(seed, epochs)
+    # Construction draws initial weights; keep those draws off the caller's RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        model = DigitsCNN()
     state = _load_cached(path)
+    try:
+        if state is not None:
+            model.load_state_dict(state)
+    except RuntimeError:
+        # Tensors that do not fit this architecture: as good as no cache at all.
+        state = None
     if state is None:
         state = _train(seed, epochs)
+        model.load_state_dict(state)
         _save_atomically(state, path)
-    model = DigitsCNN()
-    model.load_state_dict(state)
     return model.eval()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from harness.zoo.digits import deterministic_torch
-from harness.zoo.mobilenet import calibrate_for_inference, init_weights
+from harness.zoo.mobilenet import calibrate_for_inference, check_classes, init_weights
 
 # BasicBlocks per stage for ResNet-18 (He et al. 2016, table 1).
 RESNET18_LAYERS = (2, 2, 2, 2)
@@ -62,14 +64,21 @@ class ResNet(nn.Module):
         out: torch.Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
         return out
 
+    def residual_branch_norms(self) -> Iterator[nn.BatchNorm2d]:
+        """The second BatchNorm of every block: the end of the branch added to the shortcut."""
+        for module in self.modules():
+            if isinstance(module, BasicBlock):
+                yield module.bn2
+
 
 def resnet18_style(num_classes: int = 1000, seed: int = 0) -> nn.Module:
     """ResNet-18 in eval mode with seeded, BN-calibrated random weights: NOT pretrained.
 
     Deterministic for its arguments, bit for bit; for latency and INT8-parity work, not for accuracy.
     """
+    check_classes(num_classes, "resnet18_style")
     with deterministic_torch(seed):
         model = ResNet(RESNET18_LAYERS, num_classes=num_classes)
-        init_weights(model)
+        init_weights(model, model.residual_branch_norms())
         calibrate_for_inference(model, model.fc, seed=seed)
     return model

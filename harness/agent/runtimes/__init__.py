@@ -30,6 +30,10 @@ RUNTIMES: dict[str, str] = {
 }
 
 
+class RuntimeMissing(ImportError):
+    """The runtime, or the accelerator it needs, is not usable on this device; the job is skipped."""
+
+
 class UnknownRuntime(ValueError):
     """The job names a runtime this runner does not know."""
 

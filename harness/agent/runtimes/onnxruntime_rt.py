@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from . import RuntimeMissing
+
 
 def available() -> bool:
     import onnxruntime  # noqa: F401
@@ -41,6 +43,16 @@ class OrtSession:
         if options.get("spin_wait") is False:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = list(options.get("providers") or ["CPUExecutionProvider"])
+        # ONNX Runtime silently falls back to the CPU when an accelerator's provider is missing, which
+        # would time the CPU under the accelerator's name: refuse instead.
+        missing = [p for p in providers if isinstance(p, str) and p not in ort.get_available_providers()]
+        if missing:
+            raise RuntimeMissing(
+                f"onnxruntime {ort.__version__} here has no {', '.join(missing)} "
+                f"(available: {', '.join(ort.get_available_providers())})"
+            )
+        for key, value in dict(options.get("session_config") or {}).items():
+            so.add_session_config_entry(str(key), str(value))
         provider_options: list[dict[str, Any]] | None = options.get("provider_options")
         self.session = ort.InferenceSession(
             artifact, sess_options=so, providers=providers, provider_options=provider_options

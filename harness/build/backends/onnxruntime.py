@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -164,7 +165,10 @@ def convert_fp16(source: Path, out: Path) -> Path:
     from onnxconverter_common import float16
 
     model = onnx.load(str(source))
-    converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    with warnings.catch_warnings():
+        # It warns once per weight it clamps into float16's range: hundreds of lines that say nothing.
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
     onnx.save(converted, str(out))
     return out
 

@@ -1,0 +1,93 @@
+"""``edgebench capacity``: how many concurrent camera streams at F frames per second each device serves."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..build.backends import get_backend
+from ..catalog import load_catalog
+from ..errors import CapabilityMissing, ConfigError, EdgebenchError
+from ..lab.inventory import load_lab
+from ..paths import default_db_path
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def parse_fps(text: str) -> tuple[float, ...]:
+    """``"30,60"`` -> (30.0, 60.0); a bad entry is a ConfigError that quotes it."""
+    rates: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"frame rate {part!r} is not a positive number", key="--fps", fix="e.g. --fps 30,60")
+        rates.append(value)
+    return tuple(dict.fromkeys(rates))
+
+
+def capacity(
+    lab: Annotated[Path, typer.Option("--lab", help="Inventory YAML, e.g. devices/local.yaml.")] = Path(
+        "devices/local.yaml"
+    ),
+    models: Annotated[str, typer.Option("--models", help="Glob over catalog model names.")] = "*",
+    fps: Annotated[str, typer.Option("--fps", help="Comma-separated frames per second per stream.")] = "30,60",
+    catalog: Annotated[Path, typer.Option("--catalog", help="Model catalog directory.")] = Path("models"),
+    db: Annotated[Path | None, typer.Option("--db", help="Results database: SQLite path or postgresql:// URL.")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="Backend that compiles and runs it.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option("--precision", help="Precision of the compiled model.")] = "fp32",
+    threads: Annotated[
+        int, typer.Option("--threads", min=1, help="Runtime threads per stream (1: streams run side by side).")
+    ] = 1,
+    max_streams: Annotated[int, typer.Option("--max-streams", min=1, help="Upper end of the search.")] = 64,
+) -> int:
+    """Raise concurrent streams until P99 exceeds the frame interval (1000/F ms); report streams per device."""
+    from ..pipeline import MeasureSettings, Pipeline
+    from ..records import Job, Variant
+    from ..scenarios import fps_key, run_capacity
+    from ..store import Store
+
+    rates = parse_fps(fps)
+    get_backend(backend)  # an unknown backend is an error listing the known ones, before any device work
+    lab_config = load_lab(lab)
+    entries = load_catalog(catalog, models)
+    store = Store(str(db) if db is not None else default_db_path())
+    pipeline = Pipeline(
+        lab_config, entries, store, settings=MeasureSettings(), command="edgebench " + shlex.join(sys.argv[1:])
+    )
+    table = Table("model", "device", *(f"streams @ {r:g} FPS" for r in rates), "status")
+    failed = False
+    try:
+        for entry in entries:
+            for device in lab_config.devices:
+                job = Job(entry, Variant(backend, precision, threads=threads), device, "capacity")
+                try:
+                    result, answers = run_capacity(pipeline, job, fps=rates, max_streams=max_streams)
+                except CapabilityMissing as exc:
+                    table.add_row(entry.name, device.name, *("-" for _ in rates), f"skipped: {exc.one_line()}")
+                    continue
+                except EdgebenchError as exc:
+                    failed = True
+                    table.add_row(entry.name, device.name, *("-" for _ in rates), f"error: {exc.one_line()}")
+                    continue
+                cells = []
+                for a in answers:
+                    cells.append(f"{'>=' if a.capped else ''}{result.metrics[fps_key(a.fps)]}")
+                table.add_row(entry.name, device.name, *cells, "ok")
+    finally:
+        status = pipeline.finish()
+    console.print(table)
+    print(f"run: {pipeline.run_id} ({status}); per-step P99: edgebench results --run {pipeline.run_id} --format json")
+    return 2 if failed else 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("capacity")(capacity)
