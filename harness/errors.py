@@ -56,6 +56,10 @@ class BuildError(EdgebenchError):
     """A host-side export or compile step failed, or its input is unusable."""
 
 
+class ToolchainMissing(BuildError):
+    """An optional host toolchain (a vendor compiler or converter) is not installed; its targets are skipped."""
+
+
 class UnknownNameError(ConfigError):
     """A registry lookup (backend, transport, platform, data set) missed; lists the known names."""
 

@@ -40,6 +40,7 @@ from .errors import (
     DeviceOffline,
     EdgebenchError,
     RunnerError,
+    ToolchainMissing,
     TransportError,
 )
 from .lab.connect import open_transport
@@ -143,6 +144,20 @@ class DeviceLink:
             self.state, self.reason = "offline", exc.message
             self.close()
             raise DeviceOffline(exc.message, device=self.device.name, fix=exc.fix) from None
+
+    def remove_outputs(self, run_id: str) -> None:
+        """Delete this run's output files on the device (they were fetched and checked already)."""
+        if self.transport is None:
+            return
+        script = (
+            "import glob, os, sys\n"
+            "for p in glob.glob(os.path.join(sys.argv[1], sys.argv[2] + '-*.npz')):\n"
+            "    os.remove(p)\n"
+        )
+        try:
+            self.transport.run([self.device.python_path, "-c", script, f"{self.root}/out", run_id], timeout_s=30)
+        except TransportError as exc:
+            log.warning("device %s: could not remove this run's outputs: %s", self.device.name, exc.message)
 
     def mark_failed(self, reason: str) -> None:
         self.state, self.reason = "failed", reason
@@ -276,7 +291,7 @@ class Pipeline:
         base = self._base_result(job, started)
         try:
             result = self._execute_cooled(job, started)
-        except CapabilityMissing as exc:
+        except (CapabilityMissing, ToolchainMissing) as exc:
             result = replace(base, status="skipped", message=exc.one_line(), finished_at=now())
         except DeviceOffline as exc:
             result = replace(base, status="skipped", message=exc.one_line(), finished_at=now())
@@ -293,7 +308,7 @@ class Pipeline:
         return result
 
     def _execute_cooled(self, job: Job, started: str) -> JobResult:
-        """Execute; while a latency job ran throttled or contended, cool down and retry, then say so."""
+        """Execute; cool down and retry a throttled latency job; mark a throttled or contended result unstable."""
         attempts: list[ThrottleVerdict] = []
         while True:
             result = self._execute(job, started)
@@ -526,6 +541,7 @@ class Pipeline:
     def finish(self) -> str:
         """Close devices and mark the run; return its status (passed, failed or error)."""
         for link in self.links.values():
+            link.remove_outputs(self.run_id)
             link.close()
         # The fetched outputs were read into memory job by job; without this every run leaves a tmp dir.
         shutil.rmtree(self._workdir, ignore_errors=True)

@@ -6,12 +6,13 @@ their time in the harness, not in a model.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,30 @@ def make_result_fixture() -> Callable[..., JobResult]:
 @pytest.fixture(name="make_run", scope="session")
 def make_run_fixture() -> Callable[..., RunInfo]:
     return make_run
+
+
+@pytest.fixture(scope="session")
+def run_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[Path], Any]], tuple[Path, Any]]:
+    """Run an expensive setup once per test session, even across xdist workers; share its JSON result.
+
+    ``run_once(name, produce)`` calls ``produce(directory)`` in the first worker that asks, under a file
+    lock, stores what it returns as JSON, and gives every worker ``(directory, result)``.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's directory, shared by the workers
+
+    def run(name: str, produce: Callable[[Path], Any]) -> tuple[Path, Any]:
+        root = base / f"once-{name}"
+        with (base / f"once-{name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            marker = root / "result.json"
+            if not marker.exists():
+                root.mkdir(exist_ok=True)
+                marker.write_text(json.dumps(produce(root)), encoding="utf-8")
+            return root, json.loads(marker.read_text(encoding="utf-8"))
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,12 @@ console = Console(highlight=False, soft_wrap=True)
 lab_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 devices_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+
+@devices_app.callback()
+def devices() -> None:
+    """Check the health of a lab's devices."""  # a group, so 'devices check' keeps its name
+
+
 LabFile = Annotated[Path, typer.Option("--lab", help="Inventory YAML, e.g. devices/lab.yaml.")]
 _STATE_STYLE = {"healthy": "green", "degraded": "yellow", "offline": "red bold"}
 

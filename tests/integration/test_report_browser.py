@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,39 +109,46 @@ class Rendered:
     dom: str
     rows: list[Row]
     style: str
-    records: dict[str, dict[str, object]]
+    records: dict[str, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
 def rendered(
-    tmp_path_factory: pytest.TempPathFactory, make_result: Callable[..., JobResult], make_run: Callable[..., RunInfo]
+    run_once: Callable[[str, Callable[[Path], Any]], tuple[Path, Any]],
+    make_result: Callable[..., JobResult],
+    make_run: Callable[..., RunInfo],
 ) -> Rendered:
-    root = tmp_path_factory.mktemp("report")
-    store = Store(root / "results.sqlite")
-    store.start_run(make_run(RUN_ID))
-    store.add_result(make_result(RUN_ID, VALID_JOB, n=2000, metrics={"top1_acc": 0.975}))
-    small = make_result(RUN_ID, INVALID_JOB, n=50, seed=1)
-    assert small.latency is not None
-    reasons = "; ".join(small.latency.invalid_reasons)
-    store.add_result(replace(small, status="failed", message=f"statistics INVALID: {reasons}"))
-    store.add_result(make_result(RUN_ID, OTHER_DEVICE_JOB, n=1000, seed=2))
-    store.finish_run(RUN_ID, "2026-11-24T10:01:00.000+00:00", "failed")
-    report = write_report(store, RUN_ID, root / "report.html")
-    records = {r["job_id"]: r for r in store.results(RUN_ID)}
-    store.close()
+    """The report of a three-job run, rendered by Chromium once per session (one screenshot writer)."""
 
-    dumped = chromium(root / "profile", "--dump-dom", report.as_uri())
-    assert dumped.returncode == 0, dumped.stderr[-2000:]
-    assert "<html" in dumped.stdout, dumped.stderr[-2000:]
-    SCREENSHOT.unlink(missing_ok=True)
-    shot = chromium(root / "profile", f"--screenshot={SCREENSHOT}", "--window-size=1280,1400", report.as_uri())
-    assert shot.returncode == 0, shot.stderr[-2000:]
+    def render(root: Path) -> dict[str, Any]:
+        store = Store(root / "results.sqlite")
+        store.start_run(make_run(RUN_ID))
+        store.add_result(make_result(RUN_ID, VALID_JOB, n=2000, metrics={"top1_acc": 0.975}))
+        small = make_result(RUN_ID, INVALID_JOB, n=50, seed=1)
+        assert small.latency is not None
+        reasons = "; ".join(small.latency.invalid_reasons)
+        store.add_result(replace(small, status="failed", message=f"statistics INVALID: {reasons}"))
+        store.add_result(make_result(RUN_ID, OTHER_DEVICE_JOB, n=1000, seed=2))
+        store.finish_run(RUN_ID, "2026-11-24T10:01:00.000+00:00", "failed")
+        report = write_report(store, RUN_ID, root / "report.html")
+        records = {r["job_id"]: r for r in store.results(RUN_ID)}
+        store.close()
+
+        dumped = chromium(root / "profile", "--dump-dom", report.as_uri())
+        assert dumped.returncode == 0, dumped.stderr[-2000:]
+        assert "<html" in dumped.stdout, dumped.stderr[-2000:]
+        SCREENSHOT.unlink(missing_ok=True)
+        shot = chromium(root / "profile", f"--screenshot={SCREENSHOT}", "--window-size=1280,1400", report.as_uri())
+        assert shot.returncode == 0, shot.stderr[-2000:]
+        return {"html": report.read_text(encoding="utf-8"), "dom": dumped.stdout, "records": records}
+
+    _, done = run_once("report-browser", render)
     parser = Rows()
-    parser.feed(dumped.stdout)
-    return Rendered(report.read_text(encoding="utf-8"), dumped.stdout, parser.rows, parser.style, records)
+    parser.feed(done["dom"])
+    return Rendered(done["html"], done["dom"], parser.rows, parser.style, done["records"])
 
 
-def ms(value: object) -> str:
+def ms(value: Any) -> str:
     assert isinstance(value, float)
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
@@ -165,7 +173,7 @@ def test_percentiles_are_shown_with_their_intervals(rendered: Rendered) -> None:
     header = next(r for r in rendered.rows if r.section == "matrix").cells
     for q in ("p50", "p95", "p99"):
         cell = row.cells[header.index(f"{q.upper()} ms")]
-        low, high = record[f"{q}_ci_ms"]  # type: ignore[misc]
+        low, high = record[f"{q}_ci_ms"]
         assert cell == f"{ms(record[f'{q}_ms'])} {ms(low)}..{ms(high)}"
     assert row.cells[header.index("n")] == "2000"
     assert row.cells[header.index("top-1")] == "97.5%"

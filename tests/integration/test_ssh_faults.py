@@ -107,7 +107,7 @@ def test_sshd_killed_mid_run(make_lab: Callable[..., LoopbackLab], run_lab: RunL
     assert_carried_on(results)
     assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
     # The device is marked failed: its next job in this run skips instead of trying again.
-    job = next(j for j in pipeline.plan() if j.device.name == "loop-1")
+    job = next(j for j in pipeline.plan() if j.id == results["loop-1"].job_id)
     again = pipeline.run_job(job)
     assert again.status == "skipped" and "connection was lost" in again.message
 

@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.errors import CommandTimeout, DeviceOffline
 from harness.lab.inventory import Device
 from harness.lab.loopback import LoopbackLab, stop_server, wait_for_processes
-from harness.transport.ssh import HostKeyRejected, SshTransport, resolve
+from harness.transport.ssh import HostKeyRejected, SshTransport, command_line, resolve
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +37,22 @@ def transport(shared_lab: LoopbackLab) -> Iterator[SshTransport]:
 
 def _logins(log: Path) -> int:
     return log.read_text(errors="replace").count("Accepted publickey")
+
+
+ARG = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(argv=st.lists(ARG, max_size=5), value=ARG)
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_the_command_string_gives_any_argv_and_env_back_exactly(shell: str, argv: list[str], value: str) -> None:
+    """What sshd does with the string (``$SHELL -c string``), done here with the device's usual shells."""
+    script = 'printf "%s\\0" "$EB_V" "$@"'  # the env value, then every argument, NUL-separated
+    words = ["sh", "-c", script, "sh", *argv, "$EB_V"]
+    command = command_line(words, env={"EB_V": value}, token="edgebench-cmd-t", device_deadline_s=60)
+    done = subprocess.run([shell, "-c", command], capture_output=True, timeout=10, check=True)
+    assert done.stdout.decode().split("\0")[:-1] == [value, *argv, "$EB_V"]
+    assert done.stderr.startswith(b"edgebench-pgid:")
 
 
 def test_argv_reaches_the_device_exactly_with_stdin_env_and_exit_code(transport: SshTransport) -> None:

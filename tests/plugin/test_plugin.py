@@ -40,6 +40,11 @@ def two_model_catalog(tmp_path: Path, tiny_onnx: Path, tiny_catalog_yaml: Callab
     return directory
 
 
+def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """An inner pytest session; pytest-benchmark stays out (it only warns about the outer xdist)."""
+    return pytester.runpytest("-p", "no:benchmark", *args)
+
+
 def lab_args(lab: Path, catalog: Path, out: Path) -> list[str]:
     return [
         "--lab", str(lab), "--catalog", str(catalog), "--db", str(out / "results.sqlite"),
@@ -53,7 +58,7 @@ def test_a_suite_runs_one_test_per_job_and_records_everything(
     pytester.makepyfile(test_suite=SUITE)
     out = tmp_path / "out"
     junit = out / "junit.xml"
-    result = pytester.runpytest(*lab_args(local_lab, two_model_catalog, out), "-v", f"--junitxml={junit}")
+    result = run_inner(pytester, *lab_args(local_lab, two_model_catalog, out), "-v", f"--junitxml={junit}")
 
     store = Store(out / "results.sqlite")
     try:
@@ -85,7 +90,7 @@ def test_a_suite_runs_one_test_per_job_and_records_everything(
     for job in JOBS:
         record = next(r for r in records if r["job_id"] == job)
         case = cases[f"test_latency[{job}]"]
-        props = {p.get("name"): p.get("value") for p in case.iterfind("properties/property")}
+        props = {p.get("name"): p.get("value", "") for p in case.iterfind("properties/property")}
         assert props["model"] == record["model"]
         assert props["device"] == "local" and props["backend"] == "onnxruntime"
         assert props["valid"] == "True" and props["status"] == "passed"
@@ -100,7 +105,7 @@ def test_a_suite_runs_one_test_per_job_and_records_everything(
 
 def test_without_lab_the_suite_is_skipped_with_the_reason(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE)
-    result = pytester.runpytest("-rs")
+    result = run_inner(pytester, "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*edgebench suites need --lab FILE*"])
     assert "- edgebench -" not in result.stdout.str()
@@ -122,7 +127,7 @@ def test_requires_skips_a_device_without_the_capability(
             assert edgebench_result.backend == "onnxruntime"
         """
     )
-    result = pytester.runpytest(*lab_args(local_lab, tiny_catalog, tmp_path / "out"), "-rs")
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, tmp_path / "out"), "-rs")
     outcomes = result.parseoutcomes()
     # Every job of test_int8 skips before it runs; test_ort runs the jobs the device can.
     assert outcomes.get("passed", 0) >= 1 and "failed" not in outcomes, result.stdout.str()
@@ -136,7 +141,7 @@ def test_a_bad_lab_is_a_usage_error_naming_the_file(
     pytester.makepyfile(test_suite=SUITE)
     lab = tmp_path / "broken-lab.yaml"
     lab.write_text("schema_version: 1\ndevices:\n  - name: x\n    platform: generic-linux\n    port: 99999\n")
-    result = pytester.runpytest(*lab_args(lab, tiny_catalog, tmp_path / "out"))
+    result = run_inner(pytester, *lab_args(lab, tiny_catalog, tmp_path / "out"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*edgebench: {lab}:5: devices[[]0[]].port: *fix: use a value <= 65535*"])
     assert "Traceback" not in result.stderr.str()
@@ -146,17 +151,17 @@ def test_a_bad_lab_is_a_usage_error_naming_the_file(
 def test_a_missing_lab_file_is_a_usage_error(pytester: pytest.Pytester, tiny_catalog: Path, tmp_path: Path) -> None:
     pytester.makepyfile(test_suite=SUITE)
     missing = tmp_path / "nowhere.yaml"
-    result = pytester.runpytest(*lab_args(missing, tiny_catalog, tmp_path / "out"))
+    result = run_inner(pytester, *lab_args(missing, tiny_catalog, tmp_path / "out"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*edgebench: {missing}: file not found*"])
 
 
 def test_options_appear_in_help(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--help")
+    result = run_inner(pytester, "--help")
     result.stdout.fnmatch_lines(["*edgebench device-lab benchmarking*", "*--lab=FILE*", "*--models=GLOB*"])
 
 
 def test_markers_are_registered(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--markers")
+    result = run_inner(pytester, "--markers")
     for marker in ("requires(capability)", "edgebench_kind(name)"):
         result.stdout.fnmatch_lines([f"*@pytest.mark.{marker}:*"])

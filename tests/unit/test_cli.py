@@ -18,7 +18,7 @@ import pytest
 TINY_JOB = "tiny-cnn/onnxruntime-fp32-t1/local"
 
 
-def latency_record(records: list[dict[str, object]], job_id: str = TINY_JOB) -> dict[str, object]:
+def latency_record(records: list[dict[str, Any]], job_id: str = TINY_JOB) -> dict[str, Any]:
     """The latency record of one job (a lab plans more variants than the FP32 one the tests look at)."""
     found = [r for r in records if r["job_id"] == job_id and r.get("kind", "latency") == "latency"]
     assert len(found) == 1, [r["job_id"] for r in records]
@@ -47,19 +47,23 @@ class Workspace:
     env: dict[str, str]
 
 
-def make_workspace(root: Path, tiny_onnx: Path, entry_text: str, lab_text: str) -> Workspace:
-    catalog = root / "catalog"
-    catalog.mkdir(parents=True)
-    shutil.copyfile(tiny_onnx, catalog / "tiny.onnx")
-    (catalog / "tiny-cnn.yaml").write_text(entry_text, encoding="utf-8")
-    lab = root / "lab.yaml"
-    lab.write_text(lab_text, encoding="utf-8")
+def workspace(root: Path) -> Workspace:
+    """The paths and environment of a workspace under root (made by make_workspace)."""
     env = dict(os.environ)
-    env.update(
-        EDGEBENCH_CACHE=str(root / "cache"), EDGEBENCH_HOME=str(root / "home"), OMP_NUM_THREADS="1"
-    )
+    env.update(EDGEBENCH_CACHE=str(root / "cache"), EDGEBENCH_HOME=str(root / "home"), OMP_NUM_THREADS="1")
     env.pop("EDGEBENCH_DEBUG", None)
-    return Workspace(root, catalog, lab, root / "out" / "results.sqlite", root / "out" / "report.html", env)
+    return Workspace(
+        root, root / "catalog", root / "lab.yaml", root / "out" / "results.sqlite", root / "out" / "report.html", env
+    )
+
+
+def make_workspace(root: Path, tiny_onnx: Path, entry_text: str, lab_text: str) -> Workspace:
+    ws = workspace(root)
+    ws.catalog.mkdir(parents=True)
+    shutil.copyfile(tiny_onnx, ws.catalog / "tiny.onnx")
+    (ws.catalog / "tiny-cnn.yaml").write_text(entry_text, encoding="utf-8")
+    ws.lab.write_text(lab_text, encoding="utf-8")
+    return ws
 
 
 @dataclass(frozen=True)
@@ -70,19 +74,24 @@ class Ran:
 
 @pytest.fixture(scope="module")
 def ran(
-    tmp_path_factory: pytest.TempPathFactory,
+    run_once: Callable[[str, Callable[[Path], Any]], tuple[Path, Any]],
     tiny_onnx: Path,
     tiny_catalog_yaml: Callable[..., str],
     local_lab_text: Callable[[Path], str],
 ) -> Ran:
     """One `edgebench run --quick` of the tiny model on a local lab, shared by the read-back tests."""
-    root = tmp_path_factory.mktemp("cli")
-    ws = make_workspace(root, tiny_onnx, tiny_catalog_yaml(), local_lab_text(root / "device"))
-    proc = cli(
-        "run", "--lab", ws.lab, "--catalog", ws.catalog, "--db", ws.db, "--report", ws.report, "--quick",
-        env=ws.env,
-    )
-    return Ran(ws, proc)
+
+    def run(root: Path) -> dict[str, Any]:
+        ws = make_workspace(root, tiny_onnx, tiny_catalog_yaml(), local_lab_text(root / "device"))
+        proc = cli(
+            "run", "--lab", ws.lab, "--catalog", ws.catalog, "--db", ws.db, "--report", ws.report, "--quick",
+            env=ws.env,
+        )
+        return {"args": proc.args, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+
+    root, done = run_once("cli-run", run)
+    ws = workspace(root)
+    return Ran(ws, subprocess.CompletedProcess(done["args"], done["returncode"], done["stdout"], done["stderr"]))
 
 
 def test_run_passes_and_says_where_the_report_and_database_are(ran: Ran) -> None:
@@ -110,7 +119,7 @@ def test_results_json_has_the_promised_fields_and_valid_intervals(ran: Ran, reco
     assert isinstance(records, list) and len(records) >= 1
     for record in records:
         assert [f for f in record_fields if f not in record] == [], record["job_id"]
-    r: dict[str, Any] = latency_record(records)
+    r = latency_record(records)
     assert r["job_id"] == TINY_JOB and r["model"] == "tiny-cnn" and r["device"] == "local"
     assert r["backend"] == "onnxruntime" and r["precision"] == "fp32"
     assert r["input_shape"] == [1, 3, 16, 16]

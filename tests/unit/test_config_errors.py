@@ -129,7 +129,7 @@ def test_invalid_yaml_gives_the_line(tiny_catalog: Path) -> None:
 
 
 def test_a_glob_that_matches_nothing_lists_the_models(tiny_catalog: Path) -> None:
-    with pytest.raises(ConfigError, match="no model matches --models 'resnet\\*'.*use a glob over: tiny-cnn"):
+    with pytest.raises(ConfigError, match=r"no model matches --models 'resnet\*'.*use a glob over: tiny-cnn"):
         load_catalog(tiny_catalog, "resnet*")
 
 

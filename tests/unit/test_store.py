@@ -173,9 +173,9 @@ def test_raw_samples_roundtrip_bit_exact_and_compressed(
     assert back.dtype == np.int64
     assert back.tobytes() == raw.astype("<i8").tobytes()
     with store.engine.connect() as conn:
-        row = conn.execute(select(samples.c.codec, samples.c.count, samples.c.data)).one()
-    assert row.codec == "zlib-int64le" and row.count == 20_000
-    assert len(row.data) < 0.6 * raw.nbytes
+        row = conn.execute(select(samples.c.codec, samples.c.count, samples.c.data)).mappings().one()
+    assert row["codec"] == "zlib-int64le" and row["count"] == 20_000
+    assert len(row["data"]) < 0.6 * raw.nbytes
 
 
 def test_samples_of_an_unknown_job_is_empty(store: Store) -> None:
@@ -218,7 +218,7 @@ def test_a_duplicate_run_id_is_a_store_error(store: Store, make_run: MakeRun) ->
 
 
 def test_resolve_run_latest_and_by_prefix(store: Store, make_run: MakeRun) -> None:
-    with pytest.raises(ConfigError, match="no runs yet.*fix: run edgebench run first"):
+    with pytest.raises(ConfigError, match=r"no runs yet.*fix: run edgebench run first"):
         store.resolve_run("latest")
     store.start_run(make_run("aaaa11112222", "2026-11-24T09:00:00.000+00:00"))
     store.start_run(make_run("aaaa33334444", "2026-11-24T11:00:00.000+00:00"))

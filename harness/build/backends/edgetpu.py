@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import BuildError
+from ...errors import BuildError, ToolchainMissing
 from .litert import convert_tflite
 from .onnxruntime import check_options, check_precision
 from .protocol import CompileRequest
@@ -126,7 +126,7 @@ def find_compiler() -> str:
     named = os.environ.get("EDGEBENCH_EDGETPU_COMPILER")
     found = named if named and Path(named).is_file() else shutil.which("edgetpu_compiler")
     if not found:
-        raise BuildError("edgetpu_compiler is not installed on this host", fix=INSTALL_HINT)
+        raise ToolchainMissing("edgetpu_compiler is not installed on this host", fix=INSTALL_HINT)
     return found
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from ...errors import BuildError
+from ...errors import BuildError, ToolchainMissing
 from ..export import check_onnx
 from .onnxruntime import check_options, check_precision, require_calibration
 from .protocol import CompileRequest
@@ -78,7 +78,7 @@ def toolchain_python() -> str:
     if default.is_file():
         return str(default)
     steps = " && ".join(" ".join(c) for c in install_commands())
-    raise BuildError(
+    raise ToolchainMissing(
         "LiteRT conversion needs litert-torch, which is not installed (an optional extra, kept in its own venv "
         "because it pins typing-extensions<4.13 and pydantic<2.12)",
         fix=f"run: {steps}   (or set EDGEBENCH_LITERT_PYTHON to a python that has it)",

@@ -1,0 +1,161 @@
+"""The loopback lab end to end: lab up/down, devices check, the suite on 3 devices, a cached second run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli.lab import devices_app, lab_app
+from harness.lab.health import check_device
+from harness.lab.inventory import Lab, load_lab
+from harness.lab.loopback import LoopbackLab, load_state, stop_server
+from harness.pipeline import Pipeline
+from harness.records import JobResult
+from harness.store import Store
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+RunLab = Callable[[Lab], tuple[Pipeline, dict[str, JobResult]]]
+
+
+def test_lab_up_writes_a_loadable_inventory_and_down_stops_exactly_its_servers(sshd: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    first, second = tmp_path / "a" / "lab.yaml", tmp_path / "b" / "lab.yaml"
+    for out in (first, second):
+        done = runner.invoke(lab_app, ["up", "--devices", "2", "--out", str(out)])
+        assert done.exit_code == 0, done.output
+        assert f"stop: edgebench lab down --lab {out.resolve()}" in done.output
+
+    lab = load_lab(first)
+    assert [d.transport for d in lab.devices] == ["ssh", "ssh"]
+    assert all(d.python == sys.executable and d.host == "127.0.0.1" for d in lab.devices)
+    assert len({d.cache_dir for d in lab.devices}) == len({d.port for d in lab.devices}) == 2
+    first_servers, second_servers = load_state(first).servers, load_state(second).servers
+    assert all(s.pid() is not None for s in (*first_servers, *second_servers))
+
+    done = runner.invoke(lab_app, ["down", "--lab", str(first)])
+    assert done.exit_code == 0 and "stopped 2 server(s)" in done.output
+    assert all(s.pid() is None for s in first_servers)
+    assert all(s.pid() is not None for s in second_servers)  # the other lab is untouched
+    assert "no server of this lab was running" in runner.invoke(lab_app, ["down", "--lab", str(first)]).output
+    runner.invoke(lab_app, ["down", "--lab", str(second)])
+    assert all(s.pid() is None for s in second_servers)
+
+
+def test_devices_check_shows_healthy_degraded_offline_and_records_them(
+    make_lab: Callable[..., LoopbackLab], tmp_path: Path
+) -> None:
+    loop = make_lab(3, runtimes=[["onnxruntime"], ["onnxruntime", "tensorrt"], None])
+    stop_server(loop.server("loop-3"))
+    db = tmp_path / "health.sqlite"
+    runner = CliRunner()
+    done = runner.invoke(devices_app, ["check", "--lab", str(loop.lab_file), "--db", str(db)], env={"COLUMNS": "250"})
+    assert done.exit_code == 0, done.output
+    assert "1 healthy, 1 degraded, 1 offline" in done.output
+
+    store = Store(db)
+    health = {row["device"]: row for row in store.health()}
+    store.close()
+    assert {name: row["state"] for name, row in health.items()} == {
+        "loop-1": "healthy",
+        "loop-2": "degraded",
+        "loop-3": "offline",
+    }
+    assert "declares runtime 'tensorrt' but it does not load" in health["loop-2"]["reason"]
+    assert "connection refused" in health["loop-3"]["reason"]
+    facts = health["loop-1"]["facts"]
+    assert facts["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert facts["runtimes"]["onnxruntime"] and facts["free_disk_mb"] > 0
+    assert facts["device_facts"]["kernel"] == os.uname().release
+
+    strict = runner.invoke(devices_app, ["check", "--lab", str(loop.lab_file), "--db", str(db), "--strict"])
+    assert strict.exit_code == 1
+
+
+def test_health_names_the_step_that_fails(shared_lab: LoopbackLab, tmp_path: Path) -> None:
+    device = shared_lab.lab.devices[0]
+    no_python = check_device(device.model_copy(update={"python": "/opt/nowhere/bin/python3"}))
+    assert (no_python.state, no_python.reachable, no_python.authenticated) == ("offline", True, True)
+    assert "its Python /opt/nowhere/bin/python3 does not run (exit 127" in no_python.reason
+
+    broken = tmp_path / "site" / "numpy"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('numpy built for another CPU (simulated)')\n")
+    no_numpy = check_device(device.model_copy(update={"env": {"PYTHONPATH": str(broken.parent)}}))
+    assert no_numpy.state == "offline"
+    assert "numpy does not import" in no_numpy.reason and "(simulated)" in no_numpy.reason
+
+    wrong_key = check_device(device.model_copy(update={"identity": str(tmp_path / "missing_key")}))
+    assert (wrong_key.state, wrong_key.authenticated) == ("offline", False)
+    assert "identity file" in wrong_key.reason
+
+
+def test_three_devices_run_and_store_their_facts_and_a_second_run_uploads_nothing(
+    shared_lab: LoopbackLab, run_lab: RunLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, results = run_lab(shared_lab.lab)
+    assert sorted(results) == ["loop-1", "loop-2", "loop-3"]
+    for name, result in results.items():
+        assert result.status in ("passed", "failed"), result.message
+        assert result.latency is not None and result.latency.valid
+        stored = [r for r in first.store.results(first.run_id) if r["device"] == name]
+        assert len(stored) == 1 and stored[0]["n"] == result.latency.n
+    facts = first.store.device_facts(first.run_id)
+    assert sorted(facts) == ["loop-1", "loop-2", "loop-3"]
+    for device_facts in facts.values():
+        assert device_facts["kernel"] == os.uname().release
+        assert device_facts["python_executable"] == sys.executable and device_facts["numpy"]
+        assert device_facts["runtime"]["runtime"] == "onnxruntime"
+
+    with caplog.at_level(logging.INFO, logger="harness.deploy"):
+        second, results = run_lab(shared_lab.lab)
+    assert all(r.status in ("passed", "failed") for r in results.values())
+    for name, link in second.links.items():
+        assert link.cache is not None
+        assert (link.cache.stats.uploaded_files, link.cache.stats.uploaded_bytes) == (0, 0), name
+        assert f"device {name}: " in caplog.text
+    assert caplog.text.count("uploaded 0 bytes") >= 3
+
+
+def test_the_latency_suite_runs_unchanged_on_a_loopback_lab(shared_lab: LoopbackLab, tmp_path: Path) -> None:
+    db = tmp_path / "suite.sqlite"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO / "suites" / "test_latency.py"),
+            "--lab",
+            str(shared_lab.lab_file),
+            "--models",
+            "digits-cnn",
+            "--quick",
+            "--db",
+            str(db),
+            "-k",
+            "onnxruntime-fp32",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "EDGEBENCH_HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout
+    store = Store(db)
+    records = store.results(store.resolve_run("latest"))
+    store.close()
+    assert sorted(r["device"] for r in records) == ["loop-1", "loop-2", "loop-3"]
+    assert all(r["valid"] for r in records)
