@@ -136,7 +136,7 @@ def check_onnx(path: Path, input_shape: tuple[int, ...], *, where: Path | None =
     dims = inputs[0].type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(declared) != len(input_shape) or any(
-        d is not None and i > 0 and d != s for i, (d, s) in enumerate(zip(declared, input_shape))
+        d is not None and i > 0 and d != s for i, (d, s) in enumerate(zip(declared, input_shape, strict=True))
     ):
         shown = ["?" if d is None else d for d in declared]
         raise ConfigError(

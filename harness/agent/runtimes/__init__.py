@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any, Dict, List
+from typing import Any
 
 try:  # Python 3.8+ on the device; Protocol exists from 3.8.
     from typing import Protocol
