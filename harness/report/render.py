@@ -124,6 +124,41 @@ def _realtime(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def _precision_costs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant: its speed-up over the FP32 variant of the same backend, size and device, and its parity."""
+    fp32: dict[tuple[Any, ...], float] = {}
+    for r in rows:
+        if r["precision"] == "fp32" and isinstance(r.get("p50_ms"), (int, float)):
+            fp32[(r["model"], r["device"], r["backend"], tuple(r["input_shape"]))] = r["p50_ms"]
+    table = []
+    for r in rows:
+        if not isinstance(r.get("p50_ms"), (int, float)):
+            continue
+        base = fp32.get((r["model"], r["device"], r["backend"], tuple(r["input_shape"])))
+        table.append(
+            {
+                **r,
+                "speedup": (base / r["p50_ms"]) if base and r["p50_ms"] else None,
+                "parity_failures": (r.get("failures") or {}).get("parity", []),
+            }
+        )
+    return sorted(table, key=lambda r: (r["model"], r["device"], r["backend"], r["input_shape"], r["precision"]))
+
+
+def _fmt_x(value: Any) -> str:
+    return f"{value:.2f}x" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def _fmt_db(value: Any) -> str:
+    if value == "inf" or (isinstance(value, float) and math.isinf(value) and value > 0):
+        return "identical"
+    return f"{value:.1f} dB" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def _fmt_pp(value: Any) -> str:
+    return f"{value:+.2f} pp" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
 def render_report(store: Store, run_id: str) -> str:
     """The report of one run as an HTML string."""
     if not (TEMPLATES / "templates" / "report.html.j2").is_file():
@@ -138,10 +173,12 @@ def render_report(store: Store, run_id: str) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(ms=_fmt_ms, ci=_fmt_ci, pct=_fmt_pct)
-    rows = store.results(run_id)
+    env.filters.update(ms=_fmt_ms, ci=_fmt_ci, pct=_fmt_pct, x=_fmt_x, db=_fmt_db, pp=_fmt_pp)
+    everything = store.results(run_id)
+    rows = [r for r in everything if r.get("kind", "latency") == "latency"]
+    robustness = [r for r in everything if r.get("kind") == "robustness"]
     counts: dict[str, int] = defaultdict(int)
-    for r in rows:
+    for r in everything:
         counts[r["status"]] += 1
     facts = store.device_facts(run_id)
     devices: dict[str, dict[str, Any]] = {}
@@ -153,6 +190,8 @@ def render_report(store: Store, run_id: str) -> str:
     return env.get_template("templates/report.html.j2").render(
         run=store.run_info(run_id),
         rows=rows,
+        costs=_precision_costs(rows),
+        robustness=robustness,
         counts=dict(counts),
         chart=_chart(rows),
         realtime=_realtime(rows),
