@@ -74,7 +74,7 @@ class MeasureSettings:
     calibration_reps: int = 7  # calibration workload repetitions before and after; 0 = off
     throttle: ThrottleLimits = field(default_factory=ThrottleLimits)
     throttle_retries: int = 2  # a throttled latency job is cooled down and run again this many times
-    cooldown_s: float = 30.0
+    cooldown_s: float = 10.0
     cpus: tuple[int, ...] | None = None  # pin the runner to these CPU ids
     batch: int = 1  # rows of the latency input per timed call
 
@@ -127,7 +127,7 @@ class DeviceLink:
 
     def open(self, agent_bundle: tuple[Path, str]) -> None:
         if self.state in ("offline", "failed"):
-            raise DeviceOffline(self.reason, device=self.device.name)
+            raise DeviceOffline(f"skipped: {self.reason}", device=self.device.name)
         if self.transport is not None:
             return
         try:
@@ -141,9 +141,13 @@ class DeviceLink:
             self.agent_path = paths[sha]
             self.state = "healthy"
         except TransportError as exc:
-            self.state, self.reason = "offline", exc.message
+            self.state, self.reason = "offline", exc.one_line()
             self.close()
-            raise DeviceOffline(exc.message, device=self.device.name, fix=exc.fix) from None
+            if isinstance(exc, DeviceOffline):
+                raise
+            raise DeviceOffline(
+                exc.message.removeprefix(f"device {self.device.name!r}: "), device=self.device.name, fix=exc.fix
+            ) from None
 
     def remove_outputs(self, run_id: str) -> None:
         """Delete this run's output files on the device (they were fetched and checked already)."""
@@ -312,8 +316,7 @@ class Pipeline:
         attempts: list[ThrottleVerdict] = []
         while True:
             result = self._execute(job, started)
-            baseline = attempts[0].calibration_ns if attempts else None
-            attempts.append(assess_throttle(result.facts, self.settings.throttle, baseline))
+            attempts.append(assess_throttle(result.facts, self.settings.throttle))
             last = attempts[-1]
             if job.kind != "latency" or not last.throttled or len(attempts) > self.settings.throttle_retries:
                 metrics = {**result.metrics, **throttle_metrics(result.metrics, attempts), "batch": self.settings.batch}

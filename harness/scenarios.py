@@ -330,10 +330,11 @@ def run_interleaved(
         check = aa_check(by_name[jobs[0].id]["samples_ns"], by_name[jobs[0].id + AA_SUFFIX]["samples_ns"])
     if check is None or check["ok"]:
         samples = {j.id: [np.asarray(by_name[j.id]["samples_ns"], dtype=np.int64)] for j in jobs}
+        reasons = {j.id: [str(raw["stop_reason"])] for j in jobs}
         facts = [raw["facts"]]
         mode = "in_process"
     else:
-        samples, facts = _separate_processes(pipeline, runner, prepared, seed, fallback_processes)
+        samples, reasons, facts = _separate_processes(pipeline, runner, prepared, seed, fallback_processes)
         mode = "separate_processes"
     results = []
     others = [j.id for j in jobs]
@@ -347,8 +348,9 @@ def run_interleaved(
             "interleaved_with": [o for o in others if o != p.job.id],
             "processes": len(samples[p.job.id]),
             "process_p50_ms": [float(np.median(s)) / 1e6 for s in samples[p.job.id]],
-            "stop_reason": raw["stop_reason"],
-            "rounds": raw["rounds"],
+            "stop_reason": reasons[p.job.id][-1],
+            "process_stop_reasons": reasons[p.job.id],
+            "rounds": raw["rounds"] if mode == "in_process" else None,
             "seed": seed,
             "warmup_iterations": by_name[p.job.id]["warmup_iterations"],
         }
@@ -388,9 +390,13 @@ def run_interleaved(
 
 def _separate_processes(
     pipeline: Pipeline, runner: _Runner, prepared: Sequence[_Prepared], seed: int, processes: int
-) -> tuple[dict[str, list[np.ndarray]], list[dict[str, Any]]]:
-    """Each variant alone in a fresh runner process, in alternating order (A B C, C B A, ...)."""
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[str]], list[dict[str, Any]]]:
+    """Each variant alone in a fresh runner process, in alternating order (A B C, C B A, ...).
+
+    Returns each variant's samples and stop reasons per process, and every process's facts.
+    """
     samples: dict[str, list[np.ndarray]] = {p.job.id: [] for p in prepared}
+    reasons: dict[str, list[str]] = {p.job.id: [] for p in prepared}
     facts: list[dict[str, Any]] = []
     for i in range(processes):
         order = list(prepared) if i % 2 == 0 else list(reversed(prepared))
@@ -398,8 +404,9 @@ def _separate_processes(
             spec = {"protocol": 1, "job_id": p.job.id, "variants": [p.spec], "seed": seed, **_timing(pipeline.settings)}
             raw = runner.call("interleave", spec)
             samples[p.job.id].append(np.asarray(raw["variants"][0]["samples_ns"], dtype=np.int64))
+            reasons[p.job.id].append(str(raw["stop_reason"]))
             facts.append(raw["facts"])
-    return samples, facts
+    return samples, reasons, facts
 
 
 # ---- capacity -----------------------------------------------------------------------------------

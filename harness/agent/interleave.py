@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .loop import Watch, converged, latency_input, perf_ns, warm_up
+from .loop import Watch, converged, latency_input, no_gc, perf_ns, warm_up
 from .protocol import InterleaveSpec, StopSpec
 
 
@@ -80,7 +80,8 @@ def interleave(sessions: Sequence[tuple[Any, float]], spec: InterleaveSpec) -> d
             record["first_inference_ms"] = (perf_ns() - t0) / 1e6
             record["warmup_iterations"], record["warmup_stable"] = warm_up(session.run_bound, spec.warmup)
         runs = [session.run_bound for session, _ in sessions]
-        samples, reason, count, duration = rounds(runs, spec.stop, spec.block, spec.block_warmup, spec.seed)
+        with no_gc():
+            samples, reason, count, duration = rounds(runs, spec.stop, spec.block, spec.block_warmup, spec.seed)
     finally:
         watched = watch.finish()
     for i, record in enumerate(variants):

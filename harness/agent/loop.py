@@ -7,9 +7,11 @@ and the device may have no scipy: the binomial ranks are computed with the stand
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -142,6 +144,22 @@ def latency_input(path: str, key: str, inp: InputSpec, batch: int) -> np.ndarray
     return x
 
 
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while timing (as timeit does): its pauses are the harness's, not the model's.
+
+    Runtime bindings allocate a few Python objects per call (OpenVINO's infer() returns a dict of
+    results), so a collection would otherwise land inside some timed calls and inflate the tail.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class Watch:
     """Thermal state and the calibration workload before, during and after a measurement."""
 
@@ -184,8 +202,9 @@ def measure(session: Any, job: JobSpec, load_ms: float) -> dict[str, Any]:
         t0 = perf_ns()
         session.run_bound()
         first_ms = (perf_ns() - t0) / 1e6
-        warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup)
-        samples, stop_reason, duration = timed_loop(session.run_bound, job.stop)
+        with no_gc():
+            warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup)
+            samples, stop_reason, duration = timed_loop(session.run_bound, job.stop)
     finally:
         watched = watch.finish()
     outputs: dict[str, np.ndarray] = {}

@@ -6,6 +6,7 @@ normalises them with the catalog's mean and std outside the timed region.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,15 @@ def _file_sha256(path: Path) -> str:
 
 
 def load_ref(ref: DataRef, shape: tuple[int, ...]) -> LabeledImages:
-    """A catalog data reference at a model input shape (N, C, H, W)."""
-    return load_dataset(ref.dataset, count=ref.count, seed=ref.seed, shape=(shape[1], shape[2], shape[3]))
+    """A catalog data reference at a model input shape (N, C, H, W); generated once per process."""
+    return _load_cached(ref.dataset, ref.count, ref.seed, (shape[1], shape[2], shape[3]))
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(name: str, count: int | None, seed: int, shape: tuple[int, int, int]) -> LabeledImages:
+    data = load_dataset(name, count=count, seed=seed, shape=shape)
+    data.images.flags.writeable = False  # shared between callers: nobody may change it in place
+    return data
 
 
 def eval_file(entry: ModelEntry, shape: tuple[int, ...]) -> DataFile:

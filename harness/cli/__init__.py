@@ -13,6 +13,7 @@ import click
 import typer
 
 from ..errors import EdgebenchError
+from .capacity import register as register_capacity
 from .run import register
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register(app)
+register_capacity(app)
 
 
 def _register_lab() -> None:

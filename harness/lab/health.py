@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from ..build.agent_bundle import build_agent_bundle
 from ..deploy import Deployable, DeviceCache
-from ..errors import TransportError
+from ..errors import EdgebenchError, TransportError
 from ..store import Store
 from ..transport.protocol import Transport
 from .connect import open_transport
@@ -167,8 +167,10 @@ def check_device(
     check.found.update(reachable=True, authenticated=True)
     try:
         return _check_connected(check, transport, agent_bundle, min_free_mb, max_temperature_c)
-    except TransportError as exc:
+    except EdgebenchError as exc:
         return check.offline(exc.one_line().removeprefix(f"device {device.name!r}: "))
+    except OSError as exc:  # the local transport copies files with shutil
+        return check.offline(f"deploying the runner failed: {exc}")
     finally:
         transport.close()
 

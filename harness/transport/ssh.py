@@ -4,13 +4,14 @@ Where to log in is resolved once per device from the inventory and the ssh confi
 then the config's ``Host`` block, then OpenSSH's defaults). Host keys are checked against known_hosts and
 never added: an unknown or changed key is an error that says which command adds the right one.
 
-Every command is one string built with ``shlex.quote`` and run by the login user's POSIX shell (there is
-no other way over SSH), so no login shell is asked for and the device's Python is called by absolute
-path. The wrapper prints its PID first on stderr; sshd runs each session in its own session and process
-group, so that PID is the group to kill. On a timeout, Ctrl-C or a lost connection the whole group is
-killed with SIGKILL over a fresh channel, or a fresh connection when the old one has stalled. Where
-coreutils ``timeout`` exists the command also carries a device-side deadline, so a runner whose host
-vanished still dies. All waiting is done against a deadline, never in a blocking read.
+Every command is one string built with ``shlex.quote`` from the argv and run by the login user's POSIX
+shell (sshd runs ``$SHELL -c string``; there is no other way), never as a login shell, and the device's
+Python is called by absolute path. The string first prints the shell's PID on stderr: sshd makes each
+session's shell a session leader, so that PID names every process the command starts. On a timeout,
+Ctrl-C or a lost connection they are all killed (SIGKILL to the session) over a fresh channel, or over a
+fresh connection when the old one has stalled. Where coreutils ``timeout`` exists the command also
+carries a device-side deadline, so a runner whose host vanished still dies. All waiting is done against
+a deadline (select, channel timeouts, a timer that closes the channel), never in a blocking read.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ from ..lab.inventory import Device
 from .protocol import CommandResult
 
 log = logging.getLogger(__name__)
+
+
+class _AsDebug(logging.Filter):
+    """paramiko logs from its own thread (an ERROR for a stuck server); each failure already reaches the
+    user as one TransportError with a fix, so its records are demoted to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return log.isEnabledFor(logging.DEBUG)
+
+
+_PARAMIKO_LOG = f"{__name__}.paramiko"
+for _name in (_PARAMIKO_LOG, f"{_PARAMIKO_LOG}.sftp"):
+    logging.getLogger(_name).addFilter(_AsDebug())
 
 _PGID_MARK = "edgebench-pgid:"
 _TOKEN_PREFIX = "edgebench-cmd-"
@@ -107,7 +122,10 @@ def load_ssh_config(path: str | None, device: str) -> paramiko.SSHConfig:
         )
     if not file.is_file():
         return paramiko.SSHConfig()
-    return paramiko.SSHConfig.from_path(str(file))
+    try:
+        return paramiko.SSHConfig.from_path(str(file))
+    except (paramiko.ssh_exception.ConfigParseError, OSError, ValueError) as exc:
+        raise TransportError(f"cannot read ssh config {file}: {exc}", device=device, fix="fix that line") from None
 
 
 def _split_hop(spec: str) -> tuple[str | None, str, int | None]:
@@ -281,6 +299,7 @@ def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Chann
                 ep, device, f"identity file {identity} does not exist", "correct identity: (or IdentityFile)"
             )
     client = paramiko.SSHClient()
+    client.set_log_channel(_PARAMIKO_LOG)
     client.set_missing_host_key_policy(_RefuseUnknown(ep, device))
     if ep.known_hosts.is_file():
         client.load_system_host_keys(str(ep.known_hosts))
@@ -362,8 +381,8 @@ def _connect_error(ep: Endpoint, device: str, exc: BaseException) -> BaseExcepti
         )
     if isinstance(exc, paramiko.SSHException | EOFError | OSError):
         text = str(exc) or type(exc).__name__
-        if "banner" in text.lower():
-            text = f"no SSH banner within {ep.connect_timeout_s:g} s (the server is stuck or is not sshd)"
+        if "banner" in text.lower() or "no existing session" in text.lower():  # paramiko's words for a stuck server
+            text = f"the SSH server did not answer within {ep.connect_timeout_s:g} s (it is stuck, or it is not sshd)"
         return _offline(ep, device, f"SSH connection failed: {text}", "check the device's sshd and network")
     return exc
 
@@ -497,6 +516,19 @@ def _closing_at(channel: paramiko.Channel, deadline: float, expired: threading.E
         timer.cancel()
 
 
+def _bounded(action: Callable[[], object], timeout_s: float) -> bool:
+    """Run ``action`` in a daemon thread and wait at most ``timeout_s``; return whether it finished."""
+    done = threading.Event()
+
+    def work() -> None:
+        with contextlib.suppress(Exception):
+            action()
+        done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    return done.wait(timeout_s)
+
+
 def _short(argv: Sequence[str]) -> str:
     """A command for a message: programs by their base name, long words cut, at most four words."""
     words = []
@@ -578,12 +610,15 @@ class SshTransport:
         out = bytearray()
         err = bytearray()
         expired = threading.Event()
+        interrupted = False
         try:
             with _closing_at(channel, deadline, expired):
                 channel.exec_command(command)
                 if stdin:
                     channel.sendall(stdin)
                 channel.shutdown_write()
+            if expired.is_set():  # the timer fired just as the last call returned
+                raise _Expired()
             self._collect(channel, deadline, out, err)
         except BaseException as exc:
             pgid = _pgid_of(bytes(err))
@@ -602,10 +637,19 @@ class SshTransport:
                     device=self.device,
                     fix="check that the device is up and its sshd running (edgebench devices check)",
                 ) from None
-            self._kill(pgid, token)  # Ctrl-C and anything unexpected: leave nothing behind on the device
+            # Ctrl-C and anything unexpected: leave nothing behind on the device. An interrupt can land
+            # inside paramiko while it holds a lock, so the kill goes over a fresh connection and this
+            # one is given up.
+            interrupted = not isinstance(exc, Exception)
+            if interrupted:
+                self._broken = "a command was interrupted (Ctrl-C)"
+            self._kill(pgid, token)
             raise
         finally:
-            channel.close()
+            if interrupted:
+                _bounded(channel.close, KILL_TIMEOUT_S)
+            else:
+                channel.close()
         return CommandResult(
             tuple(argv),
             _exit_code(channel.exit_status),
@@ -811,11 +855,20 @@ class SshTransport:
 
     def close(self) -> None:
         with self._lock:
-            if self._sftp is not None:
+            sftp, self._sftp = self._sftp, None
+            self._broken = self._broken or "the connection was closed"
+
+        def shut() -> None:
+            if sftp is not None:
                 with contextlib.suppress(Exception):
-                    self._sftp.close()
-                self._sftp = None
+                    sftp.close()
             for client in reversed(self._clients):
                 with contextlib.suppress(Exception):
                     client.close()
-            self._broken = self._broken or "the connection was closed"
+
+        if not _bounded(shut, KILL_TIMEOUT_S):  # a wedged paramiko lock: drop the sockets instead
+            for client in self._clients:
+                transport = client.get_transport()
+                if transport is not None:
+                    with contextlib.suppress(Exception):
+                        transport.sock.close()

@@ -109,7 +109,7 @@ def test_interleaved_variants_carry_the_aa_check_beside_their_results(
 def test_a_failed_aa_check_falls_back_to_separate_processes_and_says_so(
     edgebench_env: Path, tiny_catalog: Path, local_lab: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scenarios, "AA_TOLERANCE", 0.0)  # no two timings agree exactly: the check fails
+    monkeypatch.setattr(scenarios, "AA_TOLERANCE", -1.0)  # no ratio is within a negative tolerance: it fails
     pipeline = make_pipeline(edgebench_env, tiny_catalog, local_lab)
     outcome = run_interleaved(pipeline, two_variants(pipeline), block=10, seed=1)
     pipeline.finish()

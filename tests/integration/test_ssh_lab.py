@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,13 @@ from typer.testing import CliRunner
 
 from harness.cli.lab import devices_app, lab_app
 from harness.lab.health import check_device
-from harness.lab.inventory import Lab, load_lab
+from harness.lab.inventory import Device, Lab, load_lab
 from harness.lab.loopback import LoopbackLab, load_state, stop_server
 from harness.pipeline import Pipeline
 from harness.records import JobResult
 from harness.store import Store
+from harness.transport.local import LocalTransport
+from harness.transport.protocol import CommandResult
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +99,48 @@ def test_health_names_the_step_that_fails(shared_lab: LoopbackLab, tmp_path: Pat
     wrong_key = check_device(device.model_copy(update={"identity": str(tmp_path / "missing_key")}))
     assert (wrong_key.state, wrong_key.authenticated) == ("offline", False)
     assert "identity file" in wrong_key.reason
+
+
+class _HotAndFull:
+    """A local device whose runner reports a hot SoC and whose cache disk has 100 MB left."""
+
+    def __init__(self, device: Device) -> None:
+        self.inner = LocalTransport(device.name)
+        self.device = device.name
+
+    def run(
+        self, argv: Sequence[str], *, timeout_s: float, stdin: bytes | None = None, env: Mapping[str, str] | None = None
+    ) -> CommandResult:
+        result = self.inner.run(argv, timeout_s=timeout_s, stdin=stdin, env=env)
+        reply = json.loads(result.stdout) if result.stdout.startswith(b"{") else None
+        if reply is not None and "free_bytes" in reply:
+            reply["free_bytes"] = 100 * 2**20
+        elif reply is not None and "facts" in reply:
+            reply["facts"]["temperatures_c"] = {"soc-thermal": 91.5, "cpu-thermal": 70.0}
+        else:
+            return result
+        return CommandResult(result.argv, result.exit_code, json.dumps(reply).encode(), result.stderr, 0.0)
+
+    def put(self, local: Path, remote: str) -> int:
+        return self.inner.put(local, remote)
+
+    def get(self, remote: str, local: Path) -> int:
+        return self.inner.get(remote, local)
+
+    def home(self) -> str:
+        return self.inner.home()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_hot_device_with_little_disk_is_degraded_and_says_why(ssh_environment: None, tmp_path: Path) -> None:
+    device = Device(name="jetson", platform="jetson-orin", transport="local", cache_dir=str(tmp_path / "cache"))
+    record = check_device(device, connect=_HotAndFull)
+    assert record.state == "degraded"
+    assert "only 100 MB free" in record.reason
+    assert "running hot: soc-thermal at 92 °C" in record.reason
+    assert record.max_temperature_c == 91.5
 
 
 def test_three_devices_run_and_store_their_facts_and_a_second_run_uploads_nothing(

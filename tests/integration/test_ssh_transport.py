@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.errors import CommandTimeout, DeviceOffline
+from harness.errors import CommandTimeout, DeviceOffline, TransportError
 from harness.lab.inventory import Device
 from harness.lab.loopback import LoopbackLab, stop_server, wait_for_processes
 from harness.transport.ssh import HostKeyRejected, SshTransport, command_line, resolve
@@ -39,7 +39,7 @@ def _logins(log: Path) -> int:
     return log.read_text(errors="replace").count("Accepted publickey")
 
 
-ARG = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+ARG = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
 
 
 @settings(max_examples=25, deadline=None)
@@ -129,6 +129,9 @@ def test_ctrl_c_kills_the_remote_command(transport: SshTransport, tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         transport.run(["sh", "-c", "sleep 300; true", marker], timeout_s=60)
     assert wait_for_processes(marker, gone=True, timeout_s=3) == []
+    # The interrupt may have landed inside paramiko: that connection is not trusted again.
+    with pytest.raises(TransportError, match=r"interrupted \(Ctrl-C\)"):
+        transport.run(["true"], timeout_s=10)
 
 
 def test_an_unknown_host_key_is_refused_with_the_command_that_adds_it(shared_lab: LoopbackLab, tmp_path: Path) -> None:
@@ -142,6 +145,22 @@ def test_an_unknown_host_key_is_refused_with_the_command_that_adds_it(shared_lab
     assert re.search(r"ssh-ed25519 SHA256:[A-Za-z0-9+/]{43}", message)
     assert f"ssh-keyscan -p {device.port} -t ed25519 127.0.0.1 >> {empty}" in message
     assert empty.read_text() == ""  # never added by itself
+
+
+def test_a_server_that_never_answers_hits_the_connect_timeout(make_lab: Callable[..., LoopbackLab]) -> None:
+    loop = make_lab(1)
+    server = loop.server("loop-1")
+    listener = server.pid()
+    assert listener is not None
+    os.kill(listener, signal.SIGSTOP)  # the kernel still accepts the TCP connection; sshd never speaks
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeviceOffline) as info:
+            SshTransport.connect(loop.lab.devices[0].model_copy(update={"connect_timeout_s": 1.0}))
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(listener, signal.SIGCONT)
+    assert "the SSH server did not answer within 1 s" in str(info.value)
 
 
 def test_ssh_config_alias_user_port_identity_and_proxyjump(

@@ -102,14 +102,6 @@ def test_another_process_using_the_cpus_is_contention_not_throttling() -> None:
     assert verdict.contention is not None and "other processes used 60%" in verdict.contention
 
 
-def test_a_retry_is_judged_against_the_first_attempts_baseline() -> None:
-    # A load that began during attempt 1 and still runs slows before and after of attempt 2 alike.
-    first = assess_throttle(facts(after_ns=[15_000] * 7))
-    retry = assess_throttle(facts(before_ns=[15_000] * 7, after_ns=[15_000] * 7), baseline_ns=first.calibration_ns)
-    assert retry.throttled
-    assert "slower than before the first attempt" in retry.reasons[0]
-
-
 def test_limits_are_the_callers_and_nonsense_is_refused() -> None:
     assert not assess_throttle(facts(after_ns=[12_500] * 7), ThrottleLimits(max_slowdown=0.3)).throttled
     with pytest.raises(ValueError, match="max_slowdown"):
