@@ -127,7 +127,7 @@ class DeviceLink:
 
     def open(self, agent_bundle: tuple[Path, str]) -> None:
         if self.state in ("offline", "failed"):
-            raise DeviceOffline(f"skipped: {self.reason}", device=self.device.name)
+            raise DeviceOffline(f"earlier in this run: {self.reason}", device=self.device.name)
         if self.transport is not None:
             return
         try:
@@ -141,7 +141,7 @@ class DeviceLink:
             self.agent_path = paths[sha]
             self.state = "healthy"
         except TransportError as exc:
-            self.state, self.reason = "offline", exc.one_line()
+            self.state, self.reason = "offline", self._strip(exc.one_line())
             self.close()
             if isinstance(exc, DeviceOffline):
                 raise
@@ -163,8 +163,11 @@ class DeviceLink:
         except TransportError as exc:
             log.warning("device %s: could not remove this run's outputs: %s", self.device.name, exc.message)
 
+    def _strip(self, text: str) -> str:
+        return text.removeprefix(f"device {self.device.name!r}: ")
+
     def mark_failed(self, reason: str) -> None:
-        self.state, self.reason = "failed", reason
+        self.state, self.reason = "failed", self._strip(reason)
         self.close()
 
     def close(self) -> None:
