@@ -1,3 +1,2 @@
 """The plugin is tested through pytester: a real inner pytest session per test."""
 
-pytest_plugins = ["pytester"]
