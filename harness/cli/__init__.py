@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 
-import click
 import typer
 
 from ..errors import EdgebenchError
@@ -70,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"edgebench: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    except (click.exceptions.Exit, typer.Exit) as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except (click.exceptions.Abort, typer.Abort):
+    except typer.Abort:
         print("edgebench: aborted", file=sys.stderr)
         return 130
-    # typer >= 0.20 carries its own copy of click, whose errors derive from TyperException, not
-    # click.ClickException: catch both, or a mistyped option ends in a traceback.
-    except (click.ClickException, typer.TyperException) as exc:
+    # typer >= 0.20 carries its own copy of click, whose usage errors derive from TyperException.
+    except typer.TyperException as exc:
         if debug:
             raise
         print(f"edgebench: error: {_usage_line(exc)}", file=sys.stderr)
