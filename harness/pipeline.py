@@ -64,7 +64,7 @@ class MeasureSettings:
 
     min_iterations: int = 400
     min_duration_s: float = 1.0
-    max_duration_s: float = 20.0
+    max_duration_s: float = 8.0
     max_half_width: float = 0.05
     iterations: int | None = None  # a fixed count instead of the adaptive stop rule
     warmup_window: int = 20
@@ -74,7 +74,7 @@ class MeasureSettings:
     calibration_reps: int = 7  # calibration workload repetitions before and after; 0 = off
     throttle: ThrottleLimits = field(default_factory=ThrottleLimits)
     throttle_retries: int = 2  # a throttled latency job is cooled down and run again this many times
-    cooldown_s: float = 10.0
+    cooldown_s: float = 5.0
     cpus: tuple[int, ...] | None = None  # pin the runner to these CPU ids
     batch: int = 1  # rows of the latency input per timed call
 
