@@ -324,7 +324,8 @@ class Pipeline:
             if job.kind != "latency" or not last.throttled or len(attempts) > self.settings.throttle_retries:
                 metrics = {**result.metrics, **throttle_metrics(result.metrics, attempts), "batch": self.settings.batch}
                 why = [*last.reasons, *([last.contention] if last.contention else [])]
-                message = f"{result.message} (unstable: {why[0]})" if why else result.message
+                # Only a latency job's numbers depend on a quiet machine; robustness counts answers.
+                message = f"{result.message} (unstable: {why[0]})" if why and job.kind == "latency" else result.message
                 return replace(result, metrics=metrics, message=message)
             reasons = "; ".join(last.reasons)
             log.warning("%s: %s; cooling down %g s, then retrying", job.id, reasons, self.settings.cooldown_s)
