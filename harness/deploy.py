@@ -62,13 +62,15 @@ if ev:
     keep = set(ev.get("keep", []))
     now = time.time()
     entries = []
+    total = 0
     for n in os.listdir(root):
         p = os.path.join(root, n)
-        if os.path.isfile(p) and n not in keep:
+        if os.path.isfile(p):
             st = os.stat(p)
-            entries.append((st.st_mtime, st.st_size, n))
+            total += st.st_size  # pinned files count towards the cap but are never evicted
+            if n not in keep:
+                entries.append((st.st_mtime, st.st_size, n))
     entries.sort()
-    total = sum(e[1] for e in entries)
     for mtime, size, n in entries:
         if now - mtime > ev["max_age_s"] or total > ev["max_bytes"]:
             os.remove(os.path.join(root, n))

@@ -137,7 +137,17 @@ class DeviceLink:
             self.root = home + root[1:] if root.startswith("~") else root
             self.cache = DeviceCache(self.transport, self.device.python_path, self.root + "/files")
             bundle, sha = agent_bundle
-            paths = self.cache.ensure([Deployable(bundle, sha, "pyz")])
+            runner = Deployable(bundle, sha, "pyz")
+            # Once per connection: keep the device cache within its size and age limits (LRU by mtime;
+            # files in use are touched by every check, so they stay).
+            evicted = self.cache.evict(
+                max_bytes=self.device.cache_max_mb << 20,
+                max_age_s=self.device.cache_max_age_days * 86400,
+                keep=[runner.name],
+            )
+            if evicted:
+                log.info("device %s: evicted %d old cache file(s)", self.device.name, len(evicted))
+            paths = self.cache.ensure([runner])
             self.agent_path = paths[sha]
             self.state = "healthy"
         except TransportError as exc:

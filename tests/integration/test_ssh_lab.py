@@ -204,3 +204,49 @@ def test_the_latency_suite_runs_unchanged_on_a_loopback_lab(shared_lab: Loopback
     store.close()
     assert sorted(r["device"] for r in records) == ["loop-1", "loop-2", "loop-3"]
     assert all(r["valid"] for r in records)
+
+
+def test_every_suite_runs_every_target_on_a_loopback_device(shared_lab: LoopbackLab, tmp_path: Path) -> None:
+    """Issues [targets] and [parity] over real SSH: runtimes x precisions, parity and robustness per variant."""
+    from harness.build.backends.litert import default_toolchain_dir
+
+    runtimes = {"onnxruntime", "openvino"}
+    if (default_toolchain_dir() / "bin" / "python").is_file():
+        runtimes.add("litert")  # LiteRT conversion needs its optional toolchain venv (.ci/setup installs it)
+    db = tmp_path / "suites.sqlite"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO / "suites"),
+            "--lab",
+            str(shared_lab.lab_file),
+            "--models",
+            "digits-cnn",
+            "--quick",
+            "--db",
+            str(db),
+            "-k",
+            "loop-1",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "EDGEBENCH_HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    store = Store(db)
+    records = store.results(store.resolve_run("latest"))
+    store.close()
+    latency = [r for r in records if r["kind"] == "latency" and r["backend"] in runtimes]
+    robust = [r for r in records if r["kind"] == "robustness" and r["backend"] in runtimes]
+    grid = {(r["backend"], r["precision"]) for r in latency if r["valid"] and r["status"] == "passed"}
+    assert grid == {(b, p) for b in runtimes for p in ("fp32", "fp16", "int8")}
+    assert all(r["device"] == "loop-1" and r["top1_agreement"] >= 0.98 for r in latency)
+    assert {(r["backend"], r["precision"]) for r in robust} == grid
+    assert all(len(r["corruption_acc"]) == 95 and r["worst_corruption"] for r in robust)
