@@ -58,7 +58,8 @@ def install_commands(directory: Path | None = None) -> list[list[str]]:
     pins = [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in ("torch", "onnx")]
     return [
         [sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-        [str(venv / "bin" / "pip"), "install", *pins, LITERT_TORCH_PIN],
+        # harness itself is imported there from the source tree (PYTHONPATH): its light dependencies too.
+        [str(venv / "bin" / "pip"), "install", *pins, LITERT_TORCH_PIN, "numpy", "pydantic", "PyYAML", "platformdirs"],
     ]
 
 
