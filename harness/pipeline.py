@@ -113,6 +113,16 @@ def git_sha(directory: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+@dataclass(frozen=True)
+class DeployedModel:
+    """A job's model on its device: the FP32 reference it came from, device paths, the spec's model part."""
+
+    onnx: OnnxModel
+    artifact_sha256: str
+    paths: dict[str, str]
+    spec: dict[str, Any]
+
+
 @dataclass
 class DeviceLink:
     """A device's transport and file cache, opened on first use and reused by all its jobs."""
@@ -363,7 +373,11 @@ class Pipeline:
             finished_at=started,
         )
 
-    def _execute(self, job: Job, started: str) -> JobResult:
+    def deploy_model(self, job: Job, link: DeviceLink, extra: Sequence[Deployable] = ()) -> DeployedModel:
+        """Build the job's artifact and latency input, put them (and ``extra``) on the device; the spec's model part.
+
+        Shared by single jobs and the interleaving and capacity scenarios, so every path deploys alike.
+        """
         backend = get_backend(job.variant.backend)
         device = job.device
         if device.runtimes is not None and backend.runtime not in device.runtimes:
@@ -373,36 +387,17 @@ class Pipeline:
         onnx = self.reference(job)
         artifact, artifact_sha = self.compile(job)
         latency_data = latency_file(job.model, job.input_shape)
-        if job.kind == "robustness":
-            eval_data = corrupted_eval_file(job.model, job.input_shape)
-            if eval_data.labels is None:
-                raise CapabilityMissing(
-                    f"{job.model.name}'s eval set {job.model.eval.dataset!r} has no labels; robustness needs them"
-                )
-            keys = ["clean", *corruption_keys()]
-            eval_sets = [{"name": k, "file": "", "key": k} for k in keys]
-            timing: dict[str, Any] = {"stop": {"iterations": 20}, "warmup": {"window": 5, "max_iterations": 20}}
-        else:
-            eval_data = eval_file(job.model, job.input_shape)
-            eval_sets = [{"name": "clean", "file": "", "key": "clean"}]
-            timing = {}
-
-        link = self.links[device.name]
         link.open(self.agent_bundle())
-        assert link.cache is not None and link.transport is not None and link.agent_path is not None
+        assert link.cache is not None
         suffix = artifact.name.split(".", 1)[1] if "." in artifact.name else "bin"
-        items = [
-            Deployable(artifact, artifact_sha, suffix),
-            Deployable(latency_data.path, latency_data.sha256, "npz"),
-            Deployable(eval_data.path, eval_data.sha256, "npz"),
-        ]
-        paths = link.cache.ensure(items)
-        for eval_set in eval_sets:
-            eval_set["file"] = paths[eval_data.sha256]
-        outputs_remote = f"{link.root}/out/{self.run_id}-{_slug(job.id + job.kind)}.npz"
+        paths = link.cache.ensure(
+            [
+                Deployable(artifact, artifact_sha, suffix),
+                Deployable(latency_data.path, latency_data.sha256, "npz"),
+                *extra,
+            ]
+        )
         spec = {
-            "protocol": 1,
-            "job_id": job.id,
             "runtime": backend.runtime,
             "artifact": paths[artifact_sha],
             "input": {
@@ -414,9 +409,36 @@ class Pipeline:
                 "std": list(job.model.input.normalization.std),
             },
             "latency": {"file": paths[latency_data.sha256], "key": "latency"},
+            "options": backend.runner_options(job.variant.precision, job.variant.threads, dict(job.variant.options)),
+        }
+        return DeployedModel(onnx, artifact_sha, paths, spec)
+
+    def _execute(self, job: Job, started: str) -> JobResult:
+        if job.kind == "robustness":
+            eval_data = corrupted_eval_file(job.model, job.input_shape)
+            if eval_data.labels is None:
+                raise CapabilityMissing(
+                    f"{job.model.name}'s eval set {job.model.eval.dataset!r} has no labels; robustness needs them"
+                )
+            keys = ["clean", *corruption_keys()]
+            timing: dict[str, Any] = {"stop": {"iterations": 20}, "warmup": {"window": 5, "max_iterations": 20}}
+        else:
+            eval_data = eval_file(job.model, job.input_shape)
+            keys = ["clean"]
+            timing = {}
+        device = job.device
+        link = self.links[device.name]
+        deployed = self.deploy_model(job, link, [Deployable(eval_data.path, eval_data.sha256, "npz")])
+        onnx, artifact_sha = deployed.onnx, deployed.artifact_sha256
+        assert link.transport is not None and link.agent_path is not None
+        eval_sets = [{"name": k, "file": deployed.paths[eval_data.sha256], "key": k} for k in keys]
+        outputs_remote = f"{link.root}/out/{self.run_id}-{_slug(job.id + job.kind)}.npz"
+        spec = {
+            "protocol": 1,
+            "job_id": job.id,
+            **deployed.spec,
             "eval": eval_sets,
             "outputs": outputs_remote,
-            "options": backend.runner_options(job.variant.precision, job.variant.threads, dict(job.variant.options)),
             **self.settings.spec(),
             **timing,
         }

@@ -25,9 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from .build.backends import get_backend
-from .build.data import latency_file
-from .deploy import Deployable
 from .errors import CapabilityMissing, ConfigError, RunnerError
 from .measure.stability import assess_stability
 from .measure.stats import LatencySummary, summarize
@@ -140,34 +137,9 @@ class _Prepared:
 
 
 def _prepare(pipeline: Pipeline, job: Job, link: DeviceLink, name: str) -> _Prepared:
-    backend = get_backend(job.variant.backend)
-    device = job.device
-    if device.runtimes is not None and backend.runtime not in device.runtimes:
-        raise CapabilityMissing(
-            f"device {device.name!r} has no {backend.runtime} (it lists {', '.join(device.runtimes) or 'none'})"
-        )
-    onnx = pipeline.reference(job)
-    artifact, artifact_sha = pipeline.compile(job)
-    data = latency_file(job.model, job.input_shape)
-    assert link.cache is not None
-    suffix = artifact.name.split(".", 1)[1] if "." in artifact.name else "bin"
-    paths = link.cache.ensure([Deployable(artifact, artifact_sha, suffix), Deployable(data.path, data.sha256, "npz")])
-    spec = {
-        "name": name,
-        "runtime": backend.runtime,
-        "artifact": paths[artifact_sha],
-        "input": {
-            "name": onnx.input_name,
-            "shape": list(job.input_shape),
-            "dtype": job.model.input.dtype,
-            "layout": job.model.input.layout,
-            "mean": list(job.model.input.normalization.mean),
-            "std": list(job.model.input.normalization.std),
-        },
-        "latency": {"file": paths[data.sha256], "key": "latency"},
-        "options": backend.runner_options(job.variant.precision, job.variant.threads, dict(job.variant.options)),
-    }
-    return _Prepared(job, spec, onnx.source_sha256, artifact_sha)
+    deployed = pipeline.deploy_model(job, link)
+    spec = {"name": name, **deployed.spec}
+    return _Prepared(job, spec, deployed.onnx.source_sha256, deployed.artifact_sha256)
 
 
 class _Runner:

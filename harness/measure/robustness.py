@@ -35,6 +35,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import log_softmax
 
+from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
+
 __all__ = [
     "ALEXNET_CLEAN_ERROR",
     "ALEXNET_ERRORS",
@@ -47,26 +49,6 @@ __all__ = [
     "robustness_report",
 ]
 
-# Same names and order as harness.measure.corruptions; repeated here so the maths has no dependency on
-# the image code.
-CORRUPTIONS: Final[tuple[str, ...]] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-EXTRA_CORRUPTIONS: Final[tuple[str, ...]] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 _ORDER: Final[dict[str, int]] = {name: i for i, name in enumerate(CORRUPTIONS + EXTRA_CORRUPTIONS)}
 _PAPER_SEVERITIES: Final[frozenset[int]] = frozenset(range(1, 6))
 
