@@ -29,17 +29,21 @@ def latency_checks(
     failures = list(check_latency(summary, budgets))
     if not summary.valid:
         failures.append("statistics INVALID: " + "; ".join(summary.invalid_reasons))
-    metrics: Metrics = {}
-    if len(samples_ns) >= 2:
-        verdict = assess_stability(samples_ns)
-        metrics.update(
-            cv=verdict.cv,
-            drift=verdict.drift,
-            outlier_share=verdict.outlier_share,
-            unstable=verdict.unstable,
-            unstable_reasons=list(verdict.reasons),
-        )
-    return metrics, tuple(failures)
+    return stability_metrics(samples_ns), tuple(failures)
+
+
+def stability_metrics(samples_ns: np.ndarray) -> Metrics:
+    """CV, drift, outlier share and the unstable verdict with its reasons (empty for fewer than 2 samples)."""
+    if len(samples_ns) < 2:
+        return {}
+    verdict = assess_stability(samples_ns)
+    return {
+        "cv": verdict.cv,
+        "drift": verdict.drift,
+        "outlier_share": verdict.outlier_share,
+        "unstable": verdict.unstable,
+        "unstable_reasons": list(verdict.reasons),
+    }
 
 
 def _parity_fields(m: ParityMetrics, prefix: str = "") -> Metrics:

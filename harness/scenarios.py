@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .analyse import stability_metrics
 from .errors import CapabilityMissing, ConfigError, RunnerError
-from .measure.stability import assess_stability
 from .measure.stats import LatencySummary, summarize
 from .measure.throttle import assess_throttle, throttle_metrics
 from .pipeline import DeviceLink, MeasureSettings, Pipeline, now
@@ -326,15 +326,7 @@ def run_interleaved(
             "seed": seed,
             "warmup_iterations": by_name[p.job.id]["warmup_iterations"],
         }
-        if pooled.size >= 2:
-            verdict = assess_stability(pooled)
-            metrics.update(
-                cv=verdict.cv,
-                drift=verdict.drift,
-                outlier_share=verdict.outlier_share,
-                unstable=verdict.unstable,
-                unstable_reasons=list(verdict.reasons),
-            )
+        metrics.update(stability_metrics(pooled))
         if check is not None and not check["ok"]:
             metrics["unstable_reasons"] = [
                 *metrics.get("unstable_reasons", []),
