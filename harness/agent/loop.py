@@ -66,16 +66,16 @@ def converged(samples: list[int], stop: StopSpec) -> bool:
         plan.append((q, ranks))
     data = np.asarray(samples, dtype=np.int64)
     # numpy's default quantile interpolates between ranks floor(h) and floor(h) + 1, h = (n - 1) q.
-    needed = set()
+    needed: set[int] = set()
     for q, (lo, hi) in plan:
         h = int((n - 1) * q)
         needed.update((lo - 1, hi - 1, h, min(h + 1, n - 1)))
     placed = np.partition(data, sorted(needed))
     for q, (lo, hi) in plan:
-        h = (n - 1) * q
-        base = int(h)
+        position = (n - 1) * q
+        base = int(position)
         upper = placed[min(base + 1, n - 1)]
-        value = float(placed[base] + (h - base) * (upper - placed[base]))
+        value = float(placed[base] + (position - base) * (upper - placed[base]))
         low, high = float(placed[lo - 1]), float(placed[hi - 1])
         if value <= 0 or max(value - low, high - value) / value > stop.max_half_width:
             return False
