@@ -13,6 +13,7 @@ import typer
 
 from ..errors import EdgebenchError
 from .capacity import register as register_capacity
+from .interleave import register as register_interleave
 from .run import register
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 register(app)
 register_capacity(app)
+register_interleave(app)
 
 
 def _register_lab() -> None:
