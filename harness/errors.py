@@ -1,7 +1,7 @@
 """One error hierarchy: every message says what went wrong, where, the bad value and how to fix it.
 
-The CLI turns these into a one-line message and an exit code (2 bad input or setup, 1 gate failed);
-tracebacks appear only with ``--debug``.
+The CLI turns these into a one-line message and exit code 2 (bad input or setup); a failed gate is a
+result, not an error, and the CLI exits 1 for it. Tracebacks appear only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -110,9 +110,3 @@ class CapabilityMissing(EdgebenchError):
 
 class StoreError(EdgebenchError):
     """The results database cannot be opened, migrated or written."""
-
-
-class GateFailure(EdgebenchError):
-    """A budget or baseline check failed: the release gate says no."""
-
-    exit_code = 1

@@ -28,6 +28,7 @@ from . import __version__
 from .analyse import corruption_keys, latency_checks, parity_checks, production_checks, robustness_checks
 from .build.agent_bundle import build_agent_bundle
 from .build.backends import get_backend
+from .build.backends.edgetpu import compile_report
 from .build.backends.protocol import CompileRequest
 from .build.cache import ArtifactCache, file_sha256
 from .build.data import DataFile, calibration_inputs, corrupted_eval_file, eval_file, latency_file
@@ -118,6 +119,7 @@ class DeployedModel:
     """A job's model on its device: the FP32 reference it came from, device paths, the spec's model part."""
 
     onnx: OnnxModel
+    artifact: Path
     artifact_sha256: str
     paths: dict[str, str]
     spec: dict[str, Any]
@@ -411,7 +413,7 @@ class Pipeline:
             "latency": {"file": paths[latency_data.sha256], "key": "latency"},
             "options": backend.runner_options(job.variant.precision, job.variant.threads, dict(job.variant.options)),
         }
-        return DeployedModel(onnx, artifact_sha, paths, spec)
+        return DeployedModel(onnx, artifact, artifact_sha, paths, spec)
 
     def _execute(self, job: Job, started: str) -> JobResult:
         if job.kind == "robustness":
@@ -466,7 +468,12 @@ class Pipeline:
         local_outputs.unlink()
         if job.kind == "latency":
             self._outputs[(job.id, job.kind)] = outputs
-        return self._analyse(job, started, onnx, artifact_sha, raw, outputs, eval_data)
+        result = self._analyse(job, started, onnx, artifact_sha, raw, outputs, eval_data)
+        report = compile_report(deployed.artifact) if job.variant.backend == "edgetpu" else None
+        if report is not None:
+            # How much of the model the Edge TPU compiler mapped: the rest runs on the board's CPU.
+            result = replace(result, metrics={**result.metrics, "edgetpu_compile": report})
+        return result
 
     # ---- analyse ----------------------------------------------------------------------------
     def _analyse(

@@ -20,7 +20,7 @@ from .measure.stats import LatencySummary
 RESULT_SCHEMA_VERSION = 1
 
 Status = Literal["passed", "failed", "error", "skipped"]
-MetricValue = float | int | str | bool | None | list[Any]
+MetricValue = float | int | str | bool | None | list[Any] | dict[str, Any]
 
 
 REFERENCE_BACKENDS = {"edgetpu": "litert"}

@@ -413,22 +413,3 @@ def error_result(job_id: str | None, kind: str, message: str) -> dict[str, Any]:
         "error": {"kind": kind, "message": message},
     }
 
-
-def result_keys() -> list[str]:
-    """Top-level keys of a successful result, in the order the runner writes them."""
-    return [
-        "protocol",
-        "job_id",
-        "status",
-        "runtime",
-        "facts",
-        "load_ms",
-        "first_inference_ms",
-        "warmup_iterations",
-        "warmup_stable",
-        "stop_reason",
-        "duration_s",
-        "samples_ns",
-        "outputs",
-        "outputs_sha256",
-    ]

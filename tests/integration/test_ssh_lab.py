@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -170,38 +171,25 @@ def test_three_devices_run_and_store_their_facts_and_a_second_run_uploads_nothin
     assert caplog.text.count("uploaded 0 bytes") >= 3
 
 
-def test_the_latency_suite_runs_unchanged_on_a_loopback_lab(shared_lab: LoopbackLab, tmp_path: Path) -> None:
-    db = tmp_path / "suite.sqlite"
+def _run_suites(lab: LoopbackLab, tmp_path: Path, target: Path, select: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run suites in a child pytest against the loopback lab (digits-cnn, --quick); its stdout and stored records."""
+    db = tmp_path / "suites.sqlite"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(REPO / "suites" / "test_latency.py"),
-            "--lab",
-            str(shared_lab.lab_file),
-            "--models",
-            "digits-cnn",
-            "--quick",
-            "--db",
-            str(db),
-            "-k",
-            "onnxruntime-fp32",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, "-m", "pytest", str(target), "--lab", str(lab.lab_file), "--models", "digits-cnn",
+         "--quick", "--db", str(db), "-k", select, "-q", "-p", "no:cacheprovider"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
         env={**os.environ, "EDGEBENCH_HOME": str(tmp_path / "home")},
-    )
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "3 passed" in done.stdout
     store = Store(db)
     records = store.results(store.resolve_run("latest"))
     store.close()
+    return done.stdout, records
+
+
+def test_the_latency_suite_runs_unchanged_on_a_loopback_lab(shared_lab: LoopbackLab, tmp_path: Path) -> None:
+    stdout, records = _run_suites(shared_lab, tmp_path, REPO / "suites" / "test_latency.py", "onnxruntime-fp32")
+    assert "3 passed" in stdout
     assert sorted(r["device"] for r in records) == ["loop-1", "loop-2", "loop-3"]
     assert all(r["valid"] for r in records)
 
@@ -213,36 +201,7 @@ def test_every_suite_runs_every_target_on_a_loopback_device(shared_lab: Loopback
     runtimes = {"onnxruntime", "openvino"}
     if (default_toolchain_dir() / "bin" / "python").is_file():
         runtimes.add("litert")  # LiteRT conversion needs its optional toolchain venv (.ci/setup installs it)
-    db = tmp_path / "suites.sqlite"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(REPO / "suites"),
-            "--lab",
-            str(shared_lab.lab_file),
-            "--models",
-            "digits-cnn",
-            "--quick",
-            "--db",
-            str(db),
-            "-k",
-            "loop-1",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "EDGEBENCH_HOME": str(tmp_path / "home")},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    store = Store(db)
-    records = store.results(store.resolve_run("latest"))
-    store.close()
+    _, records = _run_suites(shared_lab, tmp_path, REPO / "suites", "loop-1")
     latency = [r for r in records if r["kind"] == "latency" and r["backend"] in runtimes]
     robust = [r for r in records if r["kind"] == "robustness" and r["backend"] in runtimes]
     grid = {(r["backend"], r["precision"]) for r in latency if r["valid"] and r["status"] == "passed"}

@@ -126,3 +126,48 @@ def test_untested_here_needs_coral_board_runner_loads_the_libedgetpu_delegate(mo
     assert seen["experimental_delegates"] == [("delegate", "libedgetpu.so.1", {"device": "usb"})]
     assert seen["num_threads"] == 2
     assert session.describe()["delegates"] == ["edgetpu:libedgetpu.so.1"]
+
+
+def test_untested_here_needs_edgetpu_compiler_op_counts_reach_the_artifact_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path
+) -> None:
+    """A stand-in compiler prints the recorded log (the real one is not installable here); the counts it reports are
+    written beside the artifact, where the pipeline reads them into the result's ``edgetpu_compile`` metric."""
+    import sys
+
+    from harness.build.backends.edgetpu import compile_report
+    from harness.build.backends.litert import default_toolchain_dir
+
+    if not (default_toolchain_dir() / "bin" / "python").is_file():
+        pytest.skip("the Edge TPU build converts with LiteRT first, which needs the optional litert-torch toolchain")
+    from harness.build.backends.protocol import CompileRequest
+    from harness.build.export import OnnxModel
+
+    log = tmp_path / "log.txt"
+    log.write_text(PARTIAL)
+    fake = tmp_path / "edgetpu_compiler"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import pathlib, sys\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('-o') + 1])\n"
+        "(out / 'model_edgetpu.tflite').write_bytes(pathlib.Path(sys.argv[-1]).read_bytes())\n"
+        f"print(pathlib.Path({str(log)!r}).read_text())\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("EDGEBENCH_EDGETPU_COMPILER", str(fake))
+    import numpy as np
+
+    out = tmp_path / "out"
+    out.mkdir()
+    calibration = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    request = CompileRequest(
+        onnx=OnnxModel(tiny_onnx, "x", "x", "input", (1, 3, 16, 16)),
+        precision="int8",
+        out_dir=out,
+        calibration=calibration,
+        calibration_id="c",
+    )
+    artifact = get_backend("edgetpu").compile(request)
+    report = compile_report(artifact)
+    assert report is not None
+    assert report["ops_on_tpu"] == 68 and report["ops_on_cpu"] == 4 and report["fully_mapped"] is False
