@@ -22,6 +22,10 @@ from harness.measure.stats import summarize
 from harness.records import JobResult
 from harness.store import RunInfo
 
+# The README runs the tests as `.venv/bin/python -m pytest` without activating the venv: put the
+# interpreter's scripts (the `edgebench` console script) on PATH, as activation would.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
 TINY_SHAPE = (1, 3, 16, 16)
 TINY_CLASSES = 10
 TINY_EVAL_COUNT = 8
