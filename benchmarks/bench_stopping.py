@@ -20,6 +20,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -45,11 +46,17 @@ HARNESS_ROUNDS = 3
 SETTINGS = MeasureSettings(throttle_retries=0, max_duration_s=60.0)
 
 
-def _benchmark_app(xml: Path, shape: tuple[int, ...]) -> tuple[float, float, str]:
-    """(wall seconds, median latency ms, the command) of one benchmark_app run with its default duration."""
-    exe = shutil.which("benchmark_app")
+def _find_benchmark_app() -> str:
+    """benchmark_app beside this interpreter (an unactivated venv) or on PATH."""
+    beside = Path(sys.executable).parent / "benchmark_app"
+    exe = str(beside) if beside.is_file() else shutil.which("benchmark_app")
     if exe is None:
         pytest.skip("benchmark_app is not installed (it ships with the openvino pip package)")
+    return exe
+
+
+def _benchmark_app(exe: str, xml: Path, shape: tuple[int, ...]) -> tuple[float, float, str]:
+    """(wall seconds, median latency ms, the command) of one benchmark_app run with its default duration."""
     # The IR's batch is dynamic; the runner reshapes it to the latency input's batch of 1, so does this.
     argv = [exe, "-m", str(xml), "-d", "CPU", *LATENCY_AT_2_THREADS, "-infer_precision", "f32"]
     argv += ["-shape", "[" + ",".join(map(str, shape)) + "]"]
@@ -63,6 +70,7 @@ def _benchmark_app(xml: Path, shape: tuple[int, ...]) -> tuple[float, float, str
 
 
 def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) -> None:
+    exe = _find_benchmark_app()
     entry = load_catalog(Path("models"), "mobilenetv2-style")[0]
     device = Device(name="local", platform="generic-linux", transport="local", threads=THREADS)
     lab = Lab(name="stopping", devices=(device,))
@@ -84,7 +92,7 @@ def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) ->
     app_runs = []
     # harness, benchmark_app, harness, harness: drift lands on both sides.
     harness_run()
-    app_runs.append(_benchmark_app(ir / "model.xml", job.input_shape))
+    app_runs.append(_benchmark_app(exe, ir / "model.xml", job.input_shape))
     benchmark.pedantic(harness_run, rounds=HARNESS_ROUNDS - 1, iterations=1)
     pipeline.finish()
 

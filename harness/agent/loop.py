@@ -77,7 +77,7 @@ def converged(samples: list[int], stop: StopSpec) -> bool:
         upper = placed[min(base + 1, n - 1)]
         value = float(placed[base] + (position - base) * (upper - placed[base]))
         low, high = float(placed[lo - 1]), float(placed[hi - 1])
-        if value <= 0 or max(value - low, high - value) / value > stop.max_half_width:
+        if value <= 0 or (high - low) / 2.0 / value > stop.max_half_width:
             return False
     return True
 
@@ -127,10 +127,12 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
             return samples, "time_cap", elapsed
         if elapsed >= stop.min_duration_s and converged(samples, stop):
             return samples, "converged", elapsed
-        # Check again after ~10% more samples, or sooner if the minimum duration is near.
+        # Check again after ~2% more samples (a check costs well under a millisecond at 1e4 samples, and
+        # a coarser step overshoots: at 10% a 4,000-sample run measured up to 400 samples too many), or
+        # at the minimum duration if that is further.
         rate = len(samples) / max(elapsed, 1e-9)
         until_min = max(stop.min_duration_s - elapsed, 0.0) * rate
-        next_check = len(samples) + max(int(max(len(samples) * 0.1, until_min)), 50)
+        next_check = len(samples) + max(int(max(len(samples) * 0.02, until_min)), 50)
 
 
 def preprocess(images: np.ndarray, spec: JobSpec | InputSpec) -> np.ndarray:

@@ -234,7 +234,12 @@ def summarize(
 
 
 def half_width_ratio(p: PercentileEstimate) -> float | None:
-    """The stop rule's precision: ``max(value - lo, hi - value) / value``; None without an interval."""
+    """The stop rule's precision: the interval's half-width over the estimate, ``(hi - lo) / 2 / value``.
+
+    Half the interval's width, as in "P99 = 3.6 ms +- 5%". A tail percentile's interval is asymmetric
+    (the upper order statistic sits further out), so the reported interval keeps both ends; the rule
+    does not demand that the wider side alone be within target. None without an interval.
+    """
     if p.ci_low_ms is None or p.ci_high_ms is None:
         return None
-    return max(p.value_ms - p.ci_low_ms, p.ci_high_ms - p.value_ms) / p.value_ms
+    return (p.ci_high_ms - p.ci_low_ms) / 2.0 / p.value_ms

@@ -258,9 +258,9 @@ def test_milliseconds_from_nanoseconds() -> None:
 # --- the precision the stop rule reads --------------------------------------------------------------------
 
 
-def test_half_width_ratio_reads_the_wider_side() -> None:
+def test_half_width_ratio_is_half_the_interval_over_the_estimate() -> None:
     p = PercentileEstimate(0.5, 10.0, 9.0, 10.5, valid=True, reason=None)
-    assert half_width_ratio(p) == pytest.approx(0.1)
+    assert half_width_ratio(p) == pytest.approx(0.075)
     short = summarize(_lognormal_ns(np.random.default_rng(1), 100))
     assert half_width_ratio(short.p99) is None
 
