@@ -258,6 +258,13 @@ class Pipeline:
                     jobs.extend(Job(model, v, device, kind) for v in variants)
         return jobs
 
+    def timing_spec(self, device: Device) -> dict[str, Any]:
+        """The spec's measurement part for a device: settings plus its platform profile's telemetry readers."""
+        spec = self.settings.spec()
+        readers = load_platform(device.platform).telemetry.readers()
+        spec["thermal"] = {**spec["thermal"], "readers": [r.spec() for r in readers]}
+        return spec
+
     # ---- build ------------------------------------------------------------------------------
     def agent_bundle(self) -> tuple[Path, str]:
         if self._bundle is None:
@@ -441,7 +448,7 @@ class Pipeline:
             **deployed.spec,
             "eval": eval_sets,
             "outputs": outputs_remote,
-            **self.settings.spec(),
+            **self.timing_spec(device),
             **timing,
         }
         for command in device.setup:

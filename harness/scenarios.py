@@ -29,7 +29,7 @@ from .analyse import stability_metrics
 from .errors import CapabilityMissing, ConfigError, RunnerError
 from .measure.stats import LatencySummary, summarize
 from .measure.throttle import assess_throttle, throttle_metrics
-from .pipeline import DeviceLink, MeasureSettings, Pipeline, now
+from .pipeline import DeviceLink, Pipeline, now
 from .records import Job, JobResult
 
 __all__ = [
@@ -191,8 +191,8 @@ class _Runner:
         return raw
 
 
-def _timing(settings: MeasureSettings) -> dict[str, Any]:
-    spec = settings.spec()
+def _timing(pipeline: Pipeline, job: Job) -> dict[str, Any]:
+    spec = pipeline.timing_spec(job.device)
     out = {k: spec[k] for k in ("stop", "warmup", "thermal", "batch")}
     if "cpus" in spec:
         out["cpus"] = spec["cpus"]
@@ -293,7 +293,7 @@ def run_interleaved(
         "variants": variants,
         "block": block,
         "seed": seed,
-        **_timing(pipeline.settings),
+        **_timing(pipeline, jobs[0]),
     }
     raw = runner.call("interleave", spec)
     by_name = {v["name"]: v for v in raw["variants"]}
@@ -365,7 +365,7 @@ def _separate_processes(
     for i in range(processes):
         order = list(prepared) if i % 2 == 0 else list(reversed(prepared))
         for p in order:
-            spec = {"protocol": 1, "job_id": p.job.id, "variants": [p.spec], "seed": seed, **_timing(pipeline.settings)}
+            spec = {"protocol": 1, "job_id": p.job.id, "variants": [p.spec], "seed": seed, **_timing(pipeline, p.job)}
             raw = runner.call("interleave", spec)
             samples[p.job.id].append(np.asarray(raw["variants"][0]["samples_ns"], dtype=np.int64))
             reasons[p.job.id].append(str(raw["stop_reason"]))

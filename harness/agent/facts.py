@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read().strip()
@@ -23,7 +23,7 @@ def _read(path: str) -> str | None:
 
 
 def _cpu_model() -> str | None:
-    text = _read("/proc/cpuinfo")
+    text = read_text("/proc/cpuinfo")
     if text:
         for line in text.splitlines():
             key, _, value = line.partition(":")
@@ -41,7 +41,7 @@ def _cpu_model() -> str | None:
 
 
 def _memory_mb() -> int | None:
-    text = _read("/proc/meminfo")
+    text = read_text("/proc/meminfo")
     if text:
         for line in text.splitlines():
             if line.startswith("MemTotal:"):
@@ -53,7 +53,7 @@ def cpu_frequencies_mhz() -> list[float | None]:
     """Current frequency of each CPU from cpufreq, in MHz (empty where cpufreq is absent)."""
     freqs: list[float | None] = []
     for path in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")):
-        value = _read(path)
+        value = read_text(path)
         freqs.append(int(value) / 1000.0 if value and value.isdigit() else None)
     return freqs
 
@@ -62,12 +62,12 @@ def temperatures_c() -> dict[str, float]:
     """Every Linux thermal zone and the Coral Apex sensor, in degrees Celsius."""
     temps: dict[str, float] = {}
     for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
-        raw = _read(os.path.join(zone, "temp"))
-        kind = _read(os.path.join(zone, "type")) or os.path.basename(zone)
+        raw = read_text(os.path.join(zone, "temp"))
+        kind = read_text(os.path.join(zone, "type")) or os.path.basename(zone)
         if raw and raw.lstrip("-").isdigit():
             temps[kind] = int(raw) / 1000.0
     for apex in sorted(glob.glob("/sys/class/apex/apex_*/temp")):
-        raw = _read(apex)
+        raw = read_text(apex)
         if raw and raw.isdigit():
             temps[apex.split("/")[-2]] = int(raw) / 1000.0
     return temps
@@ -94,7 +94,7 @@ def collect() -> dict[str, Any]:
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "numpy": numpy_version,
-        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cpu_governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "cpu_freq_mhz": cpu_frequencies_mhz(),
         "temperatures_c": temperatures_c(),
     }

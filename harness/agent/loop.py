@@ -18,6 +18,7 @@ import numpy as np
 
 from . import thermal
 from .protocol import InputSpec, JobSpec, StopSpec, ThermalSpec, WarmupSpec
+from .telemetry import Probes
 
 perf_ns = time.perf_counter_ns
 
@@ -184,10 +185,14 @@ class Watch:
     def __init__(self, spec: ThermalSpec) -> None:
         self.spec = spec
         self.origin = time.monotonic()
-        self.before = thermal.reading(self.origin)
+        # Streaming tools (tegrastats) need a moment to print their first record: start them before
+        # the calibration workload, whose ~70 ms covers that wait.
+        self.probes = Probes(spec.readers)
+        self.probes.start()
         self.size = thermal.calibration_size(spec.calibration_ms) if spec.calibration_reps > 0 else 0
         self.calibration_before = thermal.calibrate(self.size, spec.calibration_reps)
-        self.sampler = thermal.Sampler(spec.interval_s, self.origin).__enter__()
+        self.before = thermal.reading(self.origin, self.probes)
+        self.sampler = thermal.Sampler(spec.interval_s, self.origin, self.probes).__enter__()
 
     def finish(self) -> dict[str, Any]:
         """Stop sampling, time the calibration again and return the raw record (facts, not conclusions)."""
@@ -198,12 +203,17 @@ class Watch:
         if self.spec.calibration_reps > 0:
             time.sleep(0.25)
         calibration_after = thermal.calibrate(self.size, self.spec.calibration_reps)
+        after = thermal.reading(self.origin, self.probes)
+        self.probes.stop()
         return {
             "thermal": {
                 "interval_s": self.spec.interval_s,
                 "before": self.before,
                 "during": self.sampler.samples,
-                "after": thermal.reading(self.origin),
+                "after": after,
+                "readers": [r.label for r in self.spec.readers],
+                "reader_records": self.probes.records(),
+                "reader_errors": self.probes.errors(),
             },
             "calibration": {
                 "iterations": self.size,

@@ -41,17 +41,37 @@ class StopSpec:
 
 
 @dataclass(frozen=True)
+class ProbeSpec:
+    """One telemetry reader of the device's platform profile: a sysfs glob, or a streaming command."""
+
+    kind: str  # sysfs | command
+    label: str
+    unit: str  # C | MHz | mW | W | %
+    path: str | None = None
+    name_file: str | None = None
+    scale: float = 1.0
+    command: tuple[str, ...] | None = None
+    parser: str | None = None  # tegrastats | powermetrics
+    needs_root: bool = False
+
+
+PARSER_NAMES = ("tegrastats", "powermetrics")
+
+
+@dataclass(frozen=True)
 class ThermalSpec:
     """Clock and temperature sampling around the timed loop, and the calibration workload.
 
     ``interval_s`` 0 turns the background sampler off; ``calibration_reps`` 0 skips the calibration
     workload (a fixed busy loop timed before warm-up and after the timed loop, sized on the device to
-    about ``calibration_ms`` per repetition).
+    about ``calibration_ms`` per repetition). ``readers`` are the platform profile's telemetry
+    sources; none means the built-in ones (Linux thermal zones, cpufreq, the Coral Apex sensor).
     """
 
     interval_s: float = 0.5
     calibration_reps: int = 7
     calibration_ms: float = 10.0
+    readers: tuple[ProbeSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,10 +156,37 @@ def _type_ok(value: Any, annotation: str) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if base == "str":
         return isinstance(value, str)
+    if base == "bool":
+        return isinstance(value, bool)
     if base.startswith("tuple["):
-        item = "int" if base.startswith("tuple[int") else "float"
+        item = base[len("tuple[") :].split(",")[0].rstrip("]")
         return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
     return True
+
+
+def _thermal(obj: Any, where: str = "thermal") -> ThermalSpec:
+    """The thermal part of a spec, with its telemetry readers checked one by one."""
+    if not isinstance(obj, dict) or "readers" not in obj:
+        return _sub(ThermalSpec, obj, where)  # type: ignore[no-any-return]
+    readers = obj["readers"]
+    if not isinstance(readers, list):
+        raise SpecError(f"job spec: {where}.readers must be a list, got {type(readers).__name__}")
+    probes = []
+    for i, reader in enumerate(readers):
+        probe = _sub(ProbeSpec, reader, f"{where}.readers[{i}]")
+        if probe.kind == "sysfs" and not probe.path:
+            raise SpecError(f"job spec: {where}.readers[{i}] is a sysfs reader without a path")
+        if probe.kind == "command" and (not probe.command or probe.parser not in PARSER_NAMES):
+            raise SpecError(
+                f"job spec: {where}.readers[{i}] needs a command and a parser ({', '.join(PARSER_NAMES)}), "
+                f"got parser {probe.parser!r}"
+            )
+        if probe.kind not in ("sysfs", "command"):
+            raise SpecError(f"job spec: {where}.readers[{i}].kind must be sysfs or command, got {probe.kind!r}")
+        probes.append(probe)
+    rest = {k: v for k, v in obj.items() if k != "readers"}
+    spec: ThermalSpec = _sub(ThermalSpec, rest, where)
+    return ThermalSpec(spec.interval_s, spec.calibration_reps, spec.calibration_ms, tuple(probes))
 
 
 def _sub(cls: Any, obj: Any, where: str) -> Any:
@@ -203,7 +250,7 @@ def parse_job(obj: Any) -> JobSpec:
         stop=_sub(StopSpec, obj.get("stop"), "stop"),
         eval_sets=tuple(_sub(EvalSet, e, f"eval[{i}]") for i, e in enumerate(eval_list)),
         eval_batch=eval_batch,
-        thermal=_sub(ThermalSpec, obj.get("thermal"), "thermal"),
+        thermal=_thermal(obj.get("thermal")),
         cpus=cpus,
         batch=batch,
     )
@@ -332,7 +379,7 @@ def parse_interleave(obj: Any) -> InterleaveSpec:
         block=_positive_int(obj, "block", 25),
         block_warmup=_positive_int(obj, "block_warmup", 2, minimum=0),
         seed=_positive_int(obj, "seed", 0, minimum=0),
-        thermal=_sub(ThermalSpec, obj.get("thermal"), "thermal"),
+        thermal=_thermal(obj.get("thermal")),
         cpus=cpus,
         batch=batch,
     )

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from . import facts
+from .telemetry import Probes
 
 perf_ns = time.perf_counter_ns
 
@@ -50,21 +50,23 @@ def _own_jiffies() -> int | None:
     return int(rest[11]) + int(rest[12])
 
 
-def reading(origin: float) -> dict[str, Any]:
-    """One snapshot: seconds since ``origin`` (a time.monotonic value), temperatures and clocks."""
-    return {
-        "t_s": round(time.monotonic() - origin, 3),
-        "temperatures_c": facts.temperatures_c(),
-        "cpu_freq_mhz": facts.cpu_frequencies_mhz(),
-    }
+def reading(origin: float, probes: Probes | None = None) -> dict[str, Any]:
+    """One snapshot: seconds since ``origin`` (a time.monotonic value), temperatures, clocks, power.
+
+    ``probes`` are the platform profile's readers (see ``telemetry``); without them, the built-in
+    Linux thermal zones and cpufreq files.
+    """
+    out: dict[str, Any] = {"t_s": round(time.monotonic() - origin, 3)}
+    return (probes or Probes(())).read(out)
 
 
 class Sampler:
     """Reads clocks, temperatures and other processes' CPU share every ``interval_s`` on a daemon thread."""
 
-    def __init__(self, interval_s: float, origin: float) -> None:
+    def __init__(self, interval_s: float, origin: float, probes: Probes | None = None) -> None:
         self.interval_s = interval_s
         self.origin = origin
+        self.probes = probes
         self.samples: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,7 +87,7 @@ class Sampler:
         return round(min(max(foreign / total, 0.0), 1.0), 3)
 
     def _sample(self) -> None:
-        sample = reading(self.origin)
+        sample = reading(self.origin, self.probes)
         sample["foreign_cpu"] = self._foreign_share()
         self.samples.append(sample)
 

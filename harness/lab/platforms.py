@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,11 +46,42 @@ class Reader(Strict):
             raise ValueError("a command reader needs command: [argv...] and parser: (tegrastats or powermetrics)")
         return self
 
+    def spec(self) -> dict[str, Any]:
+        """This reader as the runner's ``thermal.readers`` entry (harness.agent.protocol.ProbeSpec)."""
+        out: dict[str, Any] = self.model_dump(exclude_none=True)
+        if self.command is not None:
+            out["command"] = list(self.command)
+        return out
+
 
 class Telemetry(Strict):
+    """Where a platform's temperatures, clocks and power are read; sampled around every timed loop."""
+
     temperatures: tuple[Reader, ...] = ()
     clocks: tuple[Reader, ...] = ()
     power: tuple[Reader, ...] = ()
+
+    @model_validator(mode="after")
+    def _units_fit(self) -> Telemetry:
+        for group, units in (("temperatures", ("C",)), ("clocks", ("MHz",)), ("power", ("mW", "W", "%"))):
+            for reader in getattr(self, group):
+                if reader.kind == "sysfs" and reader.unit not in units:
+                    raise ValueError(
+                        f"{group}: reader {reader.label!r} has unit {reader.unit}; use {' or '.join(units)}"
+                    )
+        return self
+
+    def readers(self) -> tuple[Reader, ...]:
+        """Every reader, each command once (tegrastats reports temperatures, clocks and power in one stream)."""
+        out: list[Reader] = []
+        seen: set[tuple[str, ...]] = set()
+        for reader in (*self.temperatures, *self.clocks, *self.power):
+            if reader.command is not None:
+                if reader.command in seen:
+                    continue
+                seen.add(reader.command)
+            out.append(reader)
+        return tuple(out)
 
 
 class PlatformProfile(Strict):

@@ -1,15 +1,19 @@
 """Was the device throttled or contended during a run: clocks, temperatures and a calibration workload.
 
 Pure: takes the thermal record and calibration times the runner reports among a result's facts and
-returns a verdict. Three independent signs, any of which makes a run's numbers describe a device
+returns a verdict. Four independent signs, any of which makes a run's numbers describe a device
 that changed under the measurement:
 
 - the calibration workload (a fixed busy loop timed before warm-up and after the timed loop; the
   AndroidX benchmark library's check) took more than ``max_slowdown`` longer afterwards. Sensors
   need not exist for this one: it sees throttled clocks and a CPU shared with another process alike;
-- a CPU clock fell more than ``max_freq_drop`` below where it started while the loop ran;
-- a thermal zone rose more than ``max_temp_rise_c``: a run that warms a device that much did not
+- a CPU or GPU clock fell more than ``max_freq_drop`` below where it started while the loop ran;
+- a temperature rose more than ``max_temp_rise_c``: a run that warms a device that much did not
   reach thermal steady state, so its early and late iterations measured different machines;
+- macOS reported a thermal pressure level above nominal (powermetrics' only thermal signal there);
+
+The readings come from the platform profile's readers (sysfs files, tegrastats, powermetrics);
+their mean power per rail is summarised beside the verdict, as evidence, not as a sign.
 
 and one sign of contention, kept apart: other processes used more than ``max_foreign_cpu`` of all
 CPU time on average while the loop ran. A throttled job is cooled down and retried (cooling helps a
@@ -82,21 +86,49 @@ def _freqs(reading: Mapping[str, Any]) -> list[float | None]:
     return [float(f) if isinstance(f, (int, float)) else None for f in reading.get("cpu_freq_mhz") or []]
 
 
-def _freq_drop(before: Mapping[str, Any], during: Sequence[Mapping[str, Any]]) -> tuple[float | None, int | None]:
-    """Largest fall of one CPU's clock during the loop below max(before, first sample); (fraction, cpu)."""
+def _is_gpu_clock(name: str) -> bool:
+    return name == "gr3d" or name.startswith("gpu")
+
+
+def _clocks(reading: Mapping[str, Any]) -> dict[str, float | None]:
+    """The clocks judged for throttling: each CPU (CPU0, CPU1, ...) and the GPU's, by name.
+
+    Other engines a tool reports (tegrastats' EMC, VIC, NVENC) scale with their own idle demand, so a
+    fall there says nothing about the model's speed and would only raise false alarms.
+    """
+    out: dict[str, float | None] = {f"CPU{i}": f for i, f in enumerate(_freqs(reading))}
+    for name, value in (reading.get("clocks_mhz") or {}).items():
+        if _is_gpu_clock(str(name)) and isinstance(value, (int, float)):
+            out[str(name).upper()] = float(value)
+    return out
+
+
+def _freq_drop(before: Mapping[str, Any], during: Sequence[Mapping[str, Any]]) -> tuple[float | None, str | None]:
+    """Largest fall of one clock during the loop below max(before, first sample); (fraction, clock)."""
     if not during:
         return None, None
-    start = [_freqs(before), _freqs(during[0])]
-    worst, worst_cpu = None, None
-    for cpu in range(max(len(f) for f in start)):
-        ref_values = [v for v in (f[cpu] for f in start if cpu < len(f)) if v]
-        low_values = [v for v in (f[cpu] for f in map(_freqs, during) if cpu < len(f)) if v]
+    start = [_clocks(before), _clocks(during[0])]
+    lows = [_clocks(d) for d in during]
+    worst, worst_clock = None, None
+    for clock in dict.fromkeys(k for s in start for k in s):
+        ref_values = [v for v in (s.get(clock) for s in start) if v]
+        low_values = [v for v in (d.get(clock) for d in lows) if v]
         if not ref_values or not low_values:
             continue
         drop = 1.0 - min(low_values) / max(ref_values)
         if worst is None or drop > worst:
-            worst, worst_cpu = drop, cpu
-    return worst, worst_cpu
+            worst, worst_clock = drop, clock
+    return worst, worst_clock
+
+
+def _mean_power(readings: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean of each power rail over the readings (mW), where the platform reports power."""
+    sums: dict[str, list[float]] = {}
+    for reading in readings:
+        for rail, value in (reading.get("power_mw") or {}).items():
+            if isinstance(value, (int, float)):
+                sums.setdefault(str(rail), []).append(float(value))
+    return {rail: round(float(np.mean(values)), 1) for rail, values in sums.items()}
 
 
 def _max_temperatures(readings: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -133,9 +165,9 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
                 f"(limit {limits.max_slowdown * 100:g}%)"
             )
 
-    drop, cpu = _freq_drop(before, during)
+    drop, clock = _freq_drop(before, during)
     if drop is not None and drop > limits.max_freq_drop:
-        reasons.append(f"CPU{cpu} clock fell {drop * 100:.0f}% during the run (limit {limits.max_freq_drop * 100:g}%)")
+        reasons.append(f"{clock} clock fell {drop * 100:.0f}% during the run (limit {limits.max_freq_drop * 100:g}%)")
 
     start = _temperature_state(before)
     hottest = _max_temperatures([before, *during, after])
@@ -147,6 +179,12 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
             f"{rise_zone} rose {rise:.1f} C during the run (limit {limits.max_temp_rise_c:g} C): "
             "not at thermal steady state"
         )
+
+    pressure = [str(d["thermal_pressure"]) for d in [before, *during, after] if d.get("thermal_pressure")]
+    raised = sorted({p for p in pressure if p.lower() != "nominal"})
+    if raised:
+        # macOS reports no temperatures to a user process; its thermal pressure level is the throttle signal.
+        reasons.append(f"thermal pressure {', '.join(raised)} during the run (powermetrics; nominal expected)")
 
     shares = [float(s["foreign_cpu"]) for s in during if isinstance(s.get("foreign_cpu"), (int, float))]
     foreign = float(np.mean(shares)) if shares else None
@@ -163,7 +201,12 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
         "max": {"temperatures_c": hottest},
         "samples": len(during),
         "foreign_cpu_max": max(shares) if shares else None,
+        "power_mw": _mean_power(during),
+        "readers": list(thermal.get("readers") or []),
+        "reader_errors": list(thermal.get("reader_errors") or []),
     }
+    if pressure:
+        summary["thermal_pressure"] = sorted(set(pressure))
     return ThrottleVerdict(
         throttled=bool(reasons),
         reasons=tuple(reasons),
@@ -195,6 +238,8 @@ def throttle_metrics(metrics: Mapping[str, Any], attempts: Sequence[ThrottleVerd
         "foreign_cpu": last.foreign_cpu,
         "competing_load": last.contention,
         "thermal": dict(last.thermal),
+        "power_mw": dict(last.thermal.get("power_mw") or {}) or None,
+        "telemetry_errors": list(last.thermal.get("reader_errors") or []),
     }
     reasons = [f"throttled: {r}" for r in last.reasons] + ([last.contention] if last.contention else [])
     if reasons:

@@ -63,6 +63,94 @@ def test_a_latency_result_reports_thermals_throttling_and_where_it_ran(
     assert isinstance(row["calibration_slowdown"], float)
 
 
+def _profile_with_telemetry(directory: Path, sysfs: Path, tool: Path) -> Path:
+    """A generic-linux profile whose telemetry is a fake sysfs tree and a stand-in tegrastats."""
+    directory.mkdir()
+    (directory / "generic-linux.yaml").write_text(
+        "schema_version: 1\nname: generic-linux\nruntimes: {onnxruntime: [fp32]}\nthreads: [1]\ntelemetry:\n"
+        f"  temperatures:\n    - {{kind: sysfs, label: zone, unit: C, path: '{sysfs}/thermal_zone*/temp',"
+        " name_file: type, scale: 0.001}\n"
+        f"  power:\n    - {{kind: command, label: rails, unit: mW, command: ['{tool}', --interval, '20'],"
+        " parser: tegrastats}\n",
+        encoding="utf-8",
+    )
+    return directory
+
+
+def test_the_platform_profile_telemetry_is_sampled_and_a_hot_run_is_marked_throttled(
+    edgebench_env: Path,
+    tiny_catalog: Path,
+    local_lab: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The runner reads the profile's readers: a sysfs zone and a stand-in for tegrastats (no Jetson here)
+    whose GPU temperature climbs 1 C per line, 20 ms apart: the run ends far from thermal steady state."""
+    import sys
+
+    zone = edgebench_env / "sysfs" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("38000\n")
+    (zone / "type").write_text("board-thermal\n")
+    tool = edgebench_env / "tegrastats"
+    tool.write_text(
+        f"#!{sys.executable}\nimport time\n"
+        "for i in range(100000):\n"
+        "    print('RAM 1/2MB CPU [5%%@1190,7%%@1190] GR3D_FREQ 40%%@[612] GPU@%.1fC tj@40C '\n"
+        "          'VDD_IN 5000mW/5000mW VDD_CPU_GPU_CV 1800mW/1800mW' % (30.0 + i), flush=True)\n"
+        "    time.sleep(0.02)\n",
+        encoding="utf-8",
+    )
+    tool.chmod(0o755)
+    profiles = _profile_with_telemetry(edgebench_env / "platforms", zone.parent, tool)
+    monkeypatch.setenv("EDGEBENCH_PLATFORMS", str(profiles))
+    settings = MeasureSettings(
+        min_iterations=400, min_duration_s=1.0, max_duration_s=3.0, throttle_retries=0, calibration_reps=3,
+        thermal_interval_s=0.1,
+    )
+    pipeline = make_pipeline(edgebench_env, tiny_catalog, local_lab, settings)
+    result = pipeline.run_job(pipeline.plan()[0])
+    pipeline.finish()
+
+    thermal = result.facts["thermal"]
+    assert thermal["readers"] == ["zone", "rails"] and thermal["reader_errors"] == []
+    assert thermal["reader_records"]["rails"] > 10
+    during = thermal["during"]
+    assert all(d["temperatures_c"]["board_thermal"] == 38.0 for d in during)
+    assert during[-1]["temperatures_c"]["gpu"] > during[0]["temperatures_c"]["gpu"]
+    assert during[-1]["cpu_freq_mhz"] == [1190.0, 1190.0] and during[-1]["clocks_mhz"]["gr3d"] == 612.0
+
+    row = next(r for r in json_results(edgebench_env, capsys) if r["job_id"] == result.job_id)
+    assert row["throttled"] is True and row["unstable"] is True
+    reason = row["throttle_reasons"][0]
+    assert reason.startswith("gpu rose ") and "not at thermal steady state" in reason
+    assert row["power_mw"] == {"VDD_IN": 5000.0, "VDD_CPU_GPU_CV": 1800.0}
+    assert row["telemetry_errors"] == []
+    assert "(unstable: gpu rose" in row["message"]
+
+
+def test_a_profile_reader_that_cannot_run_is_reported_and_the_job_still_measures(
+    edgebench_env: Path,
+    tiny_catalog: Path,
+    local_lab: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = edgebench_env / "no-such-tegrastats"
+    monkeypatch.setenv(
+        "EDGEBENCH_PLATFORMS",
+        str(_profile_with_telemetry(edgebench_env / "platforms", edgebench_env / "no-sysfs", missing)),
+    )
+    pipeline = make_pipeline(edgebench_env, tiny_catalog, local_lab, FAST)
+    result = pipeline.run_job(pipeline.plan()[0])
+    pipeline.finish()
+    assert result.status == "passed", result.message
+    row = json_results(edgebench_env, capsys)[0]
+    assert row["telemetry_errors"][0] == f"zone: nothing matches {edgebench_env}/no-sysfs/thermal_zone*/temp"
+    assert row["telemetry_errors"][1].startswith(f"rails: cannot start {missing}")
+    assert row["power_mw"] is None
+
+
 def test_pinning_and_batch_reach_the_runner(edgebench_env: Path, tiny_catalog: Path, local_lab: Path) -> None:
     import os
 

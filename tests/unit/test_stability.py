@@ -142,7 +142,8 @@ def test_stop_decision_agrees_with_the_reported_intervals(
 def test_the_runner_stops_exactly_when_the_host_rule_would(n: int, sigma: float, seed: int, target: float) -> None:
     # The on-device runner carries its own copy of the rule (no scipy there); the two must not drift apart.
     samples = _steady(n, seed=seed, sigma=sigma)
-    host = stop_decision(samples, elapsed_s=1.0, rule=StopRule(max_half_width=target, min_iterations=0, min_duration_s=0.0))
+    rule = StopRule(max_half_width=target, min_iterations=0, min_duration_s=0.0)
+    host = stop_decision(samples, elapsed_s=1.0, rule=rule)
     assert runner_converged(samples.tolist(), StopSpec(max_half_width=target)) == (host == "converged")
 
 

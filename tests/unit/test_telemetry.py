@@ -1,0 +1,274 @@
+"""Platform telemetry: tegrastats / powermetrics parsing, sysfs probes, streaming command probes, the spec.
+
+The tegrastats and powermetrics lines here follow the formats NVIDIA's tegrastats documentation and
+Apple's powermetrics(1) describe (neither tool exists on this machine); the command probes run a
+stand-in script that prints such lines, since the real tools need a Jetson or a Mac.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.agent.protocol import ProbeSpec, SpecError, ThermalSpec, _thermal
+from harness.agent.telemetry import CommandProbe, Probes, parse_powermetrics, parse_tegrastats
+from harness.lab.platforms import load_platform
+from harness.measure.throttle import assess_throttle
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Jetson AGX Orin, JetPack 6 (absent sensors read -256C; rails are instant/average mW).
+ORIN = (
+    "12-01-2026 07:40:12 RAM 5523/30593MB (lfb 5x4MB) SWAP 0/15296MB (cached 0MB) "
+    "CPU [12%@1190,8%@1190,3%@1190,0%@1190,off,off,off,off] EMC_FREQ 0%@2133 GR3D_FREQ 45%@[612,612] "
+    "VIC_FREQ 729 APE 174 CV0@-256C CPU@47.5C SOC2@44.1C SOC0@45.3C CV1@-256C GPU@44.5C tj@47.5C "
+    "SOC1@45.1C CV2@-256C VDD_GPU_SOC 3182mW/3100mW VDD_CPU_CV 795mW/780mW VIN_SYS_5V0 3319mW/3300mW "
+    "VDDQ_VDD2_1V8AO 503mW/500mW"
+)
+# Jetson Nano / TX1 era: one clock for all cores, rails without units.
+NANO = (
+    "RAM 1766/3964MB (lfb 197x4MB) SWAP 0/2048MB (cached 0MB) cpu [24%,15%,off,10%]@1224 EMC_FREQ 0% "
+    "GR3D_FREQ 3%@76 PLL@21C CPU@25C PMIC@100C GPU@23.5C AO@33.5C thermal@24.5C POM_5V_IN 2545/2547 "
+    "POM_5V_GPU 0/0 POM_5V_CPU 549/529"
+)
+# Apple silicon, `powermetrics --samplers cpu_power,gpu_power,ane_power,thermal -i 500`: one sample.
+MAC = """
+**** Processor usage ****
+
+E-Cluster HW active frequency: 1020 MHz
+E-Cluster HW active residency:  18.32% (600 MHz:  71% 972 MHz: 5.1%)
+P-Cluster HW active frequency: 3228 MHz
+P-Cluster HW active residency:  41.03% (660 MHz:   0% 3228 MHz: 100%)
+
+CPU Power: 4213 mW
+GPU Power: 56 mW
+ANE Power: 0 mW
+Combined Power (CPU + GPU + ANE): 4269 mW
+
+**** GPU usage ****
+
+GPU HW active frequency: 389 MHz
+GPU HW active residency:   3.12% (389 MHz: 3.1% 486 MHz:   0%)
+GPU Power: 56 mW
+
+**** Thermal pressure ****
+
+Current pressure level: Nominal
+"""
+
+
+def test_tegrastats_orin_line_gives_temperatures_clocks_and_rails() -> None:
+    r = parse_tegrastats(ORIN)
+    assert r["temperatures_c"] == {
+        "cpu": 47.5,
+        "soc2": 44.1,
+        "soc0": 45.3,
+        "gpu": 44.5,
+        "tj": 47.5,
+        "soc1": 45.1,
+    }  # the -256C sensors (CV0..CV2 are off) are left out, not read as a 300 C drop
+    assert r["cpu_freq_mhz"] == [1190.0] * 4 + [None] * 4
+    assert r["clocks_mhz"]["gr3d"] == 612.0 and r["clocks_mhz"]["emc"] == 2133.0
+    assert r["power_mw"] == {
+        "VDD_GPU_SOC": 3182.0,
+        "VDD_CPU_CV": 795.0,
+        "VIN_SYS_5V0": 3319.0,
+        "VDDQ_VDD2_1V8AO": 503.0,
+    }
+
+
+def test_tegrastats_older_format_one_clock_for_all_cores() -> None:
+    r = parse_tegrastats(NANO)
+    assert r["cpu_freq_mhz"] == [1224.0, 1224.0, None, 1224.0]
+    assert r["clocks_mhz"]["gr3d"] == 76.0
+    assert r["temperatures_c"]["gpu"] == 23.5 and r["temperatures_c"]["pmic"] == 100.0
+    assert r["power_mw"]["POM_5V_IN"] == 2545.0
+
+
+def test_tegrastats_garbage_is_an_empty_reading_not_an_error() -> None:
+    r = parse_tegrastats("tegrastats: unknown option -- x")
+    assert r == {"temperatures_c": {}, "cpu_freq_mhz": [], "clocks_mhz": {}, "power_mw": {}}
+
+
+def test_powermetrics_sample_gives_power_clocks_and_pressure() -> None:
+    r = parse_powermetrics(MAC)
+    assert r["power_mw"] == {"cpu": 4213.0, "gpu": 56.0, "ane": 0.0, "combined_cpu_gpu_ane": 4269.0}
+    assert r["clocks_mhz"] == {"e_cluster": 1020.0, "p_cluster": 3228.0, "gpu": 389.0}
+    assert r["thermal_pressure"] == "Nominal"
+
+
+def test_powermetrics_on_an_intel_mac_reads_package_watts_and_die_temperature() -> None:
+    r = parse_powermetrics(
+        "Intel energy model derived package power (CPUs+GT+SA): 3.20W\nCPU die temperature: 65.3 C\n"
+    )
+    assert r["power_mw"] == {"package": pytest.approx(3200.0)}
+    assert r["temperatures_c"] == {"cpu": 65.3}
+
+
+def _sysfs(tmp_path: Path) -> Path:
+    for i, (kind, milli) in enumerate([("cpu-thermal", 41000), ("gpu-thermal", 39500), ("cpu-thermal", 40000)]):
+        zone = tmp_path / f"thermal_zone{i}"
+        zone.mkdir()
+        (zone / "temp").write_text(f"{milli}\n")
+        (zone / "type").write_text(kind + "\n")
+    for cpu, khz in [(0, 1800000), (1, 1200000), (10, 900000)]:
+        freq = tmp_path / f"cpu{cpu}" / "cpufreq"
+        freq.mkdir(parents=True)
+        (freq / "scaling_cur_freq").write_text(f"{khz}\n")
+    apex = tmp_path / "apex_0"
+    apex.mkdir()
+    (apex / "temp").write_text("52000\n")
+    return tmp_path
+
+
+def test_sysfs_probes_scale_name_and_order_their_files(tmp_path: Path) -> None:
+    root = _sysfs(tmp_path)
+    probes = Probes(
+        [
+            ProbeSpec("sysfs", "zone", "C", path=f"{root}/thermal_zone*/temp", name_file="type", scale=0.001),
+            ProbeSpec("sysfs", "apex", "C", path=f"{root}/apex_*/temp", scale=0.001),
+            ProbeSpec("sysfs", "cpu", "MHz", path=f"{root}/cpu*/cpufreq/scaling_cur_freq", scale=0.001),
+        ]
+    )
+    probes.start()
+    reading = probes.read({"t_s": 0.0})
+    # Two zones of one type both count; the Apex sensor is named by the directory the glob matched.
+    assert reading["temperatures_c"] == {
+        "cpu_thermal": 41.0,
+        "gpu_thermal": 39.5,
+        "cpu_thermal_2": 40.0,
+        "apex_0": 52.0,
+    }
+    assert reading["cpu_freq_mhz"] == [1800.0, 1200.0, 900.0]  # cpu10 after cpu1, not between cpu1 and cpu2
+    assert probes.errors() == []
+
+
+def test_a_sysfs_glob_that_matches_nothing_says_so(tmp_path: Path) -> None:
+    probes = Probes([ProbeSpec("sysfs", "apex", "C", path=f"{tmp_path}/apex_*/temp", scale=0.001)])
+    probes.start()
+    assert probes.read({})["temperatures_c"] == {}
+    assert probes.errors() == [f"apex: nothing matches {tmp_path}/apex_*/temp"]
+
+
+def _stand_in(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "tegrastats"
+    script.write_text(f"#!{sys.executable}\n{body}")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def test_stand_in_tegrastats_streams_into_the_newest_reading(tmp_path: Path) -> None:
+    """A stand-in for tegrastats (no Jetson here) prints a line every 50 ms with a rising CPU temperature."""
+    script = _stand_in(
+        tmp_path,
+        "import sys, time\n"
+        f"line = {ORIN!r}\n"
+        "for i in range(1000):\n"
+        "    print(line.replace('CPU@47.5C', 'CPU@%.1fC' % (47.5 + i)), flush=True)\n"
+        "    time.sleep(0.05)\n",
+    )
+    probes = Probes(
+        [ProbeSpec("command", "rails", "mW", command=(str(script), "--interval", "50"), parser="tegrastats")]
+    )
+    probes.start()
+    try:
+        deadline = time.monotonic() + 10
+        first = probes.read({})
+        while "cpu" not in first["temperatures_c"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+            first = probes.read({})
+        time.sleep(0.3)
+        later = probes.read({})
+    finally:
+        probes.stop()
+    assert later["temperatures_c"]["cpu"] > first["temperatures_c"]["cpu"]
+    assert later["power_mw"]["VDD_CPU_CV"] == 795.0 and later["cpu_freq_mhz"][0] == 1190.0
+    assert probes.records()["rails"] >= 3 and probes.errors() == []
+
+
+def test_a_missing_vendor_tool_is_a_reason_not_a_crash(tmp_path: Path) -> None:
+    probe = CommandProbe(
+        ProbeSpec("command", "rails", "mW", command=(str(tmp_path / "tegrastats"),), parser="tegrastats")
+    )
+    probe.start()
+    probe.stop()
+    assert probe.error is not None and probe.error.startswith("rails: cannot start ")
+
+
+def test_a_tool_that_fails_reports_its_own_words(tmp_path: Path) -> None:
+    """Stand-in for a powermetrics that sudo refuses to start without a password."""
+    script = _stand_in(tmp_path, "import sys\nprint('sudo: a password is required', file=sys.stderr)\nsys.exit(1)\n")
+    probe = CommandProbe(
+        ProbeSpec("command", "cpu-gpu-ane", "mW", command=(str(script),), parser="powermetrics", needs_root=True)
+    )
+    if os.geteuid() != 0:
+        pytest.skip("not root: the probe would run the stand-in through sudo -n")
+    probe.start()
+    time.sleep(0.3)
+    probe.stop()
+    assert probe.error is not None
+    assert "gave no reading: sudo: a password is required" in probe.error
+    assert "sudoers NOPASSWD" in probe.error
+
+
+def test_stand_in_powermetrics_blocks_are_split_at_each_sample_header(tmp_path: Path) -> None:
+    """A stand-in for powermetrics (no Mac here): three samples, CPU power rising, then it waits."""
+    script = _stand_in(
+        tmp_path,
+        "import time\n"
+        f"block = {MAC!r}\n"
+        "for i in range(3):\n"
+        "    print('*** Sampled system activity (Tue Dec  1 07:40:12 2026 +0000) (502.31ms elapsed) ***')\n"
+        "    print(block.replace('CPU Power: 4213 mW', 'CPU Power: %d mW' % (4000 + i)), flush=True)\n"
+        "print('*** Sampled system activity (next) ***', flush=True)\n"
+        "time.sleep(30)\n",
+    )
+    probes = Probes([ProbeSpec("command", "cpu-gpu-ane", "mW", command=(str(script),), parser="powermetrics")])
+    probes.start()
+    try:
+        deadline = time.monotonic() + 10
+        while probes.records().get("cpu-gpu-ane", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        reading = probes.read({})
+    finally:
+        probes.stop()
+    assert reading["power_mw"]["cpu"] == 4002.0 and reading["thermal_pressure"] == "Nominal"
+
+
+def test_thermal_spec_reads_the_profile_readers_and_names_a_bad_one() -> None:
+    readers = [
+        r.spec() for r in load_platform("jetson-orin", directory=REPO / "devices" / "platforms").telemetry.readers()
+    ]
+    spec = _thermal({"interval_s": 0.5, "readers": readers})
+    assert isinstance(spec, ThermalSpec) and spec.interval_s == 0.5
+    assert [(p.kind, p.parser) for p in spec.readers] == [
+        ("sysfs", None),
+        ("sysfs", None),
+        ("sysfs", None),
+        ("command", "tegrastats"),
+    ]
+    assert spec.readers[-1].command == ("tegrastats", "--interval", "500")
+    with pytest.raises(SpecError, match=r"thermal\.readers\[0\] needs a command and a parser"):
+        _thermal({"readers": [{"kind": "command", "label": "x", "unit": "mW", "command": ["x"], "parser": "jtop"}]})
+    with pytest.raises(SpecError, match=r"thermal\.readers\[0\]\.scale must be float"):
+        _thermal({"readers": [{"kind": "sysfs", "label": "x", "unit": "C", "path": "/x", "scale": "big"}]})
+
+
+def test_a_gpu_clock_drop_and_raised_thermal_pressure_count_as_throttling() -> None:
+    tegra = parse_tegrastats(ORIN)
+    slower = parse_tegrastats(ORIN.replace("GR3D_FREQ 45%@[612,612]", "GR3D_FREQ 99%@[306,306]"))
+    verdict = assess_throttle({"thermal": {"before": tegra, "during": [tegra, slower], "after": slower}})
+    assert verdict.throttled and verdict.reasons == ("GR3D clock fell 50% during the run (limit 10%)",)
+    assert verdict.thermal["power_mw"]["VDD_CPU_CV"] == 795.0
+    # EMC (memory) clocks follow their own demand and are not judged.
+    emc = parse_tegrastats(ORIN.replace("EMC_FREQ 0%@2133", "EMC_FREQ 0%@665"))
+    assert not assess_throttle({"thermal": {"before": tegra, "during": [tegra, emc], "after": emc}}).throttled
+    mac = parse_powermetrics(MAC)
+    hot = parse_powermetrics(MAC.replace("Nominal", "Heavy"))
+    verdict = assess_throttle({"thermal": {"before": mac, "during": [mac, hot], "after": mac}})
+    assert verdict.reasons == ("thermal pressure Heavy during the run (powermetrics; nominal expected)",)
