@@ -118,6 +118,7 @@ def _realtime(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "device": device,
                 "variant": f"{r['backend']} {r['precision']} {'x'.join(map(str, r['input_shape'][1:]))}",
                 "p99": _fmt_ms(r["p99_ms"]),
+                "unstable": bool(r.get("unstable")),
                 "meets": {name: r["p99_ci_ms"][1] <= budget for name, budget in REALTIME_BUDGETS_MS.items()},
             }
         )
@@ -143,6 +144,55 @@ def _precision_costs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return sorted(table, key=lambda r: (r["model"], r["device"], r["backend"], r["input_shape"], r["precision"]))
+
+
+# The rail that stands for the whole device, where a platform reports one: Jetson's board input,
+# Apple silicon's CPU + GPU + ANE sum, an Intel package.
+HEADLINE_RAILS = ("VDD_IN", "VIN_SYS_5V0", "combined_cpu_gpu_ane", "package")
+
+
+def _power(metrics: dict[str, Any]) -> str:
+    rails = metrics.get("power_mw") or {}
+    if not rails:
+        return "-"
+    name = next((r for r in HEADLINE_RAILS if r in rails), None)
+    if name is None:
+        return ", ".join(f"{k} {v:.0f} mW" for k, v in sorted(rails.items()))
+    return f"{rails[name]:.0f} mW ({name})"
+
+
+def _quality(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per measured job: how the loop ended, warm-up beside the cold first call, stability and its reasons."""
+    table = []
+    for r in rows:
+        if not r.get("n"):
+            continue
+        reasons = list(r.get("unstable_reasons") or [])
+        retried = list(r.get("retried_because") or [])
+        table.append(
+            {
+                **r,
+                "verdict": "unstable" if reasons or r.get("unstable") else "stable",
+                "reasons": reasons,
+                "retried": retried,
+                "power": _power(r),
+            }
+        )
+    return table
+
+
+def _capacity(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per capacity result: streams served at each frame rate searched (">=" when the search cap passed)."""
+    table = []
+    for r in results:
+        fps = r.get("capacity_fps") or []
+        cells = []
+        for f in fps:
+            key = f"streams_at_{f:g}fps"
+            capped = ">=" if r.get(key + "_capped") else ""
+            cells.append((f"{f:g} FPS", f"{capped}{r.get(key, '-')}"))
+        table.append({**r, "answers": cells})
+    return table
 
 
 def _fmt_x(value: Any) -> str:
@@ -177,12 +227,14 @@ def render_report(store: Store, run_id: str) -> str:
     everything = store.results(run_id)
     rows = [r for r in everything if r.get("kind", "latency") == "latency"]
     robustness = [r for r in everything if r.get("kind") == "robustness"]
+    interleaved = [r for r in everything if r.get("kind") == "interleaved"]
+    capacity = [r for r in everything if r.get("kind") == "capacity"]
     counts: dict[str, int] = defaultdict(int)
     for r in everything:
         counts[r["status"]] += 1
     facts = store.device_facts(run_id)
     devices: dict[str, dict[str, Any]] = {}
-    for r in rows:
+    for r in everything:
         devices.setdefault(r["device"], {"platform": r["platform"], "facts": facts.get(r["device"], {})})
     # Markup: <style> is raw text, where autoescaping would turn the quotes of "Segoe UI" into a
     # literal &#34; and the browser would drop the whole font declaration.
@@ -192,6 +244,9 @@ def render_report(store: Store, run_id: str) -> str:
         rows=rows,
         costs=_precision_costs(rows),
         robustness=robustness,
+        quality=_quality([*rows, *interleaved]),
+        interleaved=interleaved,
+        capacity=_capacity(capacity),
         counts=dict(counts),
         chart=_chart(rows),
         realtime=_realtime(rows),

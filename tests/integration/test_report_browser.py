@@ -27,6 +27,24 @@ RUN_ID = "rep000000001"
 VALID_JOB = "tiny-cnn/onnxruntime-fp32/local"
 INVALID_JOB = "small-cnn/onnxruntime-fp32/local"
 OTHER_DEVICE_JOB = "tiny-cnn/onnxruntime-fp32/nuc"
+INTERLEAVED_JOB = "tiny-cnn/onnxruntime-int8/local"
+THROTTLE_REASON = "throttled: gpu rose 21.0 C during the run (limit 15 C): not at thermal steady state"
+UNSTABLE = {
+    "unstable": True,
+    "unstable_reasons": [THROTTLE_REASON],
+    "retried_because": ["calibration workload 14% slower after the run than before (limit 10%)"],
+    "power_mw": {"VDD_IN": 5123.0, "VDD_CPU_GPU_CV": 1800.0},
+    "cv": 0.031,
+    "duration_s": 3.25,
+    "stop_reason": "time_cap",
+}
+CAPACITY = {
+    "capacity_fps": [30.0, 15.0],
+    "streams_at_30fps": 4,
+    "streams_at_30fps_capped": False,
+    "streams_at_15fps": 8,
+    "streams_at_15fps_capped": True,
+}
 
 
 def chromium_binary() -> str:
@@ -128,17 +146,27 @@ def rendered(
         assert small.latency is not None
         reasons = "; ".join(small.latency.invalid_reasons)
         store.add_result(replace(small, status="failed", message=f"statistics INVALID: {reasons}"))
-        store.add_result(make_result(RUN_ID, OTHER_DEVICE_JOB, n=1000, seed=2))
+        store.add_result(make_result(RUN_ID, OTHER_DEVICE_JOB, n=1000, seed=2, metrics=UNSTABLE))
+        for job, ratio in ((VALID_JOB, 1.004), (INTERLEAVED_JOB, 1.004)):
+            store.add_result(
+                replace(
+                    make_result(RUN_ID, job, n=900, seed=3),
+                    kind="interleaved",
+                    metrics={"interleave_mode": "in_process", "aa_check": {"ratio": ratio, "ok": True}},
+                )
+            )
+        capacity = replace(make_result(RUN_ID, VALID_JOB, n=10), kind="capacity", latency=None, samples_ns=None)
+        store.add_result(replace(capacity, metrics=CAPACITY, message="4 streams at 30 FPS, >=8 at 15 FPS"))
         store.finish_run(RUN_ID, "2026-11-24T10:01:00.000+00:00", "failed")
         report = write_report(store, RUN_ID, root / "report.html")
-        records = {r["job_id"]: r for r in store.results(RUN_ID)}
+        records = {r["job_id"]: r for r in store.results(RUN_ID) if r["kind"] == "latency"}
         store.close()
 
         dumped = chromium(root / "profile", "--dump-dom", report.as_uri())
         assert dumped.returncode == 0, dumped.stderr[-2000:]
         assert "<html" in dumped.stdout, dumped.stderr[-2000:]
         SCREENSHOT.unlink(missing_ok=True)
-        shot = chromium(root / "profile", f"--screenshot={SCREENSHOT}", "--window-size=1280,1400", report.as_uri())
+        shot = chromium(root / "profile", f"--screenshot={SCREENSHOT}", "--window-size=1280,2600", report.as_uri())
         assert shot.returncode == 0, shot.stderr[-2000:]
         return {"html": report.read_text(encoding="utf-8"), "dom": dumped.stdout, "records": records}
 
@@ -202,6 +230,8 @@ def test_the_realtime_table_lists_the_valid_results_per_device(rendered: Rendere
     assert local[2] == "onnxruntime fp32 3x16x16"
     assert local[3] == ms(rendered.records[VALID_JOB]["p99_ms"])
     assert local[4:] == ["yes", "yes"], "a 2.4 ms model meets 30 and 60 FPS"
+    # A yes from an unstable run is flagged where the PM reads it, not only in the quality table.
+    assert body[1].cells[2] == "onnxruntime fp32 3x16x16 (unstable: see below)"
 
 
 def test_the_chart_and_device_facts_are_drawn(rendered: Rendered) -> None:
@@ -229,3 +259,35 @@ def test_a_screenshot_is_taken(rendered: Rendered) -> None:
     data = SCREENSHOT.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 20_000, "a blank page compresses to almost nothing"
+
+
+def section_rows(rendered: Rendered, section: str) -> tuple[list[str], list[Row]]:
+    rows = [r for r in rendered.rows if r.section == section]
+    assert rows, f"the report has a {section} section"
+    return rows[0].cells, rows[1:]
+
+
+def test_unstable_results_are_marked_with_their_reasons_and_power(rendered: Rendered) -> None:
+    header, body = section_rows(rendered, "quality")
+    by_job = {(r.attrs["data-job"], r.attrs["data-kind"]): dict(zip(header, r.cells, strict=True)) for r in body}
+    hot = by_job[(OTHER_DEVICE_JOB, "latency")]
+    assert hot["stopped"] == "time_cap" and hot["loop s"] == "3.2" and hot["CV"] == "3.1%"
+    assert hot["power"] == "5123 mW (VDD_IN)"
+    assert hot["verdict"].startswith("unstable " + THROTTLE_REASON)
+    assert "retried after: calibration workload 14% slower" in hot["verdict"]
+    calm = by_job[(VALID_JOB, "latency")]
+    assert calm["verdict"] == "stable" and calm["warm-up"] == "60" and calm["first call ms"] == "3.500"
+    assert (INTERLEAVED_JOB, "interleaved") in by_job, "interleaved jobs are judged alike"
+
+
+def test_interleaved_comparisons_show_the_aa_check(rendered: Rendered) -> None:
+    header, body = section_rows(rendered, "interleaved")
+    assert [r.attrs["data-job"] for r in body] == [VALID_JOB, INTERLEAVED_JOB]
+    cells = dict(zip(header, body[0].cells, strict=True))
+    assert cells["measured"] == "in process" and cells["A/A ratio"] == "1.004"
+
+
+def test_capacity_says_how_many_streams_each_device_serves(rendered: Rendered) -> None:
+    header, body = section_rows(rendered, "capacity")
+    assert header == ["model", "device", "variant", "streams"]
+    assert [r.cells for r in body] == [["tiny-cnn", "local", "onnxruntime fp32", "4 at 30 FPS, >=8 at 15 FPS"]]
