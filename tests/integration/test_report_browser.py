@@ -29,7 +29,7 @@ INVALID_JOB = "small-cnn/onnxruntime-fp32/local"
 OTHER_DEVICE_JOB = "tiny-cnn/onnxruntime-fp32/nuc"
 INTERLEAVED_JOB = "tiny-cnn/onnxruntime-int8/local"
 THROTTLE_REASON = "throttled: gpu rose 21.0 C during the run (limit 15 C): not at thermal steady state"
-UNSTABLE = {
+UNSTABLE: dict[str, Any] = {
     "unstable": True,
     "unstable_reasons": [THROTTLE_REASON],
     "retried_because": ["calibration workload 14% slower after the run than before (limit 10%)"],
@@ -38,7 +38,7 @@ UNSTABLE = {
     "duration_s": 3.25,
     "stop_reason": "time_cap",
 }
-CAPACITY = {
+CAPACITY: dict[str, Any] = {
     "capacity_fps": [30.0, 15.0],
     "streams_at_30fps": 4,
     "streams_at_30fps_capped": False,
