@@ -100,6 +100,44 @@ def test_fp16_and_int8_artifacts_are_what_they_claim(digits_results: dict[str, J
         assert len(shas) == 3
 
 
+def _batches(tmp_path: Path, backend: str, batches: tuple[int, ...]) -> dict[int, JobResult]:
+    lab = _local_lab(tmp_path)
+    model = load_entry(REPO / "models" / "digits-cnn.yaml")
+    results = {}
+    for batch in batches:
+        settings = MeasureSettings(
+            iterations=400, warmup_max_iterations=100, batch=batch, throttle_retries=0, calibration_reps=0
+        )
+        pipeline = Pipeline(lab, [model], Store(tmp_path / f"b{batch}.sqlite"), settings=settings)
+        try:
+            results[batch] = pipeline.run_job(Job(model, Variant(backend, "fp32", threads=1), lab.devices[0]))
+        finally:
+            pipeline.finish()
+    return results
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_batch_of_four_is_timed_on_the_runtime(tmp_path: Path, backend: str) -> None:
+    """batch: 4 reaches the runtime: the timed call takes four images (its P50 grows with them), the eval
+    pass still runs image by image, and parity holds."""
+    results = _batches(tmp_path, backend, (1, 4))
+    one, four = results[1], results[4]
+    assert four.status == "passed", four.message
+    assert four.metrics["batch"] == 4 and four.flat()["top1_agreement"] >= 0.99
+    assert one.latency is not None and four.latency is not None
+    assert four.latency.p50.value_ms > 1.5 * one.latency.p50.value_ms, "four images take longer than one"
+
+
+def test_a_litert_model_converted_at_batch_one_says_so_when_asked_for_four(tmp_path: Path) -> None:
+    """litert-torch fixes the sample batch in the graph's reshapes: batch 4 is a one-line error with the fix."""
+    if not _litert_available():
+        pytest.skip("LiteRT toolchain not installed here (litert-torch, see docs/targets.md)")
+    four = _batches(tmp_path, "litert", (4,))[4]
+    assert four.status == "error" and "\n" not in four.message
+    assert "this .tflite cannot run at batch 4 (its graph fixes batch 1" in four.message
+    assert "measure it with batch 1" in four.message
+
+
 # ---- bad input: one line, before anything is deployed -------------------------------------------
 @pytest.fixture
 def tiny_pipeline(tmp_path: Path, edgebench_env: Path, tiny_catalog: Path) -> Iterator[Pipeline]:

@@ -97,7 +97,31 @@ class LiteRtSession:
         self._threads = threads
         self._xnnpack = options.get("xnnpack") is not False
 
+    def _resize(self, batch: int) -> None:
+        """Give the input ``batch`` rows (the timed input's batch; 1 for the eval pass)."""
+        shape = [int(d) for d in self._input["shape"]]
+        if shape[0] == batch:
+            return
+        if self._delegates:
+            raise RuntimeError(
+                f"an Edge TPU model runs at its compiled batch of {shape[0]}, not {batch}; measure it with batch 1"
+            )
+        shape[0] = batch
+        try:
+            self.interpreter.resize_tensor_input(self._input["index"], shape)
+            self.interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            # Converters bake the sample input's batch into reshape ops; such a model cannot grow.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RuntimeError(
+                f"this .tflite cannot run at batch {batch} (its graph fixes batch {self._input['shape'][0]}: "
+                f"{reason}); measure it with batch 1"
+            ) from None
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+
     def bind(self, x: np.ndarray) -> None:
+        self._resize(len(x))
         data = quantize(to_model_layout(x, list(self._input["shape"])), self._input)
         self.interpreter.set_tensor(self._input["index"], data)
 
@@ -106,6 +130,7 @@ class LiteRtSession:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         # One image at a time: compiled Edge TPU models cannot be resized to a larger batch.
+        self._resize(1)
         x = to_model_layout(x, list(self._input["shape"]))
         rows = []
         for i in range(len(x)):

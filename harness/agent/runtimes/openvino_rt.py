@@ -57,22 +57,35 @@ class OpenVinoSession:
         import openvino as ov
 
         self._ov = ov
-        core = ov.Core()
-        model = _read_ir(core, artifact)
-        shape = model.inputs[0].get_partial_shape()
-        if shape.rank.is_static and shape[0].is_dynamic:
-            shape[0] = 1
-            model.reshape({model.inputs[0]: shape})
+        self._core = core = ov.Core()
+        self._model = _read_ir(core, artifact)
         self.device = str(options.get("device", "CPU"))
         self.config = compile_config(options)
-        self.compiled = core.compile_model(model, self.device, self.config)
+        # The eval pass feeds one image at a time: a batch-1 compiled model; the timed request gets
+        # one compiled for the latency input's batch when that differs.
+        self.compiled = self._compile(1)
+        self._timed = self.compiled
+        self._timed_batch = 1
         self.request = self.compiled.create_infer_request()
         self._eval_request: Any | None = None
         self.input_name = input_name
         self._bound: np.ndarray | None = None
 
+    def _compile(self, batch: int) -> Any:
+        """The IR reshaped to ``batch`` (its batch is dynamic, or static and reshapable) and compiled."""
+        model = self._model.clone()
+        shape = model.inputs[0].get_partial_shape()
+        if shape.rank.is_static and (shape[0].is_dynamic or shape[0].get_length() != batch):
+            shape[0] = batch
+            model.reshape({model.inputs[0]: shape})
+        return self._core.compile_model(model, self.device, self.config)
+
     def bind(self, x: np.ndarray) -> None:
         self._bound = np.ascontiguousarray(x, dtype=np.float32)
+        if len(self._bound) != self._timed_batch:
+            self._timed = self._compile(len(self._bound))
+            self._timed_batch = len(self._bound)
+            self.request = self._timed.create_infer_request()
         self.request.set_input_tensor(self._ov.Tensor(self._bound, shared_memory=True))
 
     def run_bound(self) -> None:
