@@ -2,23 +2,34 @@
 
 Public pytest API only: ``parser.getgroup``, ``pytest.StashKey``, registered markers,
 ``record_property`` / ``record_testsuite_property``. Nothing happens unless ``--lab`` is given, so
-installing edgebench does not change anyone else's test runs.
+installing edgebench does not change anyone else's test runs. The interleaved suite makes one test per
+(model x device) group instead, and runs only with ``--interleave``: it spends device time again on
+variants the latency suite has measured already.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import EdgebenchError
+from .errors import CapabilityMissing, DeviceOffline, EdgebenchError, ToolchainMissing, TransportError
 from .records import Job, JobResult
+
+if TYPE_CHECKING:
+    from .scenarios import InterleaveOutcome
 
 _PIPELINE = pytest.StashKey["Any"]()
 _REPORT = pytest.StashKey["Path | None"]()
+# One interleaved comparison per group and session, however many tests ask for it.
+_INTERLEAVED = pytest.StashKey["dict[str, _Interleaved]"]()
+
+NO_LAB = "edgebench suites need --lab FILE"
+NO_INTERLEAVE = "pass --interleave to run the interleaved comparison (it spends device time on every variant again)"
 
 # Metrics published as JUnit properties for every job (the nightly CI's dashboards read these).
 JUNIT_KEYS = (
@@ -54,10 +65,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--native-size", action="store_true", help="only each model's catalog input shape, not its input_sizes"
     )
+    group.addoption(
+        "--interleave",
+        action="store_true",
+        help="run the interleaved suite: each model's variants on a device in one process, with an A/A self-check",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "edgebench_kind(name): which job kind a suite runs: latency, parity, robustness")
+    config.addinivalue_line(
+        "markers",
+        "edgebench_kind(name): which job kind a suite runs: latency, parity, robustness, or interleaved "
+        "(every latency variant of a model on a device in shuffled rounds in one process; needs --interleave)",
+    )
     config.addinivalue_line(
         "markers", "requires(capability): skip jobs on devices without it (a runtime, a precision or a tag)"
     )
@@ -102,22 +122,45 @@ def _pipeline(config: pytest.Config) -> Any:
     return config.stash.get(_PIPELINE, None)
 
 
+@dataclass(frozen=True)
+class InterleaveGroup:
+    """Every latency variant of one model on one device, in plan order: what one interleaved comparison runs."""
+
+    model: str
+    device: str
+    jobs: tuple[Job, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}@{self.device}"
+
+
+def interleave_groups(jobs: Iterable[Job]) -> list[InterleaveGroup]:
+    """The jobs grouped by (model, device), groups in order of their first job."""
+    grouped: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        grouped.setdefault((job.model.name, job.device.name), []).append(job)
+    return [InterleaveGroup(model, device, tuple(members)) for (model, device), members in grouped.items()]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "edgebench_job" not in metafunc.fixturenames:
-        return
+    names = [n for n in ("edgebench_job", "edgebench_group") if n in metafunc.fixturenames]
     pipeline = _pipeline(metafunc.config)
-    marker = metafunc.definition.get_closest_marker("edgebench_kind")
-    kind = marker.args[0] if marker and marker.args else "latency"
     if pipeline is None:
-        metafunc.parametrize(
-            "edgebench_job",
-            [pytest.param(None, marks=pytest.mark.skip(reason="edgebench suites need --lab FILE"))],
-            ids=["no-lab"],
-        )
+        for name in names:
+            metafunc.parametrize(name, [pytest.param(None, marks=pytest.mark.skip(reason=NO_LAB))], ids=["no-lab"])
         return
-    # Latency and parity suites read the same job (one device execution serves both).
-    jobs = pipeline.plan(["robustness" if kind == "robustness" else "latency"])
-    metafunc.parametrize("edgebench_job", jobs, ids=[j.id for j in jobs])
+    if "edgebench_job" in names:
+        marker = metafunc.definition.get_closest_marker("edgebench_kind")
+        kind = marker.args[0] if marker and marker.args else "latency"
+        # Latency and parity suites read the same job (one device execution serves both).
+        jobs = pipeline.plan(["robustness" if kind == "robustness" else "latency"])
+        metafunc.parametrize("edgebench_job", jobs, ids=[j.id for j in jobs])
+    if "edgebench_group" in names:
+        # Planning costs no device time, so without --interleave the skipped groups still show what would run.
+        marks = () if metafunc.config.getoption("--interleave") else (pytest.mark.skip(reason=NO_INTERLEAVE),)
+        groups = interleave_groups(pipeline.plan(["latency"]))
+        metafunc.parametrize("edgebench_group", [pytest.param(g, id=g.id, marks=marks) for g in groups])
 
 
 def _capabilities(job: Job) -> set[str]:
@@ -149,12 +192,79 @@ def edgebench_result(request: pytest.FixtureRequest, edgebench_job: Job, record_
     yield result
 
 
+@dataclass(frozen=True)
+class _Interleaved:
+    """A group's interleaved outcome and the variants left out because this host cannot build them."""
+
+    outcome: InterleaveOutcome
+    unbuilt: dict[str, str]  # job id -> why
+
+
+@pytest.fixture
+def edgebench_interleaved(
+    request: pytest.FixtureRequest, edgebench_group: InterleaveGroup, record_property: Any
+) -> InterleaveOutcome:
+    """The group's variants timed in interleaved rounds with the A/A self-check, once per session.
+
+    A variant this host cannot build is left out (its JUnit status says why); the test skips when none
+    can be built or the device lacks the runtime, and errors with the one-line reason when the run fails.
+    """
+    group = edgebench_group
+    done = request.config.stash.setdefault(_INTERLEAVED, {})
+    if group.id not in done:
+        done[group.id] = _run_interleaved(_pipeline(request.config), group)
+    outcome, unbuilt = done[group.id].outcome, done[group.id].unbuilt
+    record_property("interleave_mode", outcome.mode)
+    if outcome.aa is not None:
+        record_property("aa_ratio", outcome.aa["ratio"])
+        record_property("aa_ok", outcome.aa["ok"])
+    for result in outcome.results:
+        flat = result.flat()
+        for key in ("p50_ms", "p99_ms", "n", "valid", "status"):
+            value = flat[key]
+            if isinstance(value, float) and not math.isfinite(value):
+                value = str(value)
+            record_property(f"{result.job_id}.{key}", value)
+    for job_id, why in unbuilt.items():
+        record_property(f"{job_id}.status", "skipped")
+        record_property(f"{job_id}.message", why)
+    return outcome
+
+
+def _run_interleaved(pipeline: Any, group: InterleaveGroup) -> _Interleaved:
+    """Build what this host can, then run it interleaved; skip or fail the test with the reason otherwise."""
+    from .scenarios import run_interleaved
+
+    jobs: list[Job] = []
+    unbuilt: dict[str, str] = {}
+    try:
+        # As `edgebench interleave` does: a variant this host cannot build does not stop the others.
+        for job in group.jobs:
+            try:
+                pipeline.compile(job)
+            except (CapabilityMissing, ToolchainMissing) as exc:
+                unbuilt[job.id] = exc.one_line()
+                continue
+            jobs.append(job)
+        if not jobs:
+            pytest.skip(f"no variant of {group.model} can be built for {group.device}: {'; '.join(unbuilt.values())}")
+        return _Interleaved(run_interleaved(pipeline, jobs), unbuilt)
+    except (CapabilityMissing, ToolchainMissing, DeviceOffline) as exc:
+        pytest.skip(f"{group.id}: {exc.one_line()}")
+    except TransportError as exc:
+        # As for a single job: the device's later tests skip instead of waiting for the same timeout.
+        pipeline.links[group.device].mark_failed(exc.message)
+        pytest.fail(f"{group.id}: {exc.one_line()}", pytrace=False)
+    except EdgebenchError as exc:
+        pytest.fail(f"{group.id}: {exc.one_line()}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def edgebench_pipeline(request: pytest.FixtureRequest) -> Any:
     """The session's pipeline (lab, catalog, store), for suites that need more than one job's result."""
     pipeline = _pipeline(request.config)
     if pipeline is None:
-        pytest.skip("edgebench suites need --lab FILE")
+        pytest.skip(NO_LAB)
     return pipeline
 
 

@@ -171,12 +171,14 @@ def test_three_devices_run_and_store_their_facts_and_a_second_run_uploads_nothin
     assert caplog.text.count("uploaded 0 bytes") >= 3
 
 
-def _run_suites(lab: LoopbackLab, tmp_path: Path, target: Path, select: str) -> tuple[str, list[dict[str, Any]]]:
+def _run_suites(
+    lab: LoopbackLab, tmp_path: Path, target: Path, select: str, *extra: str
+) -> tuple[str, list[dict[str, Any]]]:
     """Run suites in a child pytest against the loopback lab (digits-cnn, --quick); its stdout and stored records."""
     db = tmp_path / "suites.sqlite"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", str(target), "--lab", str(lab.lab_file), "--models", "digits-cnn",
-         "--quick", "--db", str(db), "-k", select, "-q", "-p", "no:cacheprovider"],
+         "--quick", "--db", str(db), "-k", select, "-q", "-p", "no:cacheprovider", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=900,
         env={**os.environ, "EDGEBENCH_HOME": str(tmp_path / "home")},
     )  # fmt: skip
@@ -192,6 +194,20 @@ def test_the_latency_suite_runs_unchanged_on_a_loopback_lab(shared_lab: Loopback
     assert "3 passed" in stdout
     assert sorted(r["device"] for r in records) == ["loop-1", "loop-2", "loop-3"]
     assert all(r["valid"] for r in records)
+
+
+def test_the_interleaved_suite_compares_variants_over_ssh(shared_lab: LoopbackLab, tmp_path: Path) -> None:
+    """One runner process on the SSH device times every ONNX Runtime variant and the A/A copy in shuffled rounds."""
+    stdout, records = _run_suites(
+        shared_lab, tmp_path, REPO / "suites" / "test_interleaved.py", "loop-2", "--interleave", "--backends", "onnxruntime"
+    )
+    assert "1 passed" in stdout
+    interleaved = [r for r in records if r["kind"] == "interleaved"]
+    assert sorted(r["precision"] for r in interleaved) == ["fp16", "fp32", "int8"]
+    assert {r["device"] for r in interleaved} == {"loop-2"}
+    for r in interleaved:
+        assert r["aa_check"]["tolerance"] == 0.01 and r["interleave_mode"] in ("in_process", "separate_processes")
+        assert r["valid"], r["invalid_reasons"]
 
 
 def test_every_suite_runs_every_target_on_a_loopback_device(shared_lab: LoopbackLab, tmp_path: Path) -> None:

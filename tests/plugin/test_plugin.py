@@ -6,6 +6,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,9 @@ def test_latency(edgebench_result: JobResult) -> None:
 """
 
 JOBS = ["tiny-a/onnxruntime-fp32-t1/local", "tiny-b/onnxruntime-fp32-t1/local"]
+# The tiny models have no calibration set, so their INT8 variant cannot be built and is left out.
+VARIANTS = ("onnxruntime-fp32-t1", "onnxruntime-fp16-t1")
+UNBUILT = "onnxruntime-int8-t1"
 
 
 @pytest.fixture
@@ -49,7 +53,7 @@ def lab_args(lab: Path, catalog: Path, out: Path) -> list[str]:
     return [
         "--lab", str(lab), "--catalog", str(catalog), "--db", str(out / "results.sqlite"),
         "--report", str(out / "report.html"), "--quick",
-    ]
+    ]  # fmt: skip
 
 
 def test_a_suite_runs_one_test_per_job_and_records_everything(
@@ -135,6 +139,141 @@ def test_requires_skips_a_device_without_the_capability(
     assert "must not run" not in result.stdout.str()
 
 
+def stored_results(db: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The latest run's id and its flat records, as `edgebench results --format json` prints them."""
+    store = Store(db)
+    try:
+        run_id = store.resolve_run("latest")
+        return run_id, store.results(run_id)
+    finally:
+        store.close()
+
+
+def case_properties(junit: Path) -> dict[str, dict[str, str]]:
+    """Each JUnit test case's properties by test name."""
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    return {
+        str(c.get("name")): {str(p.get("name")): p.get("value", "") for p in c.iterfind("properties/property")}
+        for c in suite.findall("testcase")
+    }
+
+
+def test_interleave_runs_one_test_per_model_and_device_and_records_the_aa_check(
+    pytester: pytest.Pytester,
+    copy_suite: Callable[[str], Path],
+    local_lab: Path,
+    two_model_catalog: Path,
+    tmp_path: Path,
+) -> None:
+    copy_suite("test_interleaved.py")
+    out = tmp_path / "out"
+    junit = out / "junit.xml"
+    args = lab_args(local_lab, two_model_catalog, out)
+    result = run_inner(pytester, *args, "--interleave", "-v", f"--junitxml={junit}")
+
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [f"*test_interleaved.py::test_interleaved[[]{model}@local[]] PASSED*" for model in ("tiny-a", "tiny-b")]
+    )
+    run_id, records = stored_results(out / "results.sqlite")
+    # Only the interleaved comparisons ran: each model's buildable variants, once, side by side.
+    assert {r["kind"] for r in records} == {"interleaved"}
+    assert sorted(r["job_id"] for r in records) == sorted(
+        f"{model}/{variant}/local" for model in ("tiny-a", "tiny-b") for variant in VARIANTS
+    )
+    assert set(JOBS) <= {r["job_id"] for r in records}
+    props = case_properties(junit)
+    assert set(props) == {"test_interleaved[tiny-a@local]", "test_interleaved[tiny-b@local]"}
+    for model in ("tiny-a", "tiny-b"):
+        group = [r for r in records if r["model"] == model]
+        case = props[f"test_interleaved[{model}@local]"]
+        aa = group[0]["aa_check"]
+        assert set(aa) == {"ratio", "ok", "tolerance"} and aa["tolerance"] == 0.01
+        for r in group:
+            assert r["status"] == "passed" and r["run_id"] == run_id
+            assert r["aa_check"] == aa and r["interleave_mode"] == group[0]["interleave_mode"]
+            assert r["interleaved_with"] == [o["job_id"] for o in group if o is not r]
+            # The A/A copy agreed and the rounds shared one process, or the fallback is stated.
+            if aa["ok"]:
+                assert r["interleave_mode"] == "in_process"
+            else:
+                assert r["interleave_mode"] == "separate_processes"
+                assert any("A/A self-check failed" in why for why in r["unstable_reasons"])
+            assert float(case[f"{r['job_id']}.p50_ms"]) == pytest.approx(r["p50_ms"])
+            assert float(case[f"{r['job_id']}.p99_ms"]) == pytest.approx(r["p99_ms"])
+            assert int(case[f"{r['job_id']}.n"]) == r["n"] > 0
+            assert case[f"{r['job_id']}.status"] == "passed"
+        assert case["interleave_mode"] == group[0]["interleave_mode"]
+        assert float(case["aa_ratio"]) == pytest.approx(aa["ratio"])
+        assert case["aa_ok"] == str(aa["ok"])
+        unbuilt = f"{model}/{UNBUILT}/local"
+        assert case[f"{unbuilt}.status"] == "skipped"
+        assert "needs a calibration set" in case[f"{unbuilt}.message"]
+    # The HTML report written at session end shows the interleaved results too.
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert all(r["job_id"] in html for r in records)
+
+
+def test_when_the_aa_copy_disagrees_the_suite_passes_on_separate_processes_and_says_so(
+    pytester: pytest.Pytester, copy_suite: Callable[[str], Path], local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    copy_suite("test_interleaved.py")
+    pytester.makeconftest(
+        """
+        import importlib
+
+        import pytest
+
+
+        @pytest.fixture(scope="session", autouse=True)
+        def _aa_never_agrees():
+            # The module in sys.modules, which the plugin imports: pytester drops it after every inner run,
+            # so the package attribute (what `from harness import scenarios` reads) may be an older copy.
+            scenarios = importlib.import_module("harness.scenarios")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(scenarios, "AA_TOLERANCE", -1.0)
+                yield
+        """
+    )
+    out = tmp_path / "out"
+    junit = out / "junit.xml"
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "--interleave", f"--junitxml={junit}")
+
+    result.assert_outcomes(passed=1)
+    _, records = stored_results(out / "results.sqlite")
+    assert sorted(r["job_id"] for r in records) == sorted(f"tiny-cnn/{variant}/local" for variant in VARIANTS)
+    for r in records:
+        assert r["interleave_mode"] == "separate_processes" and r["aa_check"]["ok"] is False
+        assert r["processes"] == 2 and len(r["process_p50_ms"]) == 2
+        assert any("A/A self-check failed" in why for why in r["unstable_reasons"])
+    case = case_properties(junit)["test_interleaved[tiny-cnn@local]"]
+    assert case["interleave_mode"] == "separate_processes" and case["aa_ok"] == "False"
+
+
+def test_without_interleave_the_groups_are_skipped_with_the_reason(
+    pytester: pytest.Pytester, copy_suite: Callable[[str], Path], local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    copy_suite("test_interleaved.py")
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "-v", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*test_interleaved[[]tiny-cnn@local[]] SKIPPED*", "*SKIPPED*pass --interleave to run the interleaved*"]
+    )
+    # Skipped before any device time was spent: the run holds no results.
+    assert stored_results(out / "results.sqlite")[1] == []
+
+
+def test_without_lab_the_interleaved_suite_is_skipped_with_the_reason(
+    pytester: pytest.Pytester, copy_suite: Callable[[str], Path]
+) -> None:
+    copy_suite("test_interleaved.py")
+    result = run_inner(pytester, "-rs", "--interleave")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*edgebench suites need --lab FILE*"])
+
+
 def test_a_bad_lab_is_a_usage_error_naming_the_file(
     pytester: pytest.Pytester, tiny_catalog: Path, tmp_path: Path
 ) -> None:
@@ -158,10 +297,13 @@ def test_a_missing_lab_file_is_a_usage_error(pytester: pytest.Pytester, tiny_cat
 
 def test_options_appear_in_help(pytester: pytest.Pytester) -> None:
     result = run_inner(pytester, "--help")
-    result.stdout.fnmatch_lines(["*edgebench device-lab benchmarking*", "*--lab=FILE*", "*--models=GLOB*"])
+    result.stdout.fnmatch_lines(
+        ["*edgebench device-lab benchmarking*", "*--lab=FILE*", "*--models=GLOB*", "*--interleave*interleaved suite*"]
+    )
 
 
 def test_markers_are_registered(pytester: pytest.Pytester) -> None:
     result = run_inner(pytester, "--markers")
     for marker in ("requires(capability)", "edgebench_kind(name)"):
         result.stdout.fnmatch_lines([f"*@pytest.mark.{marker}:*"])
+    result.stdout.fnmatch_lines(["*@pytest.mark.edgebench_kind(name):*robustness, or interleaved*--interleave*"])
