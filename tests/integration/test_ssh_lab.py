@@ -198,9 +198,8 @@ def test_the_latency_suite_runs_unchanged_on_a_loopback_lab(shared_lab: Loopback
 
 def test_the_interleaved_suite_compares_variants_over_ssh(shared_lab: LoopbackLab, tmp_path: Path) -> None:
     """One runner process on the SSH device times every ONNX Runtime variant and the A/A copy in shuffled rounds."""
-    stdout, records = _run_suites(
-        shared_lab, tmp_path, REPO / "suites" / "test_interleaved.py", "loop-2", "--interleave", "--backends", "onnxruntime"
-    )
+    suite = REPO / "suites" / "test_interleaved.py"
+    stdout, records = _run_suites(shared_lab, tmp_path, suite, "loop-2", "--interleave", "--backends", "onnxruntime")
     assert "1 passed" in stdout
     interleaved = [r for r in records if r["kind"] == "interleaved"]
     assert sorted(r["precision"] for r in interleaved) == ["fp16", "fp32", "int8"]
