@@ -15,8 +15,16 @@ import time
 import traceback
 from typing import Any
 
-from . import PROTOCOL_VERSION, facts, runtimes, thermal
-from .protocol import SpecError, VariantSpec, error_result, parse_capacity, parse_interleave, parse_job
+from . import PROTOCOL_VERSION, facts, runtimes, telemetry, thermal
+from .protocol import (
+    SpecError,
+    VariantSpec,
+    error_result,
+    parse_capacity,
+    parse_interleave,
+    parse_job,
+    parse_thermal,
+)
 
 
 def _sha256(path: str) -> str:
@@ -192,6 +200,21 @@ def run_capacity(raw: Any) -> int:
     return 0
 
 
+def _telemetry_now(readers: Any, wait_s: float = 2.0) -> dict[str, Any]:
+    """One reading of the platform profile's readers (streaming tools get ``wait_s`` for a first record)."""
+    spec = parse_thermal({"readers": readers}, "readers")
+    probes = telemetry.Probes(spec.readers)
+    probes.start()
+    deadline = time.monotonic() + wait_s
+    try:
+        while time.monotonic() < deadline and any(n == 0 for n in probes.records().values()):
+            time.sleep(0.05)
+        reading = probes.read({})
+    finally:
+        probes.stop()
+    return {**reading, "telemetry_errors": probes.errors()}
+
+
 def _read_spec(rest: list[str]) -> Any:
     if rest[:1] == ["--job"] and len(rest) == 2:
         with open(rest[1], encoding="utf-8") as f:
@@ -211,7 +234,14 @@ def main(argv: list[str]) -> int:
         _emit({"protocol": PROTOCOL_VERSION})
         return 0
     if command == "probe":
-        _emit({"protocol": PROTOCOL_VERSION, "facts": facts.collect(), "runtimes": runtimes.probe()})
+        found = facts.collect()
+        if rest[:1] == ["--readers"] and len(rest) == 2:
+            try:
+                found.update(_telemetry_now(json.loads(rest[1])))
+            except (ValueError, SpecError) as exc:
+                _emit(error_result(None, "spec", f"probe --readers: {exc}"))
+                return 3
+        _emit({"protocol": PROTOCOL_VERSION, "facts": found, "runtimes": runtimes.probe()})
         return 0
     if command == "hash":
         _emit({p: (_sha256(p) if os.path.isfile(p) else None) for p in rest})

@@ -164,7 +164,7 @@ def _type_ok(value: Any, annotation: str) -> bool:
     return True
 
 
-def _thermal(obj: Any, where: str = "thermal") -> ThermalSpec:
+def parse_thermal(obj: Any, where: str = "thermal") -> ThermalSpec:
     """The thermal part of a spec, with its telemetry readers checked one by one."""
     if not isinstance(obj, dict) or "readers" not in obj:
         return _sub(ThermalSpec, obj, where)  # type: ignore[no-any-return]
@@ -250,7 +250,7 @@ def parse_job(obj: Any) -> JobSpec:
         stop=_sub(StopSpec, obj.get("stop"), "stop"),
         eval_sets=tuple(_sub(EvalSet, e, f"eval[{i}]") for i, e in enumerate(eval_list)),
         eval_batch=eval_batch,
-        thermal=_thermal(obj.get("thermal")),
+        thermal=parse_thermal(obj.get("thermal")),
         cpus=cpus,
         batch=batch,
     )
@@ -379,7 +379,7 @@ def parse_interleave(obj: Any) -> InterleaveSpec:
         block=_positive_int(obj, "block", 25),
         block_warmup=_positive_int(obj, "block_warmup", 2, minimum=0),
         seed=_positive_int(obj, "seed", 0, minimum=0),
-        thermal=_thermal(obj.get("thermal")),
+        thermal=parse_thermal(obj.get("thermal")),
         cpus=cpus,
         batch=batch,
     )

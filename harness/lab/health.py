@@ -25,6 +25,7 @@ from ..store import Store
 from ..transport.protocol import Transport
 from .connect import open_transport
 from .inventory import Device, Lab
+from .platforms import load_platform
 
 HealthState = Literal["healthy", "degraded", "offline"]
 
@@ -71,6 +72,7 @@ class HealthRecord:
     runtimes: Mapping[str, str | None] = field(default_factory=dict)  # name -> version, None: not usable
     free_disk_mb: float | None = None
     temperatures_c: Mapping[str, float] = field(default_factory=dict)
+    telemetry_errors: tuple[str, ...] = ()  # profile readers that could not be read (informational)
     facts: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -98,6 +100,7 @@ class HealthRecord:
             "runtimes": dict(self.runtimes),
             "free_disk_mb": self.free_disk_mb,
             "temperatures_c": dict(self.temperatures_c),
+            "telemetry_errors": list(self.telemetry_errors),
             "device_facts": dict(self.facts),
         }
 
@@ -209,7 +212,10 @@ def _check_connected(
     bundle, sha = agent_bundle or build_agent_bundle()
     cache = DeviceCache(transport, python, root + "/files", timeout_s=PROBE_TIMEOUT_S)
     agent = cache.ensure([Deployable(bundle, sha, "pyz")])[sha]
-    probe_reply = transport.run([python, agent, "probe"], timeout_s=PROBE_TIMEOUT_S, env=device.env)
+    # The profile's readers, so a Jetson's tegrastats or a Mac's powermetrics temperatures count too.
+    readers = [r.spec() for r in load_platform(device.platform).telemetry.readers()]
+    probe_argv = [python, agent, "probe", "--readers", json.dumps(readers, separators=(",", ":"))]
+    probe_reply = transport.run(probe_argv, timeout_s=PROBE_TIMEOUT_S, env=device.env)
     probe = _json_line(probe_reply.stdout) if probe_reply.exit_code == 0 else None
     if probe is None:
         return check.offline(
@@ -226,7 +232,12 @@ def _check_connected(
             runtimes[name] = None
             errors[name] = str(info.get("error") or "not available")
     temperatures = {str(k): float(v) for k, v in (facts.get("temperatures_c") or {}).items()}
-    check.found.update(runtimes=runtimes, temperatures_c=temperatures, facts=facts)
+    check.found.update(
+        runtimes=runtimes,
+        temperatures_c=temperatures,
+        telemetry_errors=tuple(str(e) for e in facts.get("telemetry_errors") or ()),
+        facts=facts,
+    )
 
     declared = device.runtimes
     if declared is not None:

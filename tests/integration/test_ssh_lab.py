@@ -144,6 +144,34 @@ def test_a_hot_device_with_little_disk_is_degraded_and_says_why(ssh_environment:
     assert record.max_temperature_c == 91.5
 
 
+def test_devices_check_reads_the_profile_sensors_of_a_stand_in_tegrastats(
+    ssh_environment: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The health check runs the platform profile's readers: here a stand-in for tegrastats (no Jetson
+    here) reports the junction at 96 C, which no sysfs file on this machine could have shown."""
+    tool = tmp_path / "tegrastats"
+    tool.write_text(
+        f"#!{sys.executable}\nimport time\nwhile True:\n"
+        "    print('RAM 1/2MB CPU [5%@1190] GPU@61C tj@96.0C VDD_IN 9000mW/9000mW', flush=True)\n"
+        "    time.sleep(0.1)\n",
+        encoding="utf-8",
+    )
+    tool.chmod(0o755)
+    profiles = tmp_path / "platforms"
+    profiles.mkdir()
+    (profiles / "jetson-orin.yaml").write_text(
+        "schema_version: 1\nname: jetson-orin\nruntimes: {onnxruntime: [fp32]}\ntelemetry:\n  power:\n"
+        f"    - {{kind: command, label: rails, unit: mW, command: ['{tool}'], parser: tegrastats}}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("EDGEBENCH_PLATFORMS", str(profiles))
+    device = Device(name="orin", platform="jetson-orin", transport="local", cache_dir=str(tmp_path / "cache"))
+    record = check_device(device)
+    assert record.state == "degraded"
+    assert "running hot: tj at 96 °C" in record.reason
+    assert record.temperatures_c == {"gpu": 61.0, "tj": 96.0} and record.telemetry_errors == ()
+
+
 def test_three_devices_run_and_store_their_facts_and_a_second_run_uploads_nothing(
     shared_lab: LoopbackLab, run_lab: RunLab, caplog: pytest.LogCaptureFixture
 ) -> None:

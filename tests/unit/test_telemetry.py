@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.agent.protocol import ProbeSpec, SpecError, ThermalSpec, _thermal
+from harness.agent.protocol import ProbeSpec, SpecError, ThermalSpec, parse_thermal
 from harness.agent.telemetry import CommandProbe, Probes, parse_powermetrics, parse_tegrastats
 from harness.lab.platforms import load_platform
 from harness.measure.throttle import assess_throttle
@@ -244,7 +244,7 @@ def test_thermal_spec_reads_the_profile_readers_and_names_a_bad_one() -> None:
     readers = [
         r.spec() for r in load_platform("jetson-orin", directory=REPO / "devices" / "platforms").telemetry.readers()
     ]
-    spec = _thermal({"interval_s": 0.5, "readers": readers})
+    spec = parse_thermal({"interval_s": 0.5, "readers": readers})
     assert isinstance(spec, ThermalSpec) and spec.interval_s == 0.5
     assert [(p.kind, p.parser) for p in spec.readers] == [
         ("sysfs", None),
@@ -254,9 +254,10 @@ def test_thermal_spec_reads_the_profile_readers_and_names_a_bad_one() -> None:
     ]
     assert spec.readers[-1].command == ("tegrastats", "--interval", "500")
     with pytest.raises(SpecError, match=r"thermal\.readers\[0\] needs a command and a parser"):
-        _thermal({"readers": [{"kind": "command", "label": "x", "unit": "mW", "command": ["x"], "parser": "jtop"}]})
+        jtop = {"kind": "command", "label": "x", "unit": "mW", "command": ["x"], "parser": "jtop"}
+        parse_thermal({"readers": [jtop]})
     with pytest.raises(SpecError, match=r"thermal\.readers\[0\]\.scale must be float"):
-        _thermal({"readers": [{"kind": "sysfs", "label": "x", "unit": "C", "path": "/x", "scale": "big"}]})
+        parse_thermal({"readers": [{"kind": "sysfs", "label": "x", "unit": "C", "path": "/x", "scale": "big"}]})
 
 
 def test_a_gpu_clock_drop_and_raised_thermal_pressure_count_as_throttling() -> None:
