@@ -291,6 +291,7 @@ class Pipeline:
         parts = {
             "onnx": onnx.sha256,
             "backend": backend.name,
+            "recipe": backend.recipe,
             "precision": job.variant.precision,
             "options": dict(job.variant.options),
             "calibration": calibration_id,

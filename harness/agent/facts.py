@@ -40,6 +40,23 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+# Instruction sets that change what a quantised model computes or how fast: ONNX Runtime's x86 INT8
+# kernels saturate without VNNI; ARM's dot-product and i8mm extensions select other INT8 kernels.
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "asimddp", "i8mm", "sve", "neon")
+
+
+def _cpu_isa() -> list[str] | None:
+    text = read_text("/proc/cpuinfo")
+    if not text:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            present = set(value.split())
+            return [flag for flag in _ISA_FLAGS if flag in present]
+    return None
+
+
 def _memory_mb() -> int | None:
     text = read_text("/proc/meminfo")
     if text:
@@ -89,6 +106,7 @@ def collect() -> dict[str, Any]:
         "arch": uname.machine,
         "hostname": uname.node,
         "cpu_model": _cpu_model(),
+        "cpu_isa": _cpu_isa(),
         "cpu_count": os.cpu_count(),
         "memory_mb": _memory_mb(),
         "python": platform.python_version(),

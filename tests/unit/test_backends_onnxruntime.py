@@ -64,6 +64,27 @@ def test_int8_is_qdq_with_symmetric_per_channel_weights_and_uint8_activations(ti
     assert np.mean(np.argmax(_run(path, x), 1) == np.argmax(_run(tiny_onnx, x), 1)) >= 0.8
 
 
+def _conv_weight(path: Path) -> np.ndarray:
+    inits = [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer]
+    return next(v for v in inits if v.dtype == np.int8 and v.ndim == 4)
+
+
+def test_int8_weights_keep_to_7_bits_unless_told_otherwise(tiny_onnx: Path, tmp_path: Path) -> None:
+    """ONNX Runtime's u8s8 kernels saturate on x86 CPUs without VNNI (this machine's AVX2 EPYC among
+    them), so the default artifact holds 7-bit weights; a fleet without that hazard asks for 8."""
+    seven = _conv_weight(_compile(tiny_onnx, tmp_path, "int8"))
+    assert np.abs(seven).max() <= 64
+    out = tmp_path / "full"
+    out.mkdir()
+    request = CompileRequest(_model(tiny_onnx), "int8", out, {"reduce_range": False}, calibration=_calibration())
+    eight = _conv_weight(get_backend("onnxruntime").compile(request))
+    assert np.abs(eight).max() == 127  # symmetric per channel: the largest weight of a channel maps to 127
+    bad = CompileRequest(_model(tiny_onnx), "int8", out, {"reduce_range": "yes"}, calibration=_calibration())
+    expected = r"^options\.reduce_range: onnxruntime option reduce_range='yes' is not a boolean; fix: use true"
+    with pytest.raises(ConfigError, match=expected):
+        get_backend("onnxruntime").compile(bad)
+
+
 def test_int8_dynamic_quantises_weights_and_needs_no_calibration(tiny_onnx: Path, tmp_path: Path) -> None:
     backend = get_backend("onnxruntime")
     assert "int8-dynamic" not in backend.needs_calibration

@@ -42,6 +42,7 @@ class CoreMlBackend:
     runtime = "coreml"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8-weights")
     needs_calibration: tuple[str, ...] = ()
+    recipe = 1
     build_options: tuple[str, ...] = ("deployment_target",)
     run_options: tuple[str, ...] = ("compute_units",)
 

@@ -143,6 +143,7 @@ class EdgeTpuBackend:
     runtime = "litert"
     precisions: tuple[str, ...] = ("int8",)
     needs_calibration: tuple[str, ...] = ("int8",)
+    recipe = 1
     build_options: tuple[str, ...] = ("min_runtime_version", "num_segments")
     run_options: tuple[str, ...] = ("edgetpu_device",)
 

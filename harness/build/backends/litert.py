@@ -131,6 +131,7 @@ class LiteRtBackend:
     runtime = "litert"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-dynamic")
     needs_calibration: tuple[str, ...] = ("int8",)
+    recipe = 1
     build_options: tuple[str, ...] = ()
     run_options: tuple[str, ...] = ("xnnpack",)
 

@@ -105,9 +105,16 @@ def quantize_qdq(
     method: str = "minmax",
     symmetric_activations: bool = False,
     activation_type: str = "uint8",
+    reduce_range: bool = False,
 ) -> Path:
     """Static post-training INT8 in QDQ form: per-channel symmetric int8 weights; activations uint8
-    asymmetric by default (what the CPU kernels and QNN HTP want), int8 symmetric for TensorRT."""
+    asymmetric by default (what the CPU kernels and QNN HTP want), int8 symmetric for TensorRT.
+
+    ``reduce_range`` keeps weights to 7 bits. ONNX Runtime's x86-64 CPU kernels multiply uint8 by int8
+    with VPMADDUBSW on CPUs without VNNI, whose int16 pair sums saturate; its quantisation guide
+    advises 7-bit weights there. Measured on this project's AVX2-only VM: digits-cnn INT8 agreed with
+    FP32 on 97.2% of images with 8-bit weights and on 100% with 7-bit weights.
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -146,6 +153,7 @@ def quantize_qdq(
             activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
+            reduce_range=reduce_range,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations},
         )
     except Exception as exc:
@@ -180,7 +188,8 @@ class OnnxRuntimeBackend:
     runtime = "onnxruntime"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-dynamic")
     needs_calibration: tuple[str, ...] = ("int8",)
-    build_options: tuple[str, ...] = ("calibration_method",)
+    recipe = 2  # 2: INT8 weights in 7 bits by default (reduce_range)
+    build_options: tuple[str, ...] = ("calibration_method", "reduce_range")
     run_options: tuple[str, ...] = ("inter_op_threads", "spin_wait")
 
     def compile(self, request: CompileRequest) -> Path:
@@ -200,7 +209,23 @@ class OnnxRuntimeBackend:
                 request.options.get("calibration_method", "minmax"),
                 _CALIBRATION_METHODS,
             )
-            quantize_qdq(source, out, request.onnx.input_name, require_calibration(self.name, request), method=method)
+            # 7-bit weights by default: the artifact must hold its accuracy on every x86 CPU it may meet,
+            # with VNNI or without (see quantize_qdq); reduce_range: false for ARM or VNNI-only fleets.
+            reduce_range = request.options.get("reduce_range", True)
+            if not isinstance(reduce_range, bool):
+                raise ConfigError(
+                    f"onnxruntime option reduce_range={reduce_range!r} is not a boolean",
+                    key="options.reduce_range",
+                    fix="use true (7-bit weights, safe on CPUs without VNNI) or false",
+                )
+            quantize_qdq(
+                source,
+                out,
+                request.onnx.input_name,
+                require_calibration(self.name, request),
+                method=method,
+                reduce_range=reduce_range,
+            )
         else:  # int8-dynamic: weights int8 now, activations quantised per call at run time
             from onnxruntime.quantization import QuantType, quantize_dynamic
 

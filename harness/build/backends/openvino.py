@@ -31,6 +31,7 @@ class OpenVinoBackend:
     runtime = "openvino"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     needs_calibration: tuple[str, ...] = ("int8",)
+    recipe = 1
     build_options: tuple[str, ...] = ("nncf_preset",)
     run_options: tuple[str, ...] = ("device", "hint", "streams", "inference_precision", "cpu_pinning")
 

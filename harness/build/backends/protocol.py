@@ -29,6 +29,7 @@ class Backend(Protocol):
     runtime: str  # the runner's runtime adapter that loads this backend's artifacts
     precisions: tuple[str, ...]
     needs_calibration: tuple[str, ...]  # precisions that need a calibration set
+    recipe: int  # bumped when the compile step's output changes for the same inputs: cached artifacts rebuild
 
     def compile(self, request: CompileRequest) -> Path:
         """Write the artifact into request.out_dir and return its path."""

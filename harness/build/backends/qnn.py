@@ -54,6 +54,7 @@ class QnnBackend:
     runtime = "onnxruntime"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     needs_calibration: tuple[str, ...] = ("int8",)
+    recipe = 1
     build_options: tuple[str, ...] = ()
     run_options: tuple[str, ...] = ("provider", "qnn_backend", "performance_mode", "finalization_level")
 

@@ -162,6 +162,7 @@ class TensorRtBackend:
     runtime = "tensorrt"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     needs_calibration: tuple[str, ...] = ("int8",)
+    recipe = 1
     build_options: tuple[str, ...] = ("workspace_mb", "max_batch", "builder_optimization_level", "dla_core")
     run_options: tuple[str, ...] = ("builder",)
 
