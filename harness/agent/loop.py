@@ -115,9 +115,17 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
         return samples, "fixed_count", time.monotonic() - started
     next_check = stop.min_iterations
     while True:
-        # Never run past max_iterations: the next check may be far ahead while min_duration_s is near.
+        # Never run past max_iterations, nor far past the time cap: a slow model's min_iterations can
+        # take longer than max_duration_s, so a chunk is also bounded by the calls that fit in the time
+        # left at the rate so far (the first chunk, before any rate is known, is one call).
+        elapsed = time.monotonic() - started
         chunk = max(min(next_check, stop.max_iterations) - len(samples), 1)
-        for _ in range(chunk):
+        if samples:
+            room = (stop.max_duration_s - elapsed) * len(samples) / max(elapsed, 1e-9)
+            chunk = min(chunk, int(room) + 1)
+        else:
+            chunk = 1
+        for _ in range(max(chunk, 1)):
             t0 = perf_ns()
             run()
             append(perf_ns() - t0)
@@ -126,6 +134,8 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
             return samples, "max_iterations", elapsed
         if elapsed >= stop.max_duration_s:
             return samples, "time_cap", elapsed
+        if len(samples) < next_check:
+            continue  # a chunk cut short by the time cap's bound: not yet at the next check
         if elapsed >= stop.min_duration_s and converged(samples, stop):
             return samples, "converged", elapsed
         # Check again after ~2% more samples (a check costs well under a millisecond at 1e4 samples, and
@@ -191,6 +201,8 @@ class Watch:
         self.probes.start()
         self.size = thermal.calibration_size(spec.calibration_ms) if spec.calibration_reps > 0 else 0
         self.calibration_before = thermal.calibrate(self.size, spec.calibration_reps)
+        # The "before" reading is the reference for every rise and drop: it must hold the tools' values.
+        self.probes.wait_for_first_records(timeout_s=3.0)
         self.before = thermal.reading(self.origin, self.probes)
         self.sampler = thermal.Sampler(spec.interval_s, self.origin, self.probes).__enter__()
 

@@ -2,7 +2,8 @@
 
 ``run`` reads the job spec as JSON from standard input (or ``--job FILE``), writes the eval outputs
 to the npz the spec names and prints exactly one JSON result line on standard output. Anything the
-runtime prints goes to standard error, so stdout stays parseable.
+runtime prints goes to standard error, so stdout stays parseable. A runner whose host went away
+stops by itself (exit code 6).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -205,10 +208,8 @@ def _telemetry_now(readers: Any, wait_s: float = 2.0) -> dict[str, Any]:
     spec = parse_thermal({"readers": readers}, "readers")
     probes = telemetry.Probes(spec.readers)
     probes.start()
-    deadline = time.monotonic() + wait_s
     try:
-        while time.monotonic() < deadline and any(n == 0 for n in probes.records().values()):
-            time.sleep(0.05)
+        probes.wait_for_first_records(wait_s)
         reading = probes.read({})
     finally:
         probes.stop()
@@ -223,6 +224,43 @@ def _read_spec(rest: list[str]) -> Any:
 
 
 _SPEC_COMMANDS = {"run": run_job, "interleave": run_interleaved, "capacity": run_capacity}
+EXIT_ORPHANED = 6
+
+
+def _stdout_closed() -> bool:
+    """Whether nobody reads our standard output any more (a pipe whose reader exited reports POLLERR)."""
+    poll = getattr(select, "poll", None)
+    if poll is None:
+        return False
+    try:
+        poller = poll()
+        # Only error and hang-up: poll reports them whatever the mask, and a healthy pipe reports nothing.
+        poller.register(sys.stdout.fileno(), select.POLLERR | select.POLLHUP)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def exit_with_parent(interval_s: float = 1.0) -> None:
+    """Stop this runner within ``interval_s`` once the host that started it is gone.
+
+    A host killed mid-run (a CI job cancelled, a lost SSH connection) cannot stop its runner, which
+    would go on timing for up to its time cap and then run the eval pass, loading the device as a
+    competing load for whatever is measured next. Two signs, polled (the same on Linux and macOS): the
+    parent exited, so this process was re-parented; or the pipe the result would go to lost its
+    reader, which also covers a runner behind a shell or ``timeout`` that outlives the host.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if (parent > 1 and os.getppid() != parent) or _stdout_closed():
+                sys.stderr.write("agent: the host that started this run is gone; stopping\n")
+                sys.stderr.flush()
+                os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="edgebench-parent-watch", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
@@ -247,6 +285,7 @@ def main(argv: list[str]) -> int:
         _emit({p: (_sha256(p) if os.path.isfile(p) else None) for p in rest})
         return 0
     if command in _SPEC_COMMANDS:
+        exit_with_parent()
         try:
             raw = _read_spec(rest)
         except (OSError, ValueError) as exc:

@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -244,6 +245,9 @@ class CommandProbe:
             self._stderr.append(line.strip())
             del self._stderr[:-20]  # the last lines say why it stopped
 
+    def exited(self) -> bool:
+        return self._process is None or self._process.poll() is not None
+
     def read(self, out: dict[str, Any]) -> None:
         with self._lock:
             latest = self._latest
@@ -301,6 +305,14 @@ class Probes:
     def stop(self) -> None:
         for probe in self.probes:
             probe.stop()
+
+    def wait_for_first_records(self, timeout_s: float) -> None:
+        """Give streaming tools up to ``timeout_s`` to print a first record (tegrastats waits one interval)."""
+        deadline = time.monotonic() + timeout_s
+        while any(n == 0 for n in self.records().values()) and time.monotonic() < deadline:
+            if all(p.error or p.exited() for p in self.probes if isinstance(p, CommandProbe) and p.records == 0):
+                return  # the ones still without a record cannot produce one
+            time.sleep(0.02)
 
     def errors(self) -> list[str]:
         return [p.error for p in self.probes if p.error]

@@ -169,7 +169,11 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
     if drop is not None and drop > limits.max_freq_drop:
         reasons.append(f"{clock} clock fell {drop * 100:.0f}% during the run (limit {limits.max_freq_drop * 100:g}%)")
 
-    start = _temperature_state(before)
+    # Each sensor's start is its first reading: a streaming tool's sensors may first appear during the loop.
+    start: dict[str, float] = {}
+    for reading in (before, *during):
+        for zone, value in _temperature_state(reading).items():
+            start.setdefault(zone, value)
     hottest = _max_temperatures([before, *during, after])
     rises = {zone: hottest[zone] - t for zone, t in start.items() if zone in hottest}
     rise_zone = max(rises, key=lambda z: rises[z]) if rises else None

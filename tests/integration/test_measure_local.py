@@ -85,7 +85,9 @@ def test_the_platform_profile_telemetry_is_sampled_and_a_hot_run_is_marked_throt
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The runner reads the profile's readers: a sysfs zone and a stand-in for tegrastats (no Jetson here)
-    whose GPU temperature climbs 1 C per line, 20 ms apart: the run ends far from thermal steady state."""
+    whose GPU temperature climbs 1 C per line, 20 ms apart: the run ends far from thermal steady state.
+    The stand-in waits 0.5 s before its first line, as tegrastats waits one interval; the "before"
+    reading must still hold its sensors."""
     import sys
 
     zone = edgebench_env / "sysfs" / "thermal_zone0"
@@ -95,6 +97,7 @@ def test_the_platform_profile_telemetry_is_sampled_and_a_hot_run_is_marked_throt
     tool = edgebench_env / "tegrastats"
     tool.write_text(
         f"#!{sys.executable}\nimport time\n"
+        "time.sleep(0.5)\n"  # like tegrastats, the first line comes one interval after the start
         "for i in range(100000):\n"
         "    print('RAM 1/2MB CPU [5%%@1190,7%%@1190] GR3D_FREQ 40%%@[612] GPU@%.1fC tj@40C '\n"
         "          'VDD_IN 5000mW/5000mW VDD_CPU_GPU_CV 1800mW/1800mW' % (30.0 + i), flush=True)\n"
@@ -115,6 +118,7 @@ def test_the_platform_profile_telemetry_is_sampled_and_a_hot_run_is_marked_throt
     thermal = result.facts["thermal"]
     assert thermal["readers"] == ["zone", "rails"] and thermal["reader_errors"] == []
     assert thermal["reader_records"]["rails"] > 10
+    assert thermal["before"]["temperatures_c"]["gpu"] >= 30.0
     during = thermal["during"]
     assert all(d["temperatures_c"]["board_thermal"] == 38.0 for d in during)
     assert during[-1]["temperatures_c"]["gpu"] > during[0]["temperatures_c"]["gpu"]

@@ -177,6 +177,69 @@ def test_adaptive_stop_gives_up_at_the_time_cap(device: Device) -> None:
     assert 0.3 <= r["duration_s"] < 5.0
 
 
+def test_the_time_cap_holds_even_before_min_iterations_are_reached() -> None:
+    """A slow model (20 ms a call) asked for 10,000 iterations and a 0.5 s cap stops near 0.5 s, not at 200 s."""
+    import time
+
+    from harness.agent.loop import timed_loop
+    from harness.agent.protocol import StopSpec
+
+    started = time.monotonic()
+    samples, reason, elapsed = timed_loop(lambda: time.sleep(0.02), StopSpec(min_iterations=10_000, max_duration_s=0.5))
+    assert reason == "time_cap"
+    assert 0.5 <= elapsed < 0.7 and time.monotonic() - started < 0.8
+    assert 20 <= len(samples) <= 30
+
+
+@pytest.mark.parametrize("behind_a_shell", [False, True], ids=["direct-child", "behind-a-shell"])
+def test_a_runner_whose_host_is_killed_stops_by_itself(device: Device, tmp_path: Path, behind_a_shell: bool) -> None:
+    """The host starts a 60 s run in its own session (as the local transport does) and is SIGKILLed:
+    nothing could clean up after it, yet the runner is gone within a few seconds. Behind a shell that
+    outlives the host (as ``sh -c`` or ``timeout`` on a device would), the runner's parent does not
+    change; its result pipe losing its reader is what tells it."""
+    import os
+    import shlex
+    import signal
+    import time
+
+    spec = make_spec(device, stop={"min_iterations": 50, "max_duration_s": 60.0, "max_half_width": 1e-9})
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    runner_argv = [sys.executable, "-I", str(device.bundle), "run", "--job", str(tmp_path / "spec.json")]
+    if behind_a_shell:
+        # The shell keeps the runner's pid in a file and waits for it, then lives on (sleep).
+        pidfile = tmp_path / "runner.pid"
+        script = f"echo $$ > {pidfile}.sh; {shlex.join(runner_argv)} & echo $! > {pidfile}; wait; sleep 60"
+        launch = f"subprocess.Popen(['sh', '-c', {script!r}], start_new_session=True, stdout=subprocess.PIPE)"
+        report = f"time.sleep(1.0); print(open({str(pidfile)!r}).read().strip(), flush=True)"
+    else:
+        launch = f"subprocess.Popen({runner_argv!r}, start_new_session=True, stdout=subprocess.DEVNULL)"
+        report = "print(child.pid, flush=True)"
+    host = f"import subprocess, sys, time\nchild = {launch}\n{report}\ntime.sleep(120)\n"
+    parent = subprocess.Popen([sys.executable, "-c", host], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    runner = int(parent.stdout.readline())
+    time.sleep(1.5)  # the runner is loading and timing by now
+    os.kill(runner, 0)  # still running while its host lives
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{runner}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                break
+            if state == "Z":  # exited, waiting for whoever adopted it to reap it
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(runner, signal.SIGKILL)
+            pytest.fail("the runner outlived its host by 10 s")
+    finally:
+        if behind_a_shell:
+            os.killpg(int((tmp_path / "runner.pid.sh").read_text()), signal.SIGKILL)
+
+
 def test_a_bad_spec_gives_an_error_result_and_a_nonzero_exit(device: Device) -> None:
     spec = make_spec(device)
     del spec["artifact"]

@@ -191,6 +191,32 @@ def test_stand_in_tegrastats_streams_into_the_newest_reading(tmp_path: Path) -> 
     assert probes.records()["rails"] >= 3 and probes.errors() == []
 
 
+def test_the_first_record_of_a_slow_starting_tool_is_waited_for(tmp_path: Path) -> None:
+    """A stand-in that, like tegrastats, prints its first line one interval (0.4 s) after it starts."""
+    script = _stand_in(tmp_path, f"import time\ntime.sleep(0.4)\nprint({NANO!r}, flush=True)\ntime.sleep(30)\n")
+    slow = ProbeSpec("command", "rails", "mW", command=(str(script),), parser="tegrastats")
+    missing = ProbeSpec("command", "other", "mW", command=(str(tmp_path / "absent"),), parser="tegrastats")
+    probes = Probes([slow, missing])
+    probes.start()
+    try:
+        started = time.monotonic()
+        probes.wait_for_first_records(timeout_s=5.0)
+        waited = time.monotonic() - started
+        reading = probes.read({})
+    finally:
+        probes.stop()
+    assert 0.3 < waited < 4.0, "waited for the slow tool, not for the one that cannot start"
+    assert reading["temperatures_c"]["gpu"] == 23.5
+
+
+def test_a_sensor_that_first_appears_during_the_loop_is_judged_from_there() -> None:
+    """A tool whose first record lands after the "before" reading still has its rise judged."""
+    first = parse_tegrastats(ORIN)
+    hot = parse_tegrastats(ORIN.replace("tj@47.5C", "tj@70.0C"))
+    verdict = assess_throttle({"thermal": {"before": {}, "during": [first, hot], "after": hot}})
+    assert verdict.reasons == ("tj rose 22.5 C during the run (limit 15 C): not at thermal steady state",)
+
+
 def test_a_missing_vendor_tool_is_a_reason_not_a_crash(tmp_path: Path) -> None:
     probe = CommandProbe(
         ProbeSpec("command", "rails", "mW", command=(str(tmp_path / "tegrastats"),), parser="tegrastats")
