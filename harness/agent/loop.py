@@ -115,17 +115,11 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
         return samples, "fixed_count", time.monotonic() - started
     next_check = stop.min_iterations
     while True:
-        # Never run past max_iterations, nor far past the time cap: a slow model's min_iterations can
-        # take longer than max_duration_s, so a chunk is also bounded by the calls that fit in the time
-        # left at the rate so far (the first chunk, before any rate is known, is one call).
-        elapsed = time.monotonic() - started
+        # min_iterations is a floor the time cap does not cut (MLPerf LoadGen's min_query_count): a slow
+        # model's 400 calls may outlast max_duration_s, but fewer would leave its P99 INVALID. The job
+        # timeout bounds the floor. Never run past max_iterations: the next check may be far ahead.
         chunk = max(min(next_check, stop.max_iterations) - len(samples), 1)
-        if samples:
-            room = (stop.max_duration_s - elapsed) * len(samples) / max(elapsed, 1e-9)
-            chunk = min(chunk, int(room) + 1)
-        else:
-            chunk = 1
-        for _ in range(max(chunk, 1)):
+        for _ in range(chunk):
             t0 = perf_ns()
             run()
             append(perf_ns() - t0)
@@ -134,8 +128,6 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
             return samples, "max_iterations", elapsed
         if elapsed >= stop.max_duration_s:
             return samples, "time_cap", elapsed
-        if len(samples) < next_check:
-            continue  # a chunk cut short by the time cap's bound: not yet at the next check
         if elapsed >= stop.min_duration_s and converged(samples, stop):
             return samples, "converged", elapsed
         # Check again after ~2% more samples (a check costs well under a millisecond at 1e4 samples, and

@@ -256,8 +256,11 @@ def exit_with_parent(interval_s: float = 1.0) -> None:
         while True:
             time.sleep(interval_s)
             if (parent > 1 and os.getppid() != parent) or _stdout_closed():
-                sys.stderr.write("agent: the host that started this run is gone; stopping\n")
-                sys.stderr.flush()
+                try:
+                    sys.stderr.write("agent: the host that started this run is gone; stopping\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass  # stderr went with the host (EPIPE): exiting is all that is left to do
                 os._exit(EXIT_ORPHANED)
 
     threading.Thread(target=watch, name="edgebench-parent-watch", daemon=True).start()

@@ -31,8 +31,8 @@ class OpenVinoBackend:
     runtime = "openvino"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     needs_calibration: tuple[str, ...] = ("int8",)
-    recipe = 1
-    build_options: tuple[str, ...] = ("nncf_preset",)
+    recipe = 2  # 2: INT8 weights in 7 bits on every layer by default (overflow_fix)
+    build_options: tuple[str, ...] = ("nncf_preset", "overflow_fix")
     run_options: tuple[str, ...] = ("device", "hint", "streams", "inference_precision", "cpu_pinning")
 
     def compile(self, request: CompileRequest) -> Path:
@@ -65,9 +65,24 @@ class OpenVinoBackend:
             self.name, "nncf_preset", request.options.get("nncf_preset", "performance"), ("performance", "mixed")
         )
         preset = nncf.QuantizationPreset.MIXED if preset_name == "mixed" else nncf.QuantizationPreset.PERFORMANCE
+        # NNCF's default keeps only the first layer's weights to 7 bits. The CPU plugin's u8s8 kernels
+        # saturate on x86 CPUs without VNNI on every layer, as ONNX Runtime's do (see quantize_qdq): on
+        # this project's AVX2-only VM MobileNetV2-style INT8 agreed with FP32 on 41% of images (logit
+        # PSNR 27.2 dB) with first_layer and on 58% (34.1 dB) with enable. The artifact cannot know its
+        # CPU, so every layer is the default; first_layer or disable for VNNI-only or ARM fleets.
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+        fixes = {"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}
+        fix = check_choice(self.name, "overflow_fix", request.options.get("overflow_fix", "enable"), tuple(fixes))
         dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
         try:
-            return nncf.quantize(model, dataset, preset=preset, subset_size=len(calibration))
+            return nncf.quantize(
+                model,
+                dataset,
+                preset=preset,
+                subset_size=len(calibration),
+                advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fixes[fix]),
+            )
         except Exception as exc:
             raise BuildError(f"NNCF quantisation failed: {str(exc).splitlines()[0][:200]}") from None
 
