@@ -20,6 +20,7 @@ from typing import Any
 from .telemetry import Probes
 
 perf_ns = time.perf_counter_ns
+MIN_TICKS = 50  # machine clock ticks (all CPUs) a CPU-share window needs: 0.25 s on 2 CPUs at 100 Hz
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -74,15 +75,21 @@ class Sampler:
         self._own = _own_jiffies()
 
     def _foreign_share(self) -> float | None:
-        """Share of all CPUs' time since the last call used by other processes (0..1), where /proc exists."""
+        """Share of all CPUs' time since the last call used by other processes (0..1), where /proc exists.
+
+        /proc counts in clock ticks (10 ms at the usual 100 Hz): a window of a few ticks reads 0% or 100%
+        by rounding alone (a 20-iteration robustness loop read "other processes used 100%"), so a
+        window shorter than ``MIN_TICKS`` of machine time gives None and is added to the next one.
+        """
         machine, own = _cpu_jiffies(), _own_jiffies()
         previous_machine, previous_own = self._machine, self._own
-        self._machine, self._own = machine, own
         if machine is None or own is None or previous_machine is None or previous_own is None:
+            self._machine, self._own = machine, own
             return None
         total = machine[1] - previous_machine[1]
-        if total <= 0:
-            return None
+        if total < MIN_TICKS:
+            return None  # keep the window open: the next reading covers this stretch too
+        self._machine, self._own = machine, own
         foreign = (machine[0] - previous_machine[0]) - (own - previous_own)
         return round(min(max(foreign / total, 0.0), 1.0), 3)
 

@@ -299,3 +299,19 @@ def test_a_gpu_clock_drop_and_raised_thermal_pressure_count_as_throttling() -> N
     hot = parse_powermetrics(MAC.replace("Nominal", "Heavy"))
     verdict = assess_throttle({"thermal": {"before": mac, "during": [mac, hot], "after": mac}})
     assert verdict.reasons == ("thermal pressure Heavy during the run (powermetrics; nominal expected)",)
+
+
+def test_a_cpu_share_window_of_a_few_clock_ticks_is_not_read_as_a_share() -> None:
+    """A 20-iteration loop spans one or two 10 ms ticks, which read 0% or 100% by rounding alone: no share
+    is given for it, and its stretch is added to the next window (real /proc readings)."""
+    from harness.agent.thermal import Sampler
+
+    sampler = Sampler(interval_s=0.0, origin=time.monotonic())
+    sampler._sample()
+    assert sampler.samples[-1]["foreign_cpu"] is None
+    spin_until = time.monotonic() + 0.4
+    while time.monotonic() < spin_until:
+        pass
+    sampler._sample()
+    share = sampler.samples[-1]["foreign_cpu"]
+    assert isinstance(share, float) and 0.0 <= share <= 1.0
