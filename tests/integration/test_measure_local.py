@@ -126,11 +126,12 @@ def test_the_platform_profile_telemetry_is_sampled_and_a_hot_run_is_marked_throt
 
     row = next(r for r in json_results(edgebench_env, capsys) if r["job_id"] == result.job_id)
     assert row["throttled"] is True and row["unstable"] is True
-    reason = row["throttle_reasons"][0]
-    assert reason.startswith("gpu rose ") and "not at thermal steady state" in reason
+    # On a loaded machine the calibration workload may also read slower: the temperature reason must be there.
+    hot = [r for r in row["throttle_reasons"] if r.startswith("gpu rose ")]
+    assert hot and "not at thermal steady state" in hot[0]
     assert row["power_mw"] == {"VDD_IN": 5000.0, "VDD_CPU_GPU_CV": 1800.0}
     assert row["telemetry_errors"] == []
-    assert "(unstable: gpu rose" in row["message"]
+    assert "(unstable: " in row["message"]
 
 
 def test_a_profile_reader_that_cannot_run_is_reported_and_the_job_still_measures(
