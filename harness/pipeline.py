@@ -46,7 +46,7 @@ from .errors import (
 )
 from .lab.connect import open_transport
 from .lab.inventory import Device, Lab
-from .lab.platforms import load_platform
+from .lab.platforms import PlatformProfile, load_platform
 from .measure.stats import LatencySummary, summarize
 from .measure.throttle import ThrottleLimits, ThrottleVerdict, assess_throttle, throttle_metrics
 from .plan import plan_variants
@@ -224,6 +224,7 @@ class Pipeline:
         self._done: dict[tuple[str, str], JobResult] = {}
         self._outputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._bundle: tuple[Path, str] | None = None
+        self._profiles: dict[str, PlatformProfile] = {}
         self._workdir = Path(tempfile.mkdtemp(prefix="edgebench-"))
         self.store.start_run(
             RunInfo(
@@ -241,7 +242,7 @@ class Pipeline:
     # ---- plan -------------------------------------------------------------------------------
     def variants_for(self, model: ModelEntry, device: Device) -> list[Variant]:
         """The variants of a model a device runs: its platform profile x the catalog's input sizes."""
-        variants = plan_variants(model, device, load_platform(device.platform), backends=self.backends)
+        variants = plan_variants(model, device, self.profile(device), backends=self.backends)
         if self.native_size_only:
             variants = [v for v in variants if v.size is None]
         return variants
@@ -258,10 +259,16 @@ class Pipeline:
                     jobs.extend(Job(model, v, device, kind) for v in variants)
         return jobs
 
+    def profile(self, device: Device) -> PlatformProfile:
+        """The device's platform profile, read and validated once per run."""
+        if device.platform not in self._profiles:
+            self._profiles[device.platform] = load_platform(device.platform)
+        return self._profiles[device.platform]
+
     def timing_spec(self, device: Device) -> dict[str, Any]:
         """The spec's measurement part for a device: settings plus its platform profile's telemetry readers."""
         spec = self.settings.spec()
-        readers = load_platform(device.platform).telemetry.readers()
+        readers = self.profile(device).telemetry.readers()
         spec["thermal"] = {**spec["thermal"], "readers": [r.spec() for r in readers]}
         return spec
 

@@ -10,7 +10,7 @@ variants the latency suite has measured already.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ from .errors import CapabilityMissing, DeviceOffline, EdgebenchError, ToolchainM
 from .records import Job, JobResult
 
 if TYPE_CHECKING:
-    from .scenarios import InterleaveOutcome
+    from .scenarios import InterleaveGroup, InterleaveOutcome
 
 _PIPELINE = pytest.StashKey["Any"]()
 _REPORT = pytest.StashKey["Path | None"]()
@@ -122,27 +122,6 @@ def _pipeline(config: pytest.Config) -> Any:
     return config.stash.get(_PIPELINE, None)
 
 
-@dataclass(frozen=True)
-class InterleaveGroup:
-    """Every latency variant of one model on one device, in plan order: what one interleaved comparison runs."""
-
-    model: str
-    device: str
-    jobs: tuple[Job, ...]
-
-    @property
-    def id(self) -> str:
-        return f"{self.model}@{self.device}"
-
-
-def interleave_groups(jobs: Iterable[Job]) -> list[InterleaveGroup]:
-    """The jobs grouped by (model, device), groups in order of their first job."""
-    grouped: dict[tuple[str, str], list[Job]] = {}
-    for job in jobs:
-        grouped.setdefault((job.model.name, job.device.name), []).append(job)
-    return [InterleaveGroup(model, device, tuple(members)) for (model, device), members in grouped.items()]
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = [n for n in ("edgebench_job", "edgebench_group") if n in metafunc.fixturenames]
     pipeline = _pipeline(metafunc.config)
@@ -159,6 +138,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "edgebench_group" in names:
         # Planning costs no device time, so without --interleave the skipped groups still show what would run.
         marks = () if metafunc.config.getoption("--interleave") else (pytest.mark.skip(reason=NO_INTERLEAVE),)
+        from .scenarios import interleave_groups
+
         groups = interleave_groups(pipeline.plan(["latency"]))
         metafunc.parametrize("edgebench_group", [pytest.param(g, id=g.id, marks=marks) for g in groups])
 
@@ -233,19 +214,10 @@ def edgebench_interleaved(
 
 def _run_interleaved(pipeline: Any, group: InterleaveGroup) -> _Interleaved:
     """Build what this host can, then run it interleaved; skip or fail the test with the reason otherwise."""
-    from .scenarios import run_interleaved
+    from .scenarios import buildable, run_interleaved
 
-    jobs: list[Job] = []
-    unbuilt: dict[str, str] = {}
     try:
-        # As `edgebench interleave` does: a variant this host cannot build does not stop the others.
-        for job in group.jobs:
-            try:
-                pipeline.compile(job)
-            except (CapabilityMissing, ToolchainMissing) as exc:
-                unbuilt[job.id] = exc.one_line()
-                continue
-            jobs.append(job)
+        jobs, unbuilt = buildable(pipeline, group.jobs)
         if not jobs:
             pytest.skip(f"no variant of {group.model} can be built for {group.device}: {'; '.join(unbuilt.values())}")
         return _Interleaved(run_interleaved(pipeline, jobs), unbuilt)

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .analyse import stability_metrics
-from .errors import CapabilityMissing, ConfigError, RunnerError
+from .errors import CapabilityMissing, ConfigError, RunnerError, ToolchainMissing
 from .measure.stats import LatencySummary, summarize
 from .measure.throttle import assess_throttle, throttle_metrics
 from .pipeline import DeviceLink, Pipeline, now
@@ -36,9 +36,12 @@ __all__ = [
     "AA_TOLERANCE",
     "CapacityAnswer",
     "CapacityStep",
+    "InterleaveGroup",
     "InterleaveOutcome",
     "aa_check",
+    "buildable",
     "capacity_answer",
+    "interleave_groups",
     "run_capacity",
     "run_interleaved",
 ]
@@ -246,6 +249,44 @@ def _result(
 
 
 # ---- interleaving -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InterleaveGroup:
+    """Every latency variant of one model on one device, in plan order: what one interleaved comparison runs."""
+
+    model: str
+    device: str
+    jobs: tuple[Job, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}@{self.device}"
+
+
+def interleave_groups(jobs: Iterable[Job]) -> list[InterleaveGroup]:
+    """The jobs grouped by (model, device), groups in order of their first job."""
+    grouped: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        grouped.setdefault((job.model.name, job.device.name), []).append(job)
+    return [InterleaveGroup(model, device, tuple(members)) for (model, device), members in grouped.items()]
+
+
+def buildable(pipeline: Pipeline, jobs: Sequence[Job]) -> tuple[list[Job], dict[str, str]]:
+    """The jobs this host can build (compiled now, cached for the run) and, by job id, why the others cannot.
+
+    A variant whose toolchain or calibration set is missing does not stop the others from being compared.
+    """
+    ready: list[Job] = []
+    unbuilt: dict[str, str] = {}
+    for job in jobs:
+        try:
+            pipeline.compile(job)
+        except (CapabilityMissing, ToolchainMissing) as exc:
+            unbuilt[job.id] = exc.one_line()
+            continue
+        ready.append(job)
+    return ready, unbuilt
+
+
 @dataclass(frozen=True)
 class InterleaveOutcome:
     """Per-variant results of one interleaved comparison, how they were obtained, and the A/A check."""

@@ -187,8 +187,8 @@ class Watch:
     def __init__(self, spec: ThermalSpec) -> None:
         self.spec = spec
         self.origin = time.monotonic()
-        # Streaming tools (tegrastats) need a moment to print their first record: start them before
-        # the calibration workload, whose ~70 ms covers that wait.
+        # Streaming tools print their first record one interval after they start (tegrastats: 500 ms):
+        # start them first, so the calibration workload runs while they get going.
         self.probes = Probes(spec.readers)
         self.probes.start()
         self.size = thermal.calibration_size(spec.calibration_ms) if spec.calibration_reps > 0 else 0

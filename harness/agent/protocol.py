@@ -7,7 +7,7 @@ the device, so a malformed spec fails here with the key that is wrong.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, replace
 from typing import Any
 
 from . import PROTOCOL_VERSION
@@ -174,6 +174,8 @@ def parse_thermal(obj: Any, where: str = "thermal") -> ThermalSpec:
     probes = []
     for i, reader in enumerate(readers):
         probe = _sub(ProbeSpec, reader, f"{where}.readers[{i}]")
+        if probe.kind not in ("sysfs", "command"):
+            raise SpecError(f"job spec: {where}.readers[{i}].kind must be sysfs or command, got {probe.kind!r}")
         if probe.kind == "sysfs" and not probe.path:
             raise SpecError(f"job spec: {where}.readers[{i}] is a sysfs reader without a path")
         if probe.kind == "command" and (not probe.command or probe.parser not in PARSER_NAMES):
@@ -181,12 +183,9 @@ def parse_thermal(obj: Any, where: str = "thermal") -> ThermalSpec:
                 f"job spec: {where}.readers[{i}] needs a command and a parser ({', '.join(PARSER_NAMES)}), "
                 f"got parser {probe.parser!r}"
             )
-        if probe.kind not in ("sysfs", "command"):
-            raise SpecError(f"job spec: {where}.readers[{i}].kind must be sysfs or command, got {probe.kind!r}")
         probes.append(probe)
-    rest = {k: v for k, v in obj.items() if k != "readers"}
-    spec: ThermalSpec = _sub(ThermalSpec, rest, where)
-    return ThermalSpec(spec.interval_s, spec.calibration_reps, spec.calibration_ms, tuple(probes))
+    spec: ThermalSpec = _sub(ThermalSpec, {k: v for k, v in obj.items() if k != "readers"}, where)
+    return replace(spec, readers=tuple(probes))
 
 
 def _sub(cls: Any, obj: Any, where: str) -> Any:

@@ -13,8 +13,8 @@ and Apple's powermetrics(1) describe; a token they do not know is skipped, never
 each JetPack and macOS release adds fields.
 
 A probe that cannot run (tool missing, sudo wanting a password, a glob matching nothing) reports why
-under ``errors`` and the run goes on with the built-in readers: telemetry is evidence about a run,
-not a precondition for it.
+under ``errors`` and the run goes on without its readings: telemetry is evidence about a run, not a
+precondition for it.
 """
 
 from __future__ import annotations
@@ -134,16 +134,21 @@ class SysfsProbe:
     def __init__(self, spec: Any) -> None:
         self.spec = spec
         self.error: str | None = None
+        self._files: list[tuple[str, str]] = []  # (value file, sensor name)
 
     def start(self) -> None:
-        if not glob.glob(self.spec.path):
-            self.error = f"{self.spec.label}: nothing matches {self.spec.path}"
+        """Resolve the glob and the sensor names once: the sampler thread then reads only the values."""
+        spec = self.spec
+        for path in sorted(glob.glob(spec.path), key=_cpu_order):
+            name = facts.read_text(os.path.join(os.path.dirname(path), spec.name_file)) if spec.name_file else None
+            self._files.append((path, _slug(name or _star_part(spec.path, path))))
+        if not self._files:
+            self.error = f"{spec.label}: nothing matches {spec.path}"
 
     def read(self, out: dict[str, Any]) -> None:
         spec = self.spec
-        paths = sorted(glob.glob(spec.path), key=_cpu_order)
         cpu_clock = spec.unit == "MHz" and spec.label == "cpu"
-        for path in paths:
+        for path, key in self._files:
             raw = facts.read_text(path)
             try:
                 value = float(raw) * spec.scale if raw else None
@@ -151,14 +156,8 @@ class SysfsProbe:
                 value = None
             if cpu_clock:
                 out["cpu_freq_mhz"].append(value)
-                continue
-            if value is None:
-                continue
-            name = None
-            if spec.name_file:
-                name = facts.read_text(os.path.join(os.path.dirname(path), spec.name_file))
-            key = _slug(name or _star_part(spec.path, path))
-            _put(out, spec.unit, key, value)
+            elif value is not None:
+                _put(out, spec.unit, key, value)
 
     def stop(self) -> None:
         pass

@@ -34,7 +34,7 @@ def interleave(
 ) -> int:
     """Run every variant of a model on a device in one process, shuffled round by round, with an A/A check."""
     from ..pipeline import MeasureSettings, Pipeline
-    from ..scenarios import run_interleaved
+    from ..scenarios import buildable, interleave_groups, run_interleaved
     from ..store import Store
 
     lab_config = load_lab(lab)
@@ -52,44 +52,37 @@ def interleave(
     table = Table("model", "device", "variant", "P50 ms", "P99 ms", "mode", "A/A ratio", "status")
     failed = False
     try:
-        for entry in entries:
-            for device in lab_config.devices:
-                jobs = []
-                for job in pipeline.plan(["latency"]):
-                    if job.model.name != entry.name or job.device != device:
-                        continue
-                    try:
-                        pipeline.compile(job)  # a variant this host cannot build is shown skipped, the rest run
-                    except (CapabilityMissing, ToolchainMissing) as exc:
-                        table.add_row(
-                            entry.name, device.name, job.variant.id, "-", "-", "-", "-", f"skipped: {exc.one_line()}"
-                        )
-                        continue
-                    jobs.append(job)
-                if not jobs:
-                    continue
-                try:
-                    outcome = run_interleaved(pipeline, jobs, block=block, seed=seed)
-                except (CapabilityMissing, ToolchainMissing) as exc:
-                    table.add_row(entry.name, device.name, "-", "-", "-", "-", "-", f"skipped: {exc.one_line()}")
-                    continue
-                except EdgebenchError as exc:
-                    failed = True
-                    table.add_row(entry.name, device.name, "-", "-", "-", "-", "-", f"error: {exc.one_line()}")
-                    continue
-                ratio = f"{outcome.aa['ratio']:.4f}" if outcome.aa else "-"
-                for r in outcome.results:
-                    lat = r.latency
+        for group in interleave_groups(pipeline.plan(["latency"])):
+            jobs, unbuilt = buildable(pipeline, group.jobs)  # a variant this host cannot build is shown skipped
+            for job in group.jobs:
+                if job.id in unbuilt:
                     table.add_row(
-                        entry.name,
-                        device.name,
-                        r.job_id.split("/")[1],
-                        f"{lat.p50.value_ms:.3f}" if lat else "-",
-                        f"{lat.p99.value_ms:.3f}" if lat else "-",
-                        outcome.mode,
-                        ratio,
-                        r.status,
+                        group.model, group.device, job.variant.id, "-", "-", "-", "-", f"skipped: {unbuilt[job.id]}"
                     )
+            if not jobs:
+                continue
+            try:
+                outcome = run_interleaved(pipeline, jobs, block=block, seed=seed)
+            except (CapabilityMissing, ToolchainMissing) as exc:
+                table.add_row(group.model, group.device, "-", "-", "-", "-", "-", f"skipped: {exc.one_line()}")
+                continue
+            except EdgebenchError as exc:
+                failed = True
+                table.add_row(group.model, group.device, "-", "-", "-", "-", "-", f"error: {exc.one_line()}")
+                continue
+            ratio = f"{outcome.aa['ratio']:.4f}" if outcome.aa else "-"
+            for r in outcome.results:
+                lat = r.latency
+                table.add_row(
+                    group.model,
+                    group.device,
+                    r.job_id.split("/")[1],
+                    f"{lat.p50.value_ms:.3f}" if lat else "-",
+                    f"{lat.p99.value_ms:.3f}" if lat else "-",
+                    outcome.mode,
+                    ratio,
+                    r.status,
+                )
     finally:
         status = pipeline.finish()
     console.print(table)

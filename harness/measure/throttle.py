@@ -62,6 +62,8 @@ class ThrottleVerdict:
     temp_rise_c: float | None
     foreign_cpu: float | None  # mean share of all CPU time other processes used during the run
     thermal: Mapping[str, Any]  # {before, after, max}: the summary the flat record carries
+    power_mw: Mapping[str, float]  # mean per rail during the run (empty where the platform reports none)
+    telemetry_errors: tuple[str, ...]  # profile readers that could not be read
 
 
 def calibration_per_iteration_ns(calibration: Mapping[str, Any], key: str = "before_ns") -> float | None:
@@ -205,9 +207,7 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
         "max": {"temperatures_c": hottest},
         "samples": len(during),
         "foreign_cpu_max": max(shares) if shares else None,
-        "power_mw": _mean_power(during),
         "readers": list(thermal.get("readers") or []),
-        "reader_errors": list(thermal.get("reader_errors") or []),
     }
     if pressure:
         summary["thermal_pressure"] = sorted(set(pressure))
@@ -221,6 +221,8 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
         temp_rise_c=rise,
         foreign_cpu=foreign,
         thermal=summary,
+        power_mw=_mean_power(during),
+        telemetry_errors=tuple(str(e) for e in thermal.get("reader_errors") or ()),
     )
 
 
@@ -242,8 +244,8 @@ def throttle_metrics(metrics: Mapping[str, Any], attempts: Sequence[ThrottleVerd
         "foreign_cpu": last.foreign_cpu,
         "competing_load": last.contention,
         "thermal": dict(last.thermal),
-        "power_mw": dict(last.thermal.get("power_mw") or {}) or None,
-        "telemetry_errors": list(last.thermal.get("reader_errors") or []),
+        "power_mw": dict(last.power_mw) or None,
+        "telemetry_errors": list(last.telemetry_errors),
     }
     reasons = [f"throttled: {r}" for r in last.reasons] + ([last.contention] if last.contention else [])
     if reasons:
