@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .analyse import corruption_keys, latency_checks, parity_checks, production_checks, robustness_checks
+from .analyse import (
+    corruption_keys,
+    latency_checks,
+    oversubscription,
+    parity_checks,
+    production_checks,
+    robustness_checks,
+)
 from .build.agent_bundle import build_agent_bundle
 from .build.backends import get_backend
 from .build.backends.edgetpu import compile_report
@@ -98,6 +105,65 @@ class MeasureSettings:
         if self.cpus is not None:
             spec["cpus"] = list(self.cpus)
         return spec
+
+
+# The flags both front ends offer, as MeasureSettings fields.
+MEASURE_FLAGS = {
+    "min_duration_s": "--min-duration",
+    "max_duration_s": "--max-duration",
+    "max_half_width": "--half-width",
+    "batch": "--batch",
+}
+
+
+def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureSettings:
+    """The run's settings: the defaults, then the lab's ``measure:`` block, then ``--quick``, then flags.
+
+    ``flags`` are MeasureSettings fields given on the command line (None: not given). A duration
+    window the result cannot satisfy is an error naming where its ends came from.
+    """
+    settings = replace(MeasureSettings(), **lab.measure.overrides())
+    if quick:
+        # A quick run still reports a throttled or contended job as unstable, but never sleeps to cool down.
+        settings = replace(settings, min_duration_s=0.5, max_duration_s=5.0, throttle_retries=0)
+    given = {k: v for k, v in flags.items() if v is not None}
+    settings = replace(settings, **given)
+    if "min_duration_s" not in given and lab.measure.min_duration_s is None:
+        # Only a cap was asked for: the default (or --quick's) minimum gives way to it, not contradicts it.
+        settings = replace(settings, min_duration_s=min(settings.min_duration_s, settings.max_duration_s))
+
+    def origin(name: str) -> tuple[str, Path | None]:
+        if name in given:
+            return MEASURE_FLAGS.get(name, name), None
+        return f"measure.{name}", lab.lab_file
+
+    for name in ("min_duration_s", "max_duration_s"):
+        if getattr(settings, name) < 0 or (name == "max_duration_s" and settings.max_duration_s == 0):
+            key, file = origin(name)
+            raise ConfigError(
+                f"duration {getattr(settings, name):g} s is not positive", file=file, key=key, fix="use seconds > 0"
+            )
+    if settings.min_duration_s > settings.max_duration_s:
+        if "min_duration_s" in given or ("max_duration_s" not in given and lab.measure.min_duration_s is not None):
+            key, file = origin("min_duration_s")
+        else:
+            key, file = origin("max_duration_s")
+        raise ConfigError(
+            f"the minimum duration {settings.min_duration_s:g} s is longer than the time cap "
+            f"{settings.max_duration_s:g} s",
+            file=file,
+            key=key,
+            fix="raise max_duration_s (--max-duration) to at least min_duration_s (--min-duration)",
+        )
+    if not 0 < settings.max_half_width < 1:
+        key, file = origin("max_half_width")
+        raise ConfigError(
+            f"half-width {settings.max_half_width:g} is not a fraction", file=file, key=key, fix="use e.g. 0.05 for 5%"
+        )
+    if settings.batch < 1:
+        key, file = origin("batch")
+        raise ConfigError(f"batch {settings.batch} is not positive", file=file, key=key, fix="use 1 or more")
+    return settings
 
 
 def now() -> str:
@@ -265,9 +331,16 @@ class Pipeline:
             self._profiles[device.platform] = load_platform(device.platform)
         return self._profiles[device.platform]
 
+    def cpus_for(self, device: Device) -> tuple[int, ...] | None:
+        """The CPUs a device's runner is pinned to: the device's own ``cpus``, else the run's setting."""
+        return device.cpus if device.cpus is not None else self.settings.cpus
+
     def timing_spec(self, device: Device) -> dict[str, Any]:
         """The spec's measurement part for a device: settings plus its platform profile's telemetry readers."""
         spec = self.settings.spec()
+        cpus = self.cpus_for(device)
+        if cpus is not None:
+            spec["cpus"] = list(cpus)
         readers = self.profile(device).telemetry.readers()
         spec["thermal"] = {**spec["thermal"], "readers": [r.spec() for r in readers]}
         return spec
@@ -300,7 +373,8 @@ class Pipeline:
             "backend": backend.name,
             "recipe": backend.recipe,
             "precision": job.variant.precision,
-            "options": dict(job.variant.options),
+            # Run-time options (OpenVINO streams, ONNX Runtime threads) do not change what is built.
+            "options": {k: v for k, v in job.variant.options if k in backend.build_options},
             "calibration": calibration_id,
         }
 
@@ -509,6 +583,12 @@ class Pipeline:
             "warmup_iterations": raw["warmup_iterations"],
             "warmup_stable": raw["warmup_stable"],
             "duration_s": raw["duration_s"],
+            # What the number was measured with: the options asked for, the runtime's own account of
+            # its settings (OpenVINO's applied streams and hints, ONNX Runtime's threads and mode) and
+            # the CPUs the runner was allowed on.
+            "variant_options": dict(job.variant.options),
+            "runtime_config": raw["runtime"],
+            "cpu_affinity": raw["facts"].get("cpu_affinity"),
         }
         failures: dict[str, tuple[str, ...]] = {}
         keys = sorted(outputs)
@@ -521,8 +601,12 @@ class Pipeline:
         else:
             stability, failures["latency"] = latency_checks(summary, samples, budgets)
             metrics.update(stability)
+            crowded = oversubscription(job.variant.threads, dict(job.variant.options), metrics["cpu_affinity"])
+            if crowded:
+                metrics["unstable"] = True
+                metrics["unstable_reasons"] = [*metrics.get("unstable_reasons", []), crowded]
             device_ref = None
-            ref_variant = job.variant.reference()
+            ref_variant = job.variant.reference(job.device.backend_options)
             if ref_variant != job.variant:
                 ref_outputs = self._outputs.get((Job(job.model, ref_variant, job.device).id, "latency"))
                 device_ref = ref_outputs["clean"] if ref_outputs else None

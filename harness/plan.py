@@ -53,5 +53,6 @@ def plan_variants(
             ordered.insert(0, "fp32")
         for size in input_sizes(model):
             for threads in counts:
-                variants.extend(Variant(name, precision, size, threads) for precision in ordered)
+                options = device.backend_options(name)
+                variants.extend(Variant(name, precision, size, threads, options) for precision in ordered)
     return variants

@@ -65,6 +65,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--native-size", action="store_true", help="only each model's catalog input shape, not its input_sizes"
     )
+    group.addoption("--min-duration", metavar="S", type=float, help="seconds each timed loop runs at least")
+    group.addoption("--max-duration", metavar="S", type=float, help="time cap of each timed loop, seconds")
+    group.addoption(
+        "--half-width", metavar="F", type=float, help="target interval half-width of P50/P95/P99, e.g. 0.02"
+    )
+    group.addoption("--batch", metavar="N", type=int, help="rows of the latency input per timed call")
     group.addoption(
         "--interleave",
         action="store_true",
@@ -87,7 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from .catalog import load_catalog
     from .lab.inventory import load_lab
     from .paths import default_db_path, default_report_path
-    from .pipeline import MeasureSettings, Pipeline
+    from .pipeline import Pipeline, measure_settings
     from .store import Store
 
     try:
@@ -97,11 +103,17 @@ def pytest_configure(config: pytest.Config) -> None:
         store = Store(str(db))
     except EdgebenchError as exc:
         raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
-    quick = config.getoption("--quick")
-    # A quick run still reports a throttled or contended job as unstable, but never sleeps to cool down.
-    settings = (
-        MeasureSettings(min_duration_s=0.5, max_duration_s=5.0, throttle_retries=0) if quick else MeasureSettings()
-    )
+    try:
+        settings = measure_settings(
+            lab,
+            quick=config.getoption("--quick"),
+            min_duration_s=config.getoption("--min-duration"),
+            max_duration_s=config.getoption("--max-duration"),
+            max_half_width=config.getoption("--half-width"),
+            batch=config.getoption("--batch"),
+        )
+    except EdgebenchError as exc:
+        raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
     catalog = load_catalog(Path(config.getoption("--catalog")))
     backends = config.getoption("--backends")
     config.stash[_PIPELINE] = Pipeline(

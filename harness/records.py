@@ -7,7 +7,7 @@ the one record shape that ``edgebench results`` prints, the report renders and t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,12 +47,15 @@ class Variant:
             text += f"-{key}={value}"
         return text
 
-    def reference(self) -> Variant:
+    def reference(self, options_for: Callable[[str], tuple[tuple[str, Any], ...]] | None = None) -> Variant:
         """The FP32 variant this one is compared with on the same device.
 
-        The Edge TPU runs only full-INT8 models, so its FP32 reference is LiteRT on the device's CPU.
+        The Edge TPU runs only full-INT8 models, so its FP32 reference is LiteRT on the device's CPU,
+        with the options the device gives LiteRT (``options_for``), not the Edge TPU's.
         """
         backend = REFERENCE_BACKENDS.get(self.backend, self.backend)
+        if backend != self.backend:
+            return Variant(backend, "fp32", self.size, self.threads, options_for(backend) if options_for else ())
         return Variant(backend, "fp32", self.size, self.threads, self.options)
 
 

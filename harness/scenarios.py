@@ -152,7 +152,7 @@ class _Runner:
         self.device = job.device
         self.link = pipeline.links[self.device.name]
         self.link.open(pipeline.agent_bundle())
-        self.cpus = pipeline.settings.cpus
+        self.cpus = pipeline.cpus_for(job.device)
         self._taskset: bool | None = None
 
     def prefix(self) -> list[str]:
@@ -449,8 +449,9 @@ def run_capacity(
         "min_step_s": min_step_s,
         "max_step_s": max_step_s,
     }
-    if pipeline.settings.cpus is not None:
-        spec["cpus"] = list(pipeline.settings.cpus)
+    cpus = pipeline.cpus_for(job.device)
+    if cpus is not None:
+        spec["cpus"] = list(cpus)
     raw = runner.call("capacity", spec)
     answers = tuple(capacity_answer(s["fps"], s["steps"], max_streams) for s in raw["searches"])
     metrics: dict[str, Any] = {"capacity_fps": [a.fps for a in answers], "max_streams": max_streams}

@@ -50,7 +50,7 @@ def capacity(
     max_streams: Annotated[int, typer.Option("--max-streams", min=1, help="Upper end of the search.")] = 64,
 ) -> int:
     """Raise concurrent streams until P99 exceeds the frame interval (1000/F ms); report streams per device."""
-    from ..pipeline import MeasureSettings, Pipeline
+    from ..pipeline import Pipeline, measure_settings
     from ..records import Job, Variant
     from ..scenarios import fps_key, run_capacity
     from ..store import Store
@@ -60,15 +60,15 @@ def capacity(
     lab_config = load_lab(lab)
     entries = load_catalog(catalog, models)
     store = Store(str(db) if db is not None else default_db_path())
-    pipeline = Pipeline(
-        lab_config, entries, store, settings=MeasureSettings(), command="edgebench " + shlex.join(sys.argv[1:])
-    )
+    command = "edgebench " + shlex.join(sys.argv[1:])
+    pipeline = Pipeline(lab_config, entries, store, settings=measure_settings(lab_config), command=command)
     table = Table("model", "device", *(f"streams @ {r:g} FPS" for r in rates), "status")
     failed = False
     try:
         for entry in entries:
             for device in lab_config.devices:
-                job = Job(entry, Variant(backend, precision, threads=threads), device, "capacity")
+                variant = Variant(backend, precision, threads=threads, options=device.backend_options(backend))
+                job = Job(entry, variant, device, "capacity")
                 try:
                     result, answers = run_capacity(pipeline, job, fps=rates, max_streams=max_streams)
                 except CapabilityMissing as exc:

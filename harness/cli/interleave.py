@@ -33,7 +33,7 @@ def interleave(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the round order (default: random).")] = None,
 ) -> int:
     """Run every variant of a model on a device in one process, shuffled round by round, with an A/A check."""
-    from ..pipeline import MeasureSettings, Pipeline
+    from ..pipeline import Pipeline, measure_settings
     from ..scenarios import buildable, interleave_groups, run_interleaved
     from ..store import Store
 
@@ -44,7 +44,7 @@ def interleave(
         lab_config,
         entries,
         store,
-        settings=MeasureSettings(),
+        settings=measure_settings(lab_config),
         backends={b.strip() for b in backends.split(",") if b.strip()} if backends else None,
         native_size_only=True,
         command="edgebench " + shlex.join(sys.argv[1:]),

@@ -68,18 +68,33 @@ def run(
     all_sizes: Annotated[
         bool, typer.Option("--all-sizes", help="Also every extra input size in the catalog (input_sizes).")
     ] = False,
+    min_duration: Annotated[
+        float | None, typer.Option("--min-duration", min=0, help="Seconds each timed loop runs at least.")
+    ] = None,
+    max_duration: Annotated[
+        float | None, typer.Option("--max-duration", min=0.001, help="Time cap of each timed loop, seconds.")
+    ] = None,
+    half_width: Annotated[
+        float | None,
+        typer.Option("--half-width", min=0.0001, max=0.9999, help="Target P50/P95/P99 interval half-width, e.g. 0.02."),
+    ] = None,
+    batch: Annotated[int | None, typer.Option("--batch", min=1, help="Rows of the latency input per call.")] = None,
 ) -> int:
     """Build, deploy and measure every model variant on every device of a lab; store; report."""
-    from ..pipeline import MeasureSettings, Pipeline
+    from ..pipeline import Pipeline, measure_settings
     from ..report.render import write_report
 
     lab_config = load_lab(lab)
     entries = load_catalog(catalog, models)
-    store = _store(db)
-    # A quick run still reports a throttled or contended job as unstable, but never sleeps to cool down.
-    settings = (
-        MeasureSettings(min_duration_s=0.5, max_duration_s=5.0, throttle_retries=0) if quick else MeasureSettings()
+    settings = measure_settings(
+        lab_config,
+        quick=quick,
+        min_duration_s=min_duration,
+        max_duration_s=max_duration,
+        max_half_width=half_width,
+        batch=batch,
     )
+    store = _store(db)
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = sorted(set(chosen) - {"latency", "robustness"})
     if unknown:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -14,6 +14,59 @@ from ..config import Strict, load_model
 from ..errors import ConfigError
 
 Platform = Literal["jetson-orin", "coral-devboard", "intel-nuc", "snapdragon-linux", "mac", "generic-linux"]
+OptionValue = bool | int | float | str
+
+
+def _check_backend_options(options: dict[str, dict[str, OptionValue]]) -> dict[str, dict[str, OptionValue]]:
+    """Backend names and option names against the backend registry (imported only when options are set)."""
+    if not options:
+        return options
+    from ..build.backends import BACKENDS, get_backend
+
+    for name, values in options.items():
+        if name not in BACKENDS:
+            raise PydanticCustomError(
+                "unknown_backend",
+                "unknown backend '{name}'",
+                {"name": name, "at": (name,), "fix": f"use one of: {', '.join(BACKENDS)}"},
+            )
+        backend = get_backend(name)
+        known = backend.build_options + backend.run_options
+        for key in values:
+            if key not in known:
+                raise PydanticCustomError(
+                    "unknown_option",
+                    "{backend} has no option '{key}'",
+                    {"backend": name, "key": key, "at": (name, key), "fix": f"use one of: {', '.join(known)}"},
+                )
+    return options
+
+
+class Measure(Strict):
+    """The lab's ``measure:`` block: how long and how carefully every job measures; unset keys keep the default.
+
+    The defaults are ``harness.pipeline.MeasureSettings``'s. A nightly lab that wants sustained numbers
+    (a board or VM that slows after some seconds of load) raises ``min_duration_s``; a release gate
+    that wants a tighter P99 lowers ``max_half_width`` and raises ``max_duration_s``.
+    """
+
+    min_iterations: int | None = Field(default=None, ge=1, description="timed calls before the rule may stop")
+    min_duration_s: float | None = Field(default=None, ge=0, description="seconds before the rule may stop")
+    max_duration_s: float | None = Field(default=None, gt=0, description="time cap of the timed loop")
+    max_half_width: float | None = Field(default=None, gt=0, lt=1, description="target half-width / estimate")
+    iterations: int | None = Field(default=None, ge=1, description="a fixed count instead of the stop rule")
+    warmup_window: int | None = Field(default=None, ge=1)
+    warmup_max_iterations: int | None = Field(default=None, ge=1)
+    batch: int | None = Field(default=None, ge=1, description="rows of the latency input per timed call")
+    eval_batch: int | None = Field(default=None, ge=1)
+    thermal_interval_s: float | None = Field(default=None, ge=0, description="0 turns the sampler off")
+    calibration_reps: int | None = Field(default=None, ge=0, description="0 turns the calibration off")
+    throttle_retries: int | None = Field(default=None, ge=0, le=5)
+    cooldown_s: float | None = Field(default=None, ge=0)
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys the lab sets, as MeasureSettings field values."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class Device(Strict):
@@ -39,6 +92,10 @@ class Device(Strict):
     cache_max_mb: int = Field(default=4096, gt=0)
     cache_max_age_days: float = Field(default=30.0, gt=0)
     threads: int | None = Field(default=None, gt=0)
+    cpus: tuple[int, ...] | None = Field(default=None, min_length=1, description="pin the runner to these CPUs")
+    options: dict[str, dict[str, OptionValue]] = Field(
+        default={}, description="per backend: build and run options of every variant on this device"
+    )
     job_timeout_s: float = Field(default=900.0, gt=0)
 
     @field_validator("env")
@@ -48,6 +105,23 @@ class Device(Strict):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"environment variable name {name!r} is not valid (letters, digits, _)")
         return env
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_ids(cls, cpus: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if cpus is not None and (any(c < 0 for c in cpus) or len(set(cpus)) != len(cpus)):
+            raise PydanticCustomError(
+                "cpu_ids",
+                "CPU ids must be distinct and >= 0, got {cpus}",
+                {"cpus": list(cpus), "fix": "list each CPU id once, e.g. [0, 1]"},
+            )
+        return cpus
+
+    _options = field_validator("options")(_check_backend_options)
+
+    def backend_options(self, backend: str) -> tuple[tuple[str, OptionValue], ...]:
+        """This device's options for a backend, in the sorted, hashable form a Variant carries."""
+        return tuple(sorted(self.options.get(backend, {}).items()))
 
     @model_validator(mode="after")
     def _reachable(self) -> Device:
@@ -70,6 +144,7 @@ class Device(Strict):
 class Lab(Strict):
     schema_version: Literal[1] = 1
     name: str = "lab"
+    measure: Measure = Measure()
     devices: tuple[Device, ...] = Field(min_length=1)
     lab_file: Path | None = Field(default=None, exclude=True)
 

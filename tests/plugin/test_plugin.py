@@ -295,10 +295,45 @@ def test_a_missing_lab_file_is_a_usage_error(pytester: pytest.Pytester, tiny_cat
     result.stderr.fnmatch_lines([f"*edgebench: {missing}: file not found*"])
 
 
+def test_the_measurement_flags_reach_every_job(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    # --quick's 5 s cap, cut by the flag; a 0.01% half-width cannot be reached in 0.3 s.
+    flags = ["--max-duration", "0.3", "--half-width", "0.0001", "--batch", "2", "--backends", "onnxruntime"]
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), *flags)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    store = Store(out / "results.sqlite")
+    try:
+        records = [r for r in store.results(store.resolve_run("latest")) if r["status"] == "passed"]
+    finally:
+        store.close()
+    assert records
+    for record in records:
+        assert record["stop_reason"] == "time_cap" and 0.3 <= record["duration_s"] < 1.5 and record["batch"] == 2
+
+
+def test_a_contradictory_measurement_flag_is_a_usage_error(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, tmp_path / "out"), "--min-duration", "9")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*edgebench: --min-duration: the minimum duration 9 s is longer than the time cap 5*"])
+
+
 def test_options_appear_in_help(pytester: pytest.Pytester) -> None:
     result = run_inner(pytester, "--help")
     result.stdout.fnmatch_lines(
-        ["*edgebench device-lab benchmarking*", "*--lab=FILE*", "*--models=GLOB*", "*--interleave*interleaved suite*"]
+        [
+            "*edgebench device-lab benchmarking*",
+            "*--lab=FILE*",
+            "*--models=GLOB*",
+            "*--min-duration=S*",
+            "*--half-width=F*",
+            "*--interleave*interleaved suite*",
+        ]
     )
 
 

@@ -137,6 +137,15 @@ def test_result_carries_the_device_and_runtime_facts(device: Device) -> None:
     assert facts["numpy"] == np.__version__
 
 
+def test_onnx_runtime_inter_op_threads_switch_it_to_the_parallel_mode_and_say_so(device: Device) -> None:
+    """In the sequential mode ONNX Runtime ignores inter-op threads: asking for them must change the mode."""
+    options = {"threads": 1, "inter_op_threads": 2, "spin_wait": False}
+    runtime = run_agent(device, make_spec(device, options=options)).result["runtime"]
+    assert (runtime["inter_op_threads"], runtime["execution_mode"], runtime["spin_wait"]) == (2, "parallel", False)
+    default = run_agent(device, make_spec(device)).result["runtime"]
+    assert (default["inter_op_threads"], default["execution_mode"], default["spin_wait"]) == (1, "sequential", True)
+
+
 def test_eval_outputs_are_written_to_the_npz_the_spec_names(device: Device) -> None:
     spec = make_spec(device)
     r = run_agent(device, spec).result

@@ -28,6 +28,16 @@ def test_the_example_lab_has_one_device_of_each_platform() -> None:
         assert set(device.runtimes) <= set(runner_runtimes()), f"{device.name}: runtimes the runner knows"
 
 
+def test_the_example_labs_measure_block_and_device_options_are_valid() -> None:
+    from harness.pipeline import measure_settings
+
+    lab = load_lab(DEVICES / "example-lab.yaml")
+    settings = measure_settings(lab)
+    assert (settings.min_duration_s, settings.max_duration_s, settings.max_half_width) == (20, 60, 0.03)
+    nuc = lab.device("nuc13-01")
+    assert nuc.cpus == (0, 2, 4, 6) and dict(nuc.backend_options("openvino"))["streams"] == 1
+
+
 def test_the_example_lab_reaches_the_coral_board_through_an_ssh_config_alias() -> None:
     coral = load_lab(DEVICES / "example-lab.yaml").device("coral-01")
     assert coral.host == "coral-01" and coral.user is None and coral.port is None  # all from ~/.ssh/config
@@ -75,3 +85,77 @@ def test_any_shell_name_is_a_valid_env_key(name: str, value: str) -> None:
 def test_names_that_are_not_shell_identifiers_are_refused(name: str) -> None:
     with pytest.raises(ValidationError):
         Device(name="d", platform="mac", host="h", env={name: "x"})
+
+
+def _measure_lab(tmp_path: Path, measure: str, device_lines: str = "platform: intel-nuc\nhost: nuc\n") -> Path:
+    path = tmp_path / "lab.yaml"
+    block = textwrap.indent(textwrap.dedent(measure), "  ")
+    body = textwrap.indent(textwrap.dedent(device_lines), "    ")
+    path.write_text(f"schema_version: 1\nname: t\nmeasure:\n{block}devices:\n  - name: d1\n{body}", encoding="utf-8")
+    return path
+
+
+def test_the_measure_block_sets_the_stop_rule_and_unset_keys_keep_their_defaults(tmp_path: Path) -> None:
+    from harness.pipeline import MeasureSettings, measure_settings
+
+    lab = load_lab(_measure_lab(tmp_path, "min_duration_s: 30\nmax_duration_s: 120\nmax_half_width: 0.02\n"))
+    settings = measure_settings(lab)
+    assert (settings.min_duration_s, settings.max_duration_s, settings.max_half_width) == (30, 120, 0.02)
+    assert settings.min_iterations == MeasureSettings().min_iterations
+    assert settings.spec()["stop"] == {
+        "min_iterations": 400, "min_duration_s": 30, "max_duration_s": 120, "max_half_width": 0.02
+    }
+
+
+def test_flags_beat_quick_and_quick_beats_the_lab_file(tmp_path: Path) -> None:
+    from harness.pipeline import measure_settings
+
+    lab = load_lab(_measure_lab(tmp_path, "min_duration_s: 30\nmax_duration_s: 120\nbatch: 4\n"))
+    quick = measure_settings(lab, quick=True)
+    assert (quick.min_duration_s, quick.max_duration_s, quick.batch) == (0.5, 5.0, 4)
+    flagged = measure_settings(lab, quick=True, max_duration_s=2.0, batch=None)
+    assert (flagged.max_duration_s, flagged.batch) == (2.0, 4), "a flag left out (None) changes nothing"
+
+
+def test_a_misspelt_measure_key_is_named_with_its_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_lab(_measure_lab(tmp_path, "max_duration_s: 20\nmin_duraton_s: 5\n"))
+    assert info.value.line == 5 and info.value.key == "measure.min_duraton_s"
+    assert "unknown key" in str(info.value)
+
+
+def test_a_minimum_duration_past_the_cap_names_where_it_was_set(tmp_path: Path) -> None:
+    from harness.pipeline import measure_settings
+
+    path = _measure_lab(tmp_path, "min_duration_s: 30\n")
+    with pytest.raises(ConfigError) as info:
+        measure_settings(load_lab(path))  # the default cap is 8 s
+    assert info.value.file == path.resolve() and info.value.key == "measure.min_duration_s"
+    assert "longer than the time cap 8 s" in str(info.value) and "--max-duration" in info.value.one_line()
+    with pytest.raises(ConfigError) as flag:
+        measure_settings(load_lab(_measure_lab(tmp_path, "batch: 1\n")), min_duration_s=10.0)
+    assert flag.value.key == "--min-duration" and flag.value.file is None
+
+
+def test_device_options_name_their_backend_and_option_or_list_the_known_ones(tmp_path: Path) -> None:
+    ok = _lab(tmp_path, "platform: intel-nuc\nhost: nuc\ncpus: [2, 3]\noptions:\n  openvino: {streams: 2}\n")
+    device = load_lab(ok).devices[0]
+    assert device.cpus == (2, 3)
+    assert device.backend_options("openvino") == (("streams", 2),) and device.backend_options("litert") == ()
+    with pytest.raises(ConfigError) as info:
+        load_lab(_lab(tmp_path, "platform: intel-nuc\nhost: nuc\noptions:\n  openvino: {stream: 2}\n"))
+    assert info.value.key == "devices[0].options.openvino.stream" and info.value.line == 8
+    assert "openvino has no option 'stream'" in str(info.value) and "streams" in info.value.one_line()
+    with pytest.raises(ConfigError) as backend:
+        load_lab(_lab(tmp_path, "platform: intel-nuc\nhost: nuc\noptions:\n  openvno: {streams: 2}\n"))
+    assert backend.value.key == "devices[0].options.openvno" and "onnxruntime, openvino" in backend.value.one_line()
+    with pytest.raises(ConfigError, match=r"devices\[0\]\.cpus: CPU ids must be distinct"):
+        load_lab(_lab(tmp_path, "platform: intel-nuc\nhost: nuc\ncpus: [1, 1]\n"))
+
+
+def test_a_cap_alone_lowers_the_default_minimum_instead_of_contradicting_it(tmp_path: Path) -> None:
+    from harness.pipeline import measure_settings
+
+    lab = load_lab(_measure_lab(tmp_path, "batch: 1\n"))
+    assert measure_settings(lab, max_duration_s=0.3).min_duration_s == 0.3
+    assert measure_settings(lab, quick=True, max_duration_s=0.2).min_duration_s == 0.2

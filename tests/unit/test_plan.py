@@ -65,3 +65,22 @@ def test_unknown_backend_in_the_filter_lists_the_known_ones() -> None:
     digits = load_entry(REPO / "models" / "digits-cnn.yaml")
     with pytest.raises(UnknownNameError, match="unknown backend 'tflite'"):
         plan_variants(digits, _device(), _profile(), backends={"tflite"})
+
+
+def test_a_devices_backend_options_reach_its_variants_and_their_references() -> None:
+    digits = load_entry(REPO / "models" / "digits-cnn.yaml")
+    device = _device(
+        runtimes=["openvino", "litert"], options={"openvino": {"streams": 1, "hint": "latency"}, "litert": {}}
+    )
+    variants = plan_variants(digits, device, _profile())
+    openvino = [v for v in variants if v.backend == "openvino"]
+    assert openvino and all(dict(v.options) == {"streams": 1, "hint": "latency"} for v in openvino)
+    assert openvino[1].id.endswith("-hint=latency-streams=1")
+    assert openvino[1].reference() == openvino[0], "the FP32 reference runs with the same options"
+    assert all(v.options == () for v in variants if v.backend == "litert")
+
+
+def test_the_edge_tpu_reference_takes_the_devices_litert_options_not_its_own() -> None:
+    device = _device("coral-devboard", options={"edgetpu": {"num_segments": 2}, "litert": {"xnnpack": False}})
+    edgetpu = Variant("edgetpu", "int8", options=device.backend_options("edgetpu"))
+    assert edgetpu.reference(device.backend_options) == Variant("litert", "fp32", options=(("xnnpack", False),))

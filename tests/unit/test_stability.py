@@ -213,3 +213,14 @@ def test_warmup_refuses_nonsense() -> None:
         warmup_stable([2.4, 0.0, 2.4])
     with pytest.raises(ValueError, match="windows=0"):
         warmup_stable([2.4], windows=0)
+
+
+def test_more_runtime_threads_than_allowed_cpus_is_a_reason_not_to_trust_the_number() -> None:
+    from harness.analyse import oversubscription
+
+    reason = oversubscription(1, {"inter_op_threads": 2}, [3])
+    assert reason is not None and reason.startswith("2 runtime threads on 1 allowed CPU(s) [3]")
+    assert "cpus:" in reason, "the reason says what to change"
+    assert oversubscription(2, {}, [0, 1]) is None
+    assert oversubscription(None, {}, [0]) is None, "the runtime's own default thread count is not judged"
+    assert oversubscription(4, {}, None) is None, "a device that cannot report its affinity is not judged"

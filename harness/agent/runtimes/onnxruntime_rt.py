@@ -37,8 +37,11 @@ class OrtSession:
         threads = options.get("threads")
         if threads:
             so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = int(options.get("inter_op_threads", 1))
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Inter-op threads run independent graph branches side by side, which ONNX Runtime does only
+        # in its parallel execution mode; in the sequential mode the setting would do nothing.
+        inter_op = int(options.get("inter_op_threads", 1))
+        so.inter_op_num_threads = inter_op
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if inter_op > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if options.get("spin_wait") is False:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -61,6 +64,8 @@ class OrtSession:
         self.output_name = self.session.get_outputs()[0].name
         self._binding: Any = None
         self._threads = threads
+        self._inter_op = inter_op
+        self._spin_wait = options.get("spin_wait") is not False
         self._providers = providers
 
     def bind(self, x: np.ndarray) -> None:
@@ -83,8 +88,9 @@ class OrtSession:
             "version": version(),
             "providers": self.session.get_providers(),
             "intra_op_threads": self._threads,
-            "inter_op_threads": 1,
-            "execution_mode": "sequential",
+            "inter_op_threads": self._inter_op,
+            "execution_mode": "parallel" if self._inter_op > 1 else "sequential",
+            "spin_wait": self._spin_wait,
         }
 
 

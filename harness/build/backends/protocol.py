@@ -30,6 +30,8 @@ class Backend(Protocol):
     precisions: tuple[str, ...]
     needs_calibration: tuple[str, ...]  # precisions that need a calibration set
     recipe: int  # bumped when the compile step's output changes for the same inputs: cached artifacts rebuild
+    build_options: tuple[str, ...]  # options the compile step reads: part of the artifact's cache key
+    run_options: tuple[str, ...]  # options only the runner reads: changing one reuses the artifact
 
     def compile(self, request: CompileRequest) -> Path:
         """Write the artifact into request.out_dir and return its path."""
