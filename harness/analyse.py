@@ -64,6 +64,23 @@ def oversubscription(threads: int | None, options: Mapping[str, Any], cpu_affini
     )
 
 
+def provenance_metrics(
+    threads: int | None, options: Mapping[str, Any], runtime: Mapping[str, Any], cpu_affinity: Any, metrics: Metrics
+) -> Metrics:
+    """What a number was measured with, and an unstable reason when its threads outnumbered its CPUs.
+
+    ``variant_options`` are the options asked for, ``runtime_config`` the runtime's own account of
+    its settings (OpenVINO's applied streams and hints, ONNX Runtime's threads and mode),
+    ``cpu_affinity`` the CPUs the runner was allowed on; ``metrics`` holds the reasons so far.
+    """
+    out: Metrics = {"variant_options": dict(options), "runtime_config": dict(runtime), "cpu_affinity": cpu_affinity}
+    crowded = oversubscription(threads, options, cpu_affinity)
+    if crowded:
+        out["unstable"] = True
+        out["unstable_reasons"] = [*metrics.get("unstable_reasons", []), crowded]
+    return out
+
+
 def _parity_fields(m: ParityMetrics, prefix: str = "") -> Metrics:
     return {
         f"{prefix}top1_acc": m.top1_acc,

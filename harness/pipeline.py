@@ -28,9 +28,9 @@ from . import __version__
 from .analyse import (
     corruption_keys,
     latency_checks,
-    oversubscription,
     parity_checks,
     production_checks,
+    provenance_metrics,
     robustness_checks,
 )
 from .build.agent_bundle import build_agent_bundle
@@ -583,12 +583,6 @@ class Pipeline:
             "warmup_iterations": raw["warmup_iterations"],
             "warmup_stable": raw["warmup_stable"],
             "duration_s": raw["duration_s"],
-            # What the number was measured with: the options asked for, the runtime's own account of
-            # its settings (OpenVINO's applied streams and hints, ONNX Runtime's threads and mode) and
-            # the CPUs the runner was allowed on.
-            "variant_options": dict(job.variant.options),
-            "runtime_config": raw["runtime"],
-            "cpu_affinity": raw["facts"].get("cpu_affinity"),
         }
         failures: dict[str, tuple[str, ...]] = {}
         keys = sorted(outputs)
@@ -601,10 +595,9 @@ class Pipeline:
         else:
             stability, failures["latency"] = latency_checks(summary, samples, budgets)
             metrics.update(stability)
-            crowded = oversubscription(job.variant.threads, dict(job.variant.options), metrics["cpu_affinity"])
-            if crowded:
-                metrics["unstable"] = True
-                metrics["unstable_reasons"] = [*metrics.get("unstable_reasons", []), crowded]
+            variant, affinity = job.variant, raw["facts"].get("cpu_affinity")
+            runtime = raw["runtime"]
+            metrics.update(provenance_metrics(variant.threads, dict(variant.options), runtime, affinity, metrics))
             device_ref = None
             ref_variant = job.variant.reference(job.device.backend_options)
             if ref_variant != job.variant:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .analyse import stability_metrics
+from .analyse import provenance_metrics, stability_metrics
 from .errors import CapabilityMissing, ConfigError, RunnerError, ToolchainMissing
 from .measure.stats import LatencySummary, summarize
 from .measure.throttle import assess_throttle, throttle_metrics
@@ -368,6 +368,10 @@ def run_interleaved(
             "warmup_iterations": by_name[p.job.id]["warmup_iterations"],
         }
         metrics.update(stability_metrics(pooled))
+        runtime = by_name[p.job.id]["runtime"]
+        variant = p.job.variant
+        affinity = facts[-1].get("cpu_affinity")
+        metrics.update(provenance_metrics(variant.threads, dict(variant.options), runtime, affinity, metrics))
         if check is not None and not check["ok"]:
             metrics["unstable_reasons"] = [
                 *metrics.get("unstable_reasons", []),
@@ -375,7 +379,6 @@ def run_interleaved(
                 "measured in separate processes instead",
             ]
         metrics.update(throttle_metrics(metrics, [attempt]))
-        runtime = by_name[p.job.id]["runtime"]
         message = f"P50 {summary.p50.value_ms:.3f} ms, P99 {summary.p99.value_ms:.3f} ms over {summary.n} ({mode})"
         result = _result(
             pipeline,

@@ -195,6 +195,9 @@ def test_interleaved_variants_carry_the_aa_check_beside_their_results(
         assert flat["interleave_mode"] == "in_process"
         assert flat["aa_check"] == outcome.aa
         assert flat["interleaved_with"] == [j.id for j in jobs if j is not job]
+        # What each variant ran with, as a latency result says it.
+        assert flat["runtime_config"]["intra_op_threads"] == job.variant.threads
+        assert flat["variant_options"] == {} and flat["cpu_affinity"]
     stored = pipeline.store.results(pipeline.run_id)
     assert [r["kind"] for r in stored] == ["interleaved", "interleaved"]
 
