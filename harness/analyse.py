@@ -18,6 +18,7 @@ from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_o
 from .measure.robustness import cell_from_logits, robustness_delta, robustness_report
 from .measure.stability import assess_stability
 from .measure.stats import LatencySummary
+from .records import Variant
 
 Metrics = dict[str, Any]
 
@@ -65,16 +66,24 @@ def oversubscription(threads: int | None, options: Mapping[str, Any], cpu_affini
 
 
 def provenance_metrics(
-    threads: int | None, options: Mapping[str, Any], runtime: Mapping[str, Any], cpu_affinity: Any, metrics: Metrics
+    variant: Variant, runtime: Mapping[str, Any], facts: Mapping[str, Any], metrics: Metrics
 ) -> Metrics:
     """What a number was measured with, and an unstable reason when its threads outnumbered its CPUs.
 
-    ``variant_options`` are the options asked for, ``runtime_config`` the runtime's own account of
+    ``variant_options`` are the variant's options as asked for, ``runtime_config`` the runtime's own account of
     its settings (OpenVINO's applied streams and hints, ONNX Runtime's threads and mode),
-    ``cpu_affinity`` the CPUs the runner was allowed on; ``metrics`` holds the reasons so far.
+    ``cpu_affinity`` and ``pinning`` the CPUs the runner was allowed on and how (from the run's
+    ``facts``); ``metrics`` holds the unstable reasons so far.
     """
-    out: Metrics = {"variant_options": dict(options), "runtime_config": dict(runtime), "cpu_affinity": cpu_affinity}
-    crowded = oversubscription(threads, options, cpu_affinity)
+    cpu_affinity = facts.get("cpu_affinity")
+    options = dict(variant.options)
+    out: Metrics = {
+        "variant_options": options,
+        "runtime_config": dict(runtime),
+        "cpu_affinity": cpu_affinity,
+        "pinning": facts.get("pinning"),
+    }
+    crowded = oversubscription(variant.threads, options, cpu_affinity)
     if crowded:
         out["unstable"] = True
         out["unstable_reasons"] = [*metrics.get("unstable_reasons", []), crowded]

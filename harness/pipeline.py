@@ -102,8 +102,6 @@ class MeasureSettings:
             "thermal": {"interval_s": self.thermal_interval_s, "calibration_reps": self.calibration_reps},
             "batch": self.batch,
         }
-        if self.cpus is not None:
-            spec["cpus"] = list(self.cpus)
         return spec
 
 
@@ -137,17 +135,13 @@ def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureS
             return MEASURE_FLAGS.get(name, name), None
         return f"measure.{name}", lab.lab_file
 
-    for name in ("min_duration_s", "max_duration_s"):
-        if getattr(settings, name) < 0 or (name == "max_duration_s" and settings.max_duration_s == 0):
-            key, file = origin(name)
-            raise ConfigError(
-                f"duration {getattr(settings, name):g} s is not positive", file=file, key=key, fix="use seconds > 0"
-            )
+    if settings.min_duration_s < 0 or settings.max_duration_s <= 0:
+        key, file = origin("min_duration_s" if settings.min_duration_s < 0 else "max_duration_s")
+        raise ConfigError("a duration must be positive", file=file, key=key, fix="use seconds > 0")
     if settings.min_duration_s > settings.max_duration_s:
-        if "min_duration_s" in given or ("max_duration_s" not in given and lab.measure.min_duration_s is not None):
-            key, file = origin("min_duration_s")
-        else:
-            key, file = origin("max_duration_s")
+        # A default minimum gave way above, so the minimum here was set: by flag, or else in the file.
+        only_cap = "max_duration_s" in given and "min_duration_s" not in given
+        key, file = origin("max_duration_s" if only_cap else "min_duration_s")
         raise ConfigError(
             f"the minimum duration {settings.min_duration_s:g} s is longer than the time cap "
             f"{settings.max_duration_s:g} s",
@@ -595,9 +589,7 @@ class Pipeline:
         else:
             stability, failures["latency"] = latency_checks(summary, samples, budgets)
             metrics.update(stability)
-            variant, affinity = job.variant, raw["facts"].get("cpu_affinity")
-            runtime = raw["runtime"]
-            metrics.update(provenance_metrics(variant.threads, dict(variant.options), runtime, affinity, metrics))
+            metrics.update(provenance_metrics(job.variant, raw["runtime"], raw["facts"], metrics))
             device_ref = None
             ref_variant = job.variant.reference(job.device.backend_options)
             if ref_variant != job.variant:

@@ -99,11 +99,6 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         lab = load_lab(Path(lab_file))
         models = load_catalog(Path(config.getoption("--catalog")), config.getoption("--models"))
-        db = config.getoption("--db") or default_db_path()
-        store = Store(str(db))
-    except EdgebenchError as exc:
-        raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
-    try:
         settings = measure_settings(
             lab,
             quick=config.getoption("--quick"),
@@ -112,6 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
             max_half_width=config.getoption("--half-width"),
             batch=config.getoption("--batch"),
         )
+        store = Store(str(config.getoption("--db") or default_db_path()))  # after every check: no empty database
     except EdgebenchError as exc:
         raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
     catalog = load_catalog(Path(config.getoption("--catalog")))

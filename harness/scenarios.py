@@ -369,9 +369,7 @@ def run_interleaved(
         }
         metrics.update(stability_metrics(pooled))
         runtime = by_name[p.job.id]["runtime"]
-        variant = p.job.variant
-        affinity = facts[-1].get("cpu_affinity")
-        metrics.update(provenance_metrics(variant.threads, dict(variant.options), runtime, affinity, metrics))
+        metrics.update(provenance_metrics(p.job.variant, runtime, facts[-1], metrics))
         if check is not None and not check["ok"]:
             metrics["unstable_reasons"] = [
                 *metrics.get("unstable_reasons", []),

@@ -86,6 +86,7 @@ def test_the_lab_file_and_flags_decide_how_every_job_measures(
         assert row["n"] >= 50 and row["valid"]
         assert row["batch"] == 2 and row["input_shape"][0] == 1
         assert row["cpu_affinity"] == [CPU], "the device's cpus: pinned the runner"
+        assert row["pinning"] in ("sched_setaffinity", "inherited")
     for row in (r for r in measured if r["backend"] == "openvino"):
         assert row["variant_options"] == OPENVINO and "-streams=1" in row["job_id"]
         applied = row["runtime_config"]["applied"]

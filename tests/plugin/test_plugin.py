@@ -321,6 +321,7 @@ def test_a_contradictory_measurement_flag_is_a_usage_error(
     result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, tmp_path / "out"), "--min-duration", "9")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*edgebench: --min-duration: the minimum duration 9 s is longer than the time cap 5*"])
+    assert not (tmp_path / "out" / "results.sqlite").exists()
 
 
 def test_options_appear_in_help(pytester: pytest.Pytester) -> None:

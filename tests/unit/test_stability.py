@@ -113,13 +113,17 @@ def test_p99_needs_its_368_samples_even_when_the_minimum_count_is_lower() -> Non
     assert stop_decision(_steady(367), elapsed_s=1.0, rule=StopRule(percentiles=(0.5, 0.95))) is None
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+# Steady samples of any size and spread, against every half-width target a user is likely to ask for.
+STOP_RULE_CASES = given(
     n=st.integers(1, 6000),
     sigma=st.floats(0.0, 0.6),
     seed=st.integers(0, 2**32 - 1),
     target=st.sampled_from([0.005, 0.01, 0.02, 0.05, 0.1]),
 )
+
+
+@settings(max_examples=60, deadline=None)
+@STOP_RULE_CASES
 def test_stop_decision_agrees_with_the_reported_intervals(
     n: int, sigma: float, seed: int, target: float
 ) -> None:
@@ -133,12 +137,7 @@ def test_stop_decision_agrees_with_the_reported_intervals(
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    n=st.integers(1, 6000),
-    sigma=st.floats(0.0, 0.6),
-    seed=st.integers(0, 2**32 - 1),
-    target=st.sampled_from([0.005, 0.01, 0.02, 0.05, 0.1]),
-)
+@STOP_RULE_CASES
 def test_the_runner_stops_exactly_when_the_host_rule_would(n: int, sigma: float, seed: int, target: float) -> None:
     # The on-device runner carries its own copy of the rule (no scipy there); the two must not drift apart.
     samples = _steady(n, seed=seed, sigma=sigma)
