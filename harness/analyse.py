@@ -30,20 +30,25 @@ def latency_checks(
     failures = list(check_latency(summary, budgets))
     if not summary.valid:
         failures.append("statistics INVALID: " + "; ".join(summary.invalid_reasons))
-    return stability_metrics(samples_ns), tuple(failures)
+    return stability_metrics(samples_ns, summary), tuple(failures)
 
 
-def stability_metrics(samples_ns: np.ndarray) -> Metrics:
-    """CV, drift, outlier share and the unstable verdict with its reasons (empty for fewer than 2 samples)."""
+def stability_metrics(samples_ns: np.ndarray, summary: LatencySummary) -> Metrics:
+    """CV, drift, outlier share and the unstable verdict with its reasons (empty for fewer than 2 samples).
+
+    A percentile whose interval is too narrow for the run's bursts of slow calls (``summary``) is a
+    reason too: its number is not pinned down as well as its interval claims.
+    """
     if len(samples_ns) < 2:
         return {}
     verdict = assess_stability(samples_ns)
+    reasons = [*verdict.reasons, *summary.dependence_reasons]
     return {
         "cv": verdict.cv,
         "drift": verdict.drift,
         "outlier_share": verdict.outlier_share,
-        "unstable": verdict.unstable,
-        "unstable_reasons": list(verdict.reasons),
+        "unstable": bool(reasons),
+        "unstable_reasons": reasons,
     }
 
 

@@ -141,6 +141,10 @@ class JobResult:
             "p50_ci_ms": _ci(lat.p50) if lat else None,
             "p95_ci_ms": _ci(lat.p95) if lat else None,
             "p99_ci_ms": _ci(lat.p99) if lat else None,
+            # How many independent calls each interval rests on: n unless slow calls came in bursts.
+            "p50_effective_n": lat.p50.effective_n if lat else None,
+            "p95_effective_n": lat.p95.effective_n if lat else None,
+            "p99_effective_n": lat.p99.effective_n if lat else None,
             "min_ms": lat.min_ms if lat else None,
             "max_ms": lat.max_ms if lat else None,
             "mean_ms": lat.mean_ms if lat else None,

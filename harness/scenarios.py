@@ -367,7 +367,7 @@ def run_interleaved(
             "seed": seed,
             "warmup_iterations": by_name[p.job.id]["warmup_iterations"],
         }
-        metrics.update(stability_metrics(pooled))
+        metrics.update(stability_metrics(pooled, summary))
         runtime = by_name[p.job.id]["runtime"]
         metrics.update(provenance_metrics(p.job.variant, runtime, facts[-1], metrics))
         if check is not None and not check["ok"]:

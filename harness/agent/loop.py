@@ -2,7 +2,8 @@
 
 The stop rule here mirrors ``harness.measure.stability.stop_decision`` (the host-side reference,
 which the tests hold this copy to). It lives here too because the runner may not import harness
-and the device may have no scipy: the binomial ranks are computed with the standard library.
+and the device may have no scipy: the binomial ranks are computed with the standard library. Both
+sides take the effective count of independent calls from ``dependence``, which is numpy only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import thermal
+from .dependence import effective_sizes, scale_ranks
 from .protocol import InputSpec, JobSpec, StopSpec, ThermalSpec, WarmupSpec
 from .telemetry import Probes
 
@@ -52,20 +54,24 @@ def interval_ranks(n: int, q: float, confidence: float) -> tuple[int, int] | Non
     return lo, hi
 
 
-def converged(samples: list[int], stop: StopSpec) -> bool:
+def converged(samples: list[int], stop: StopSpec, dependence: bool = True) -> bool:
     """All requested percentiles have an interval whose relative half-width is within target.
 
-    Only the few order statistics involved are placed (np.partition), not the whole sample sorted: a
-    check on a million samples costs milliseconds, so long runs of fast models stop on time.
+    The intervals are for as many independent calls as the samples are worth (``dependence``); with
+    ``dependence=False`` they assume independence, a cheaper check (no FFT) the timed loop runs first,
+    since bursts only ever widen an interval. Only the few order statistics involved are placed
+    (np.partition), not the whole sample sorted.
     """
     n = len(samples)
+    data = np.asarray(samples, dtype=np.int64)
+    sizes = effective_sizes(data, stop.percentiles) if dependence else tuple(n for _ in stop.percentiles)
     plan = []
-    for q in stop.percentiles:
-        ranks = interval_ranks(n, q, stop.confidence)
+    for i, q in enumerate(stop.percentiles):
+        n_eff = sizes[i]
+        ranks = scale_ranks(interval_ranks(min(n_eff, n), q, stop.confidence), n_eff, n)
         if ranks is None:
             return False
         plan.append((q, ranks))
-    data = np.asarray(samples, dtype=np.int64)
     # numpy's default quantile interpolates between ranks floor(h) and floor(h) + 1, h = (n - 1) q.
     needed: set[int] = set()
     for q, (lo, hi) in plan:
@@ -114,6 +120,9 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
             append(perf_ns() - t0)
         return samples, "fixed_count", time.monotonic() - started
     next_check = stop.min_iterations
+    # The effective count costs an FFT per percentile (0.2 s at 1e6 samples): while bursts keep a run
+    # from converging, it is recomputed only after 10% more samples, not at every 2% check.
+    next_dependence_check = 0
     while True:
         # min_iterations is a floor the time cap does not cut (MLPerf LoadGen's min_query_count): a slow
         # model's 400 calls may outlast max_duration_s, but fewer would leave its P99 INVALID. The job
@@ -128,8 +137,11 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
             return samples, "max_iterations", elapsed
         if elapsed >= stop.max_duration_s:
             return samples, "time_cap", elapsed
-        if elapsed >= stop.min_duration_s and converged(samples, stop):
-            return samples, "converged", elapsed
+        due = elapsed >= stop.min_duration_s and len(samples) >= next_dependence_check
+        if due and converged(samples, stop, dependence=False):
+            if converged(samples, stop):
+                return samples, "converged", elapsed
+            next_dependence_check = len(samples) + len(samples) // 10
         # Check again after ~2% more samples (a check costs well under a millisecond at 1e4 samples, and
         # a coarser step overshoots: at 10% a 4,000-sample run measured up to 400 samples too many), or
         # at the minimum duration if that is further.

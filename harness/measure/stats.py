@@ -18,6 +18,13 @@ one once ``(1 - q)**n <= alpha/2``. For a 95% interval that is 368 samples for P
 P50. A percentile with fewer samples is reported INVALID rather than quietly printed: MLPerf LoadGen's
 early-stopping check rests on the same binomial argument (one-sided there) to decide when a
 tail-latency claim is backed by enough queries.
+
+The binomial argument assumes independent calls. When slow calls come in bursts, the samples are worth
+fewer independent calls than their count (``harness.agent.dependence``), and the interval is built for
+that effective count, then mapped back onto the samples held: wider, as the bursts warrant. VALID still
+means enough calls for an interval (the count above); a percentile whose effective count is below that
+minimum gets the widest interval the count allows and a ``dependence_reason`` that says its interval is
+still too narrow, so the run is marked unstable instead of reported with false precision.
 """
 
 from __future__ import annotations
@@ -31,10 +38,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import binom
 
+from harness.agent.dependence import effective_sizes, scale_ranks
+
 __all__ = [
     "LatencySummary",
     "PercentileEstimate",
     "as_samples_ns",
+    "dependent_interval",
     "half_width_ratio",
     "min_samples_for_interval",
     "order_statistic_interval",
@@ -56,6 +66,10 @@ class PercentileEstimate:
     ci_high_ms: float | None
     valid: bool
     reason: str | None
+    # How many independent calls the interval rests on: n, unless slow calls came in bursts.
+    effective_n: int | None = None
+    # Set when even the widest interval the samples allow assumes more independent calls than they hold.
+    dependence_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,11 @@ class LatencySummary:
     def invalid_reasons(self) -> tuple[str, ...]:
         """One sentence per gating percentile that lacks samples; empty exactly when ``valid``."""
         return tuple(p.reason for p in self._gating() if p.reason is not None)
+
+    @property
+    def dependence_reasons(self) -> tuple[str, ...]:
+        """One sentence per gating percentile whose interval is too narrow for its run's bursts of slow calls."""
+        return tuple(p.dependence_reason for p in self._gating() if p.dependence_reason is not None)
 
     def _gating(self) -> tuple[PercentileEstimate, ...]:
         return (self.p50, self.p95, self.p99)
@@ -176,19 +195,35 @@ def as_samples_ns(samples_ns: Sequence[int] | npt.NDArray[np.generic]) -> npt.ND
     return arr
 
 
+def dependent_interval(n: int, n_eff: int, q: float, confidence: float = 0.95) -> tuple[int, int] | None:
+    """Ranks of the q-quantile's interval for ``n`` samples worth ``n_eff`` independent calls, or None.
+
+    The binomial interval for ``n_eff`` calls, mapped onto the n samples (``scale_ranks``); exactly
+    ``order_statistic_interval(n, q)`` when ``n_eff >= n``. None when ``n_eff`` is too few for an interval.
+    """
+    return scale_ranks(order_statistic_interval(min(n_eff, n), q, confidence), n_eff, n)
+
+
 def _estimate(
-    sorted_ns: npt.NDArray[np.float64], q: float, value_ns: float, confidence: float
+    sorted_ns: npt.NDArray[np.float64], q: float, value_ns: float, confidence: float, n_eff: int
 ) -> PercentileEstimate:
     n = int(sorted_ns.size)
     value_ms = value_ns / _NS_PER_MS
-    ranks = order_statistic_interval(n, q, confidence)
-    if ranks is None:
-        need = min_samples_for_interval(q, confidence)
-        reason = (
-            f"{percentile_label(q)} needs n >= {need} for a two-sided {confidence * 100:g}% interval; "
-            f"have {n}"
+    label = percentile_label(q)
+    need = min_samples_for_interval(q, confidence)
+    if n < need:
+        reason = f"{label} needs n >= {need} for a two-sided {confidence * 100:g}% interval; have {n}"
+        return PercentileEstimate(q, value_ms, None, None, valid=False, reason=reason, effective_n=n_eff)
+    dependence_reason = None
+    if n_eff < need:
+        # The widest interval the samples allow still assumes `need` independent calls: flag it.
+        dependence_reason = (
+            f"{label}: slow calls came in bursts, so its {n} calls count as about {n_eff} independent ones, "
+            f"fewer than the {need} its {confidence * 100:g}% interval needs, and the interval is too narrow; "
+            "measure longer (--min-duration) or on a quieter device"
         )
-        return PercentileEstimate(q, value_ms, None, None, valid=False, reason=reason)
+    ranks = dependent_interval(n, max(n_eff, need), q, confidence)
+    assert ranks is not None  # n >= need and the effective count is at least need
     lo, hi = ranks
     return PercentileEstimate(
         q,
@@ -197,6 +232,8 @@ def _estimate(
         float(sorted_ns[hi - 1]) / _NS_PER_MS,
         valid=True,
         reason=None,
+        effective_n=n_eff,
+        dependence_reason=dependence_reason,
     )
 
 
@@ -206,18 +243,20 @@ _REPORTED_QS = (0.5, 0.9, 0.95, 0.99)
 def summarize(
     samples_ns: Sequence[int] | npt.NDArray[np.generic], confidence: float = 0.95
 ) -> LatencySummary:
-    """Summarize per-iteration latencies (ns) into milliseconds with P50/P90/P95/P99 and their intervals.
+    """Summarize per-iteration latencies (ns, in the order timed) into ms with P50/P90/P95/P99 and their intervals.
 
     Percentile values use numpy's default linear interpolation; ``std_ms`` is the sample standard
     deviation (ddof=1), 0 for a single sample.
     """
     _check_q_confidence(0.5, confidence)
-    arr = np.sort(as_samples_ns(samples_ns))
+    timed = as_samples_ns(samples_ns)
+    sizes = effective_sizes(timed, _REPORTED_QS)  # needs the time order, so before sorting
+    arr = np.sort(timed)
     n = int(arr.size)
     # One quantile call for all four: numpy's per-call overhead outweighs the work at typical n.
     p50, p90, p95, p99 = (
-        _estimate(arr, q, float(v), confidence)
-        for q, v in zip(_REPORTED_QS, np.quantile(arr, _REPORTED_QS), strict=True)
+        _estimate(arr, q, float(v), confidence, n_eff)
+        for q, v, n_eff in zip(_REPORTED_QS, np.quantile(arr, _REPORTED_QS), sizes, strict=True)
     )
     return LatencySummary(
         n=n,

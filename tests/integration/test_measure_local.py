@@ -58,6 +58,8 @@ def test_a_latency_result_reports_thermals_throttling_and_where_it_ran(
     for key in ("stop_reason", "warmup_iterations", "cv", "unstable_reasons", "throttled", "throttle_reasons"):
         assert key in row, key
     assert row["stop_reason"] == "fixed_count"
+    # How many independent calls each interval rests on: at most the calls timed, fewer after bursts.
+    assert 1 <= row["p99_effective_n"] <= row["n"] and 1 <= row["p50_effective_n"] <= row["n"]
     assert isinstance(row["throttled"], bool)
     assert set(row["thermal"]) >= {"before", "after", "max"}
     assert isinstance(row["calibration_slowdown"], float)
