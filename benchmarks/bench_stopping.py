@@ -112,6 +112,8 @@ def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) ->
             "harness_p50_ms": p50s,
             "harness_p99_ms": [r["p99_ms"] for r in records],
             "harness_n": [r["n"] for r in records],
+            "harness_p99_effective_n": [r["p99_effective_n"] for r in records],
+            "harness_unstable_reasons": [r["unstable_reasons"] for r in records],
             "harness_stop_reason": [r["stop_reason"] for r in records],
             "harness_loop_s": [r["duration_s"] for r in records],
             "harness_throttled": [r["throttled"] for r in records],

@@ -44,6 +44,7 @@ JUNIT_KEYS = (
     "p50_ci_ms",
     "p95_ci_ms",
     "p99_ci_ms",
+    "p99_effective_n",
     "mean_ms",
     "first_inference_ms",
     "valid",

@@ -101,6 +101,7 @@ def test_a_suite_runs_one_test_per_job_and_records_everything(
         assert float(props["p99_ms"]) == pytest.approx(record["p99_ms"])
         assert props["p99_ci_ms"] == str(record["p99_ci_ms"])
         assert int(props["n"]) == record["n"] >= 368
+        assert int(props["p99_effective_n"]) == record["p99_effective_n"] <= record["n"]
         assert props["stop_reason"] in ("converged", "time_cap", "max_iterations")
 
     html = (out / "report.html").read_text(encoding="utf-8")
