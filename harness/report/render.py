@@ -176,9 +176,18 @@ def _quality(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "reasons": reasons,
                 "retried": retried,
                 "power": _power(r),
+                "independent": _independent(r),
             }
         )
     return table
+
+
+def _independent(r: dict[str, Any]) -> str:
+    """How many independent calls P99's interval rests on: "all" unless slow calls came in bursts."""
+    worth, n = r.get("p99_effective_n"), r.get("n")
+    if not isinstance(worth, int) or not isinstance(n, int):
+        return "-"
+    return "all" if worth >= n else f"{worth} of {n}"
 
 
 def _capacity(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -37,6 +37,8 @@ UNSTABLE: dict[str, Any] = {
     "cv": 0.031,
     "duration_s": 3.25,
     "stop_reason": "time_cap",
+    # As a run with bursts of slow calls records it (the summary's own count is overridden here).
+    "p99_effective_n": 120,
 }
 CAPACITY: dict[str, Any] = {
     "capacity_fps": [30.0, 15.0],
@@ -273,10 +275,12 @@ def test_unstable_results_are_marked_with_their_reasons_and_power(rendered: Rend
     hot = by_job[(OTHER_DEVICE_JOB, "latency")]
     assert hot["stopped"] == "time_cap" and hot["loop s"] == "3.2" and hot["CV"] == "3.1%"
     assert hot["power"] == "5123 mW (VDD_IN)"
+    assert hot["P99 independent calls"] == f"120 of {hot['n']}"
     assert hot["verdict"].startswith("unstable " + THROTTLE_REASON)
     assert "retried after: calibration workload 14% slower" in hot["verdict"]
     calm = by_job[(VALID_JOB, "latency")]
     assert calm["verdict"] == "stable" and calm["warm-up"] == "60" and calm["first call ms"] == "3.500"
+    assert calm["P99 independent calls"] == "all"
     assert (INTERLEAVED_JOB, "interleaved") in by_job, "interleaved jobs are judged alike"
 
 
