@@ -16,6 +16,14 @@ from pytest_benchmark.stats import Stats
 
 from ..store import Store
 
+# The result kinds whose samples time the model, and what their benchmark names add. A robustness
+# job's loop serves its eval pass, and its job id is the latency job's: exporting it would list that
+# variant twice.
+TIMED_KINDS = {"latency": "", "interleaved": " interleaved"}
+
+# Per-benchmark fields beside the stats: what a reader of `pytest-benchmark compare` needs to trust a row.
+EXTRA_INFO = ("p95_ms", "p99_ms", "p99_ci_ms", "p99_effective_n", "valid", "status", "platform", "top1_acc")
+
 
 def export_run(store: Store, run_id: str, *, include_data: bool = False) -> dict[str, Any]:
     """The run as one pytest-benchmark JSON document (one benchmark per measured job)."""
@@ -23,7 +31,10 @@ def export_run(store: Store, run_id: str, *, include_data: bool = False) -> dict
     facts = store.device_facts(run_id)
     benchmarks: list[dict[str, Any]] = []
     for record in store.results(run_id):
-        samples = store.samples_of(run_id, record["job_id"])
+        kind = record["kind"]
+        if kind not in TIMED_KINDS:
+            continue
+        samples = store.samples_of(run_id, record["job_id"], kind)
         if samples.size == 0:
             continue
         stats = Stats()
@@ -33,17 +44,19 @@ def export_run(store: Store, run_id: str, *, include_data: bool = False) -> dict
         stats_dict["iterations"] = 1
         if include_data:
             stats_dict["data"] = stats.data
-        variant = f"{record['backend']}-{record['precision']}-{'x'.join(map(str, record['input_shape'][1:]))}"
+        # The job id's variant (backend, precision, threads, options) and the input size: two variants
+        # that differ only in threads must not share a name.
+        variant = f"{record['job_id'].split('/')[1]}-{'x'.join(map(str, record['input_shape'][1:]))}"
         benchmarks.append(
             {
                 "group": f"{record['model']} on {record['device']}",
-                "name": f"{record['model']}[{variant}@{record['device']}]",
-                "fullname": f"edgebench::{record['job_id']}",
+                "name": f"{record['model']}[{variant}@{record['device']}{TIMED_KINDS[kind]}]",
+                "fullname": f"edgebench::{record['job_id']}{TIMED_KINDS[kind]}",
                 "params": {"variant": variant, "device": record["device"]},
                 "param": f"{variant}@{record['device']}",
                 "extra_info": {
                     k: record.get(k)
-                    for k in ("p95_ms", "p99_ms", "p99_ci_ms", "valid", "status", "platform", "top1_acc")
+                    for k in EXTRA_INFO
                     if record.get(k) is not None
                 }
                 | {"device_cpu": facts.get(record["device"], {}).get("cpu_model")},

@@ -231,12 +231,13 @@ class Store:
                 facts[row.device] = value
         return facts
 
-    def samples_of(self, run_id: str, job_id: str) -> np.ndarray:
+    def samples_of(self, run_id: str, job_id: str, kind: str = "latency") -> np.ndarray:
+        """The raw samples of one result; a job id can have a latency, a robustness and an interleaved one."""
         with self.engine.connect() as conn:
             blob = conn.execute(
                 select(samples.c.data)
                 .join(results, results.c.id == samples.c.result_id)
-                .where((results.c.run_id == run_id) & (results.c.job_id == job_id))
+                .where((results.c.run_id == run_id) & (results.c.job_id == job_id) & (results.c.kind == kind))
             ).scalar()
         return decode_samples(blob) if blob is not None else np.zeros(0, dtype=np.int64)
 
