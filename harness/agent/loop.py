@@ -66,7 +66,7 @@ def converged(samples: list[int], stop: StopSpec, dependence: bool = True) -> bo
     data = np.asarray(samples, dtype=np.int64)
     sizes = effective_sizes(data, stop.percentiles) if dependence else tuple(n for _ in stop.percentiles)
     plan = []
-    for i, q in enumerate(stop.percentiles):
+    for i, q in enumerate(stop.percentiles):  # indexed, not zip: Python 3.8 has no zip(strict=True)
         n_eff = sizes[i]
         ranks = scale_ranks(interval_ranks(min(n_eff, n), q, stop.confidence), n_eff, n)
         if ranks is None:

@@ -1,9 +1,11 @@
 """Is a timed run trustworthy, and when may it stop: run-stability checks and the stop rule.
 
-``stop_decision`` is the host-side reference for the stop check. The on-device runner (harness/agent/)
-cannot import harness, so it carries its own small copy driven by a table of order-statistic ranks the
-host precomputes with ``stats.ranks_for``; keep this function's maths plain enough to mirror there
-(ranks from the table, one partial sort, linear interpolation, three comparisons).
+``stop_decision`` is the host-side reference for the stop check. The on-device runner
+(``harness.agent.loop.converged``) cannot import the rest of harness or scipy, so it carries its own
+small copy: binomial ranks from the standard library, the effective count from
+``harness.agent.dependence`` (which this side imports too), one partial sort, linear interpolation and
+a comparison per percentile. Keep this function's maths plain enough to mirror there; the tests hold
+the two equal.
 """
 
 from __future__ import annotations

@@ -49,7 +49,6 @@ __all__ = [
     "min_samples_for_interval",
     "order_statistic_interval",
     "percentile_label",
-    "ranks_for",
     "summarize",
 ]
 
@@ -158,10 +157,6 @@ def order_statistic_interval(n: int, q: float, confidence: float = 0.95) -> tupl
     if lo is None or hi is None:
         return None
     return lo, hi
-
-
-# The on-device runner receives a rank table built by the host; this name reads better at that call site.
-ranks_for = order_statistic_interval
 
 
 def min_samples_for_interval(q: float, confidence: float = 0.95) -> int:
