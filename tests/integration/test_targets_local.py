@@ -117,15 +117,19 @@ def _batches(tmp_path: Path, backend: str, batches: tuple[int, ...]) -> dict[int
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_a_batch_of_four_is_timed_on_the_runtime(tmp_path: Path, backend: str) -> None:
-    """batch: 4 reaches the runtime: the timed call takes four images (its P50 grows with them), the eval
-    pass still runs image by image, and parity holds."""
-    results = _batches(tmp_path, backend, (1, 4))
-    one, four = results[1], results[4]
-    assert four.status == "passed", four.message
-    assert four.metrics["batch"] == 4 and four.flat()["top1_agreement"] >= 0.99
-    assert one.latency is not None and four.latency is not None
-    assert four.latency.p50.value_ms > 1.5 * one.latency.p50.value_ms, "four images take longer than one"
+def test_a_batch_of_sixteen_is_timed_on_the_runtime(tmp_path: Path, backend: str) -> None:
+    """batch: 16 reaches the runtime: the timed call takes sixteen images, the eval pass still runs image by
+    image, and parity holds.
+
+    The digits CNN costs about 0.03-0.1 ms a call, mostly fixed overhead, and this VM's P50 at batch 1 moves
+    between runs by up to 1.7x (slow bursts). So the check uses batch 16 (compute dominates: 3-5x a single
+    image here) and the fastest call, which a burst of slow calls cannot lower."""
+    results = _batches(tmp_path, backend, (1, 16))
+    one, many = results[1], results[16]
+    assert many.status == "passed", many.message
+    assert many.metrics["batch"] == 16 and many.flat()["top1_agreement"] >= 0.99
+    assert one.latency is not None and many.latency is not None
+    assert many.latency.min_ms > 2 * one.latency.min_ms, "sixteen images take longer than one"
 
 
 def test_a_litert_model_converted_at_batch_one_says_so_when_asked_for_four(tmp_path: Path) -> None:
