@@ -12,6 +12,12 @@ is compiled and deployed before, as benchmark_app is given a ready IR), benchmar
 start to exit. benchmark_app runs with ``-infer_precision f32`` because the harness's FP32 variant
 does (INFERENCE_PRECISION_HINT=f32; without it the CPU plugin runs FP32 in bf16 on AMX CPUs, and the
 medians would compare two different computations). The rounds alternate so drift hits both sides.
+
+Each harness run also gets a bound: the first prefix of its own samples (in the order measured) at
+which every requested percentile's interval would have been within 5% had each call counted as an
+independent one, and the job's wall time had it stopped there. No distribution-free rule at 95% can
+stop earlier on those samples, so when the bound itself is over 0.25x, the machine's tail that minute,
+not the rule, is what missed the target.
 """
 
 from __future__ import annotations
@@ -26,11 +32,15 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 from benchmarks.conftest import save_numbers
 from harness.catalog import load_catalog
 from harness.lab.inventory import Device, Lab
+from harness.measure.stability import StopRule
+from harness.measure.stats import order_statistic_interval
 from harness.pipeline import MeasureSettings, Pipeline
 from harness.records import Job, JobResult, Variant
 from harness.store import Store
@@ -69,6 +79,29 @@ def _benchmark_app(exe: str, xml: Path, shape: tuple[int, ...]) -> tuple[float, 
     return wall, float(found.group(1)), " ".join(["benchmark_app", *argv[1:]])
 
 
+def _independent_call_stop(samples_ns: npt.NDArray[np.generic], rule: StopRule) -> tuple[int, float] | None:
+    """(calls, seconds of inference) of the shortest prefix a rule trusting every call would stop at.
+
+    The same check as the stop rule's (count and duration minimums, each percentile's 95% interval
+    within ``max_half_width`` of its estimate) with the effective count set to the count, so bursts
+    never widen an interval. None when even the whole run is not enough.
+    """
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    elapsed = np.cumsum(ms) / 1e3
+    for n in range(max(rule.min_iterations, 1), ms.size + 1, 5):
+        if elapsed[n - 1] < rule.min_duration_s:
+            continue
+        ordered = np.sort(ms[:n])
+        for q in rule.percentiles:
+            ranks = order_statistic_interval(n, q, rule.confidence)
+            value = float(np.quantile(ordered, q))
+            if ranks is None or (ordered[ranks[1] - 1] - ordered[ranks[0] - 1]) / 2 > rule.max_half_width * value:
+                break
+        else:
+            return n, float(elapsed[n - 1])
+    return None
+
+
 def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) -> None:
     exe = _find_benchmark_app()
     entry = load_catalog(Path("models"), "mobilenetv2-style")[0]
@@ -103,6 +136,19 @@ def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) ->
     ratio = harness_wall / app_wall
     median_diff = harness_p50 / app_median - 1.0
     records = [r.flat() for _, r in runs]
+    rule = StopRule(
+        min_iterations=SETTINGS.min_iterations,
+        min_duration_s=SETTINGS.min_duration_s,
+        max_duration_s=SETTINGS.max_duration_s,
+        max_half_width=SETTINGS.max_half_width,
+    )
+    bounds = []  # (calls, job wall seconds) had the job stopped at the independent-call prefix
+    for (wall, result), record in zip(runs, records, strict=True):
+        assert result.samples_ns is not None
+        stop = _independent_call_stop(result.samples_ns, rule)
+        bounds.append(None if stop is None else (stop[0], wall - record["duration_s"] + stop[1]))
+    bound_walls = [b[1] if b else float("inf") for b in bounds]
+    bound_ratio = statistics.median(bound_walls) / app_wall
     save_numbers(
         "stopping-mobilenetv2-style",
         {
@@ -124,11 +170,17 @@ def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) ->
             "benchmark_app_wall_s": app_wall,
             "benchmark_app_median_ms": app_median,
             "time_ratio": ratio,
+            "independent_call_stop_n": [b[0] if b else None for b in bounds],
+            "independent_call_bound_wall_s": [b[1] if b else None for b in bounds],
+            "independent_call_bound_ratio": bound_ratio,
             "median_relative_difference": median_diff,
         },
     )
     assert all(r["valid"] and r["stop_reason"] == "converged" for r in records), [
         (r["stop_reason"], r["n"]) for r in records
     ]
-    assert ratio <= 0.25, f"harness {harness_wall:.1f} s vs benchmark_app {app_wall:.1f} s: {ratio:.2f}x"
+    assert ratio <= 0.25, (
+        f"harness {harness_wall:.1f} s vs benchmark_app {app_wall:.1f} s: {ratio:.2f}x "
+        f"(a rule trusting every call as independent: {bound_ratio:.2f}x)"
+    )
     assert abs(median_diff) <= 0.05, f"harness P50 {harness_p50:.3f} ms vs benchmark_app {app_median:.3f} ms"
