@@ -9,7 +9,11 @@ is one busy process per core (``while True: pass``), started from a timer after 
 - "until_end": the load starts mid-run and lasts past the loop's end; the calibration workload timed
   after the loop is slower than before, which counts as throttled; the harness cools down and retries.
   The load stops when the first attempt's result is back, so the retry is clean and its record says
-  why it was retried.
+  why it was retried. The calibration loop does not always see the load: timed with the fastest of its
+  7 repetitions (so a single preemption is not a throttle), it ran 0-90% slower under the same two
+  busy processes across trials on this 2-CPU VM (the scheduler sometimes leaves the runner a CPU to
+  itself for whole repetitions). When it misses, the sampled CPU share of other processes still marks
+  the result unstable, which is what the issue asks ("marked unstable or retried").
 
 pytest-benchmark times the host-side verdict (``assess_throttle`` on the run's facts): the detection
 costs the host microseconds, however long the run.
@@ -136,5 +140,9 @@ def test_a_competing_load_mid_run_is_caught(benchmark: Any, tmp_path: Path) -> N
     for name in ("burst", "until_end"):
         caught = numbers[name]
         assert caught["unstable"] or caught["throttle_retries"], f"{name}: the load went unnoticed: {caught}"
-    assert until_end.metrics["throttle_retries"] == 1, numbers["until_end"]
+    lasting = numbers["until_end"]
+    if lasting["throttle_retries"]:
+        assert "slower after the run" in lasting["retried_because"][0], lasting
+    else:
+        assert any("competing load" in r or "drift" in r or "CV" in r for r in lasting["unstable_reasons"]), lasting
     assert verdict is not None
