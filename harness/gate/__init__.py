@@ -1,1 +1,1 @@
-"""Release gates: budgets, statistical comparison with a baseline, history change points."""
+"""Release gates: latency budgets judged on the percentiles' confidence bounds."""

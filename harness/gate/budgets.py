@@ -9,7 +9,7 @@ from ..measure.stats import LatencySummary, PercentileEstimate
 def check_latency(summary: LatencySummary, budgets: Budgets) -> tuple[str, ...]:
     """Messages for every latency budget the summary breaks; empty when within budget.
 
-    A budget is judged on the percentile's upper confidence bound when it is VALID, so a run only
+    A budget is judged on the percentile's lower confidence bound when it is VALID, so a run only
     fails when the data show the budget is exceeded, not when noise might have pushed it over.
     """
     failures: list[str] = []
