@@ -15,9 +15,9 @@ medians would compare two different computations). The rounds alternate so drift
 
 Each harness run also gets a bound: the first prefix of its own samples (in the order measured) at
 which every requested percentile's interval would have been within 5% had each call counted as an
-independent one, and the job's wall time had it stopped there. No distribution-free rule at 95% can
-stop earlier on those samples, so when the bound itself is over 0.25x, the machine's tail that minute,
-not the rule, is what missed the target.
+independent one, and the job's wall time had it stopped there. No rule built on these order-statistic
+intervals can stop earlier on those samples, so when the bound itself is over 0.25x, the machine's tail
+that minute, not the burst correction, is what missed the target.
 """
 
 from __future__ import annotations
