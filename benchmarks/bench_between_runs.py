@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks.conftest import save_numbers
 from harness.catalog import load_catalog
 from harness.lab.inventory import Device, Lab
-from harness.measure.stats import PercentileEstimate, order_statistic_interval, summarize
+from harness.measure.stats import PercentileEstimate, half_width_ratio, order_statistic_interval, summarize
 from harness.pipeline import MeasureSettings, Pipeline
 from harness.records import Job, JobResult, Variant
 from harness.store import Store
@@ -89,7 +89,7 @@ def test_how_far_one_jobs_interval_carries_to_the_next_job(benchmark: Any, tmp_p
     benchmark(summarize, samples)
 
     p50s = [row["p50"]["ms"] for row in rows]
-    half_widths = [(row["p50"]["interval_ms"][1] - row["p50"]["interval_ms"][0]) / 2 / row["p50"]["ms"] for row in rows]
+    half_widths = [half_width_ratio(r.latency.p50) for r in results if r.latency is not None]
     numbers: dict[str, Any] = {
         "model": "mobilenetv2-style",
         "variant": job.variant.id,
@@ -98,7 +98,7 @@ def test_how_far_one_jobs_interval_carries_to_the_next_job(benchmark: Any, tmp_p
         "pooled_ms": {f"p{round(q * 100)}": v for q, v in references.items()},
         "job_p50_cv_across_jobs": statistics.stdev(p50s) / statistics.mean(p50s),
         "job_p50_range_ms": [min(p50s), max(p50s)],
-        "median_p50_half_width": statistics.median(half_widths),
+        "median_p50_half_width": statistics.median(h for h in half_widths if h is not None),
         "host_summary_ms": benchmark.stats.stats.median * 1e3,
         "jobs_detail": rows,
     }

@@ -39,8 +39,7 @@ import pytest
 from benchmarks.conftest import save_numbers
 from harness.catalog import load_catalog
 from harness.lab.inventory import Device, Lab
-from harness.measure.stability import StopRule
-from harness.measure.stats import order_statistic_interval
+from harness.measure.stability import StopRule, stop_decision
 from harness.pipeline import MeasureSettings, Pipeline
 from harness.records import Job, JobResult, Variant
 from harness.store import Store
@@ -82,22 +81,12 @@ def _benchmark_app(exe: str, xml: Path, shape: tuple[int, ...]) -> tuple[float, 
 def _independent_call_stop(samples_ns: npt.NDArray[np.generic], rule: StopRule) -> tuple[int, float] | None:
     """(calls, seconds of inference) of the shortest prefix a rule trusting every call would stop at.
 
-    The same check as the stop rule's (count and duration minimums, each percentile's 95% interval
-    within ``max_half_width`` of its estimate) with the effective count set to the count, so bursts
-    never widen an interval. None when even the whole run is not enough.
+    The host's reference stop check with ``dependence=False``, on each prefix in steps of 5 calls,
+    its clock the prefix's own inference time. None when even the whole run is not enough.
     """
-    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    elapsed = np.cumsum(ms) / 1e3
-    for n in range(max(rule.min_iterations, 1), ms.size + 1, 5):
-        if elapsed[n - 1] < rule.min_duration_s:
-            continue
-        ordered = np.sort(ms[:n])
-        for q in rule.percentiles:
-            ranks = order_statistic_interval(n, q, rule.confidence)
-            value = float(np.quantile(ordered, q))
-            if ranks is None or (ordered[ranks[1] - 1] - ordered[ranks[0] - 1]) / 2 > rule.max_half_width * value:
-                break
-        else:
+    elapsed = np.cumsum(np.asarray(samples_ns, dtype=np.float64)) / 1e9
+    for n in range(max(rule.min_iterations, 1), len(samples_ns) + 1, 5):
+        if stop_decision(samples_ns[:n], float(elapsed[n - 1]), rule, dependence=False) == "converged":
             return n, float(elapsed[n - 1])
     return None
 

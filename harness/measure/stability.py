@@ -128,11 +128,12 @@ class StopRule:
             )
 
 
-def _converged(arr: npt.NDArray[np.float64], rule: StopRule) -> bool:
+def _converged(arr: npt.NDArray[np.float64], rule: StopRule, dependence: bool) -> bool:
     n = int(arr.size)
     plans: list[tuple[int, int, float, int, int]] = []
     # The interval for the calls the samples are worth: bursts of slow calls widen it (stats docstring).
-    for q, n_eff in zip(rule.percentiles, effective_sizes(arr, rule.percentiles), strict=True):
+    sizes = effective_sizes(arr, rule.percentiles) if dependence else tuple(n for _ in rule.percentiles)
+    for q, n_eff in zip(rule.percentiles, sizes, strict=True):
         ranks = dependent_interval(n, n_eff, q, rule.confidence)
         if ranks is None:
             return False
@@ -152,7 +153,7 @@ def _converged(arr: npt.NDArray[np.float64], rule: StopRule) -> bool:
 
 
 def stop_decision(
-    samples_ns: Sequence[int] | npt.NDArray[np.generic], elapsed_s: float, rule: StopRule
+    samples_ns: Sequence[int] | npt.NDArray[np.generic], elapsed_s: float, rule: StopRule, dependence: bool = True
 ) -> str | None:
     """Host-side reference stop check: None to keep measuring, else "converged" or "time_cap".
 
@@ -161,7 +162,8 @@ def stop_decision(
     order) are worth, whose half-width, ``(hi - lo) / 2``, is within ``max_half_width`` of the estimate.
     "time_cap" means ``max_duration_s`` passed first. One ``np.partition`` and one FFT per percentile
     (the effective count): tens of milliseconds on 1e5 samples. Pass a numpy array, since converting a
-    long list costs more than the check itself.
+    long list costs more than the check itself. ``dependence=False`` counts every call as independent
+    (no FFT), as the runner's cheap first check does.
     """
     if not math.isfinite(elapsed_s) or elapsed_s < 0:
         raise ValueError(f"elapsed_s={elapsed_s!r} must be a non-negative number of seconds")
@@ -169,7 +171,7 @@ def stop_decision(
     n = len(samples_ns)
     enough = n >= max(rule.min_iterations, 1) and elapsed_s >= rule.min_duration_s
     # The cheap count and clock checks come first so early calls cost nothing.
-    if enough and _converged(as_samples_ns(samples_ns), rule):
+    if enough and _converged(as_samples_ns(samples_ns), rule, dependence):
         return "converged"
     return "time_cap" if timed_out else None
 

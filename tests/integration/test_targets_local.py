@@ -118,8 +118,8 @@ def _batches(tmp_path: Path, backend: str, batches: tuple[int, ...]) -> dict[int
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_a_batch_of_sixteen_is_timed_on_the_runtime(tmp_path: Path, backend: str) -> None:
-    """batch: 16 reaches the runtime: the timed call takes sixteen images, the eval pass still runs image by
-    image, and parity holds.
+    """batch: 16 reaches the runtime: the timed call takes sixteen images, and the eval pass still agrees with
+    the host reference image for image (parity holds).
 
     The digits CNN costs about 0.03-0.1 ms a call, mostly fixed overhead, and this VM's P50 at batch 1 moves
     between runs by up to 1.7x (slow bursts). So the check uses batch 16 (compute dominates: 3-5x a single

@@ -158,8 +158,10 @@ def test_the_runner_stops_exactly_when_the_host_rule_would(
     # The on-device runner carries its own copy of the rule (no scipy there); the two must not drift apart.
     samples = _with_bursts(_steady(n, seed=seed, sigma=sigma), bursts, seed)
     rule = StopRule(max_half_width=target, min_iterations=0, min_duration_s=0.0)
-    host = stop_decision(samples, elapsed_s=1.0, rule=rule)
-    assert runner_converged(samples.tolist(), StopSpec(max_half_width=target)) == (host == "converged")
+    spec = StopSpec(max_half_width=target)
+    for dependence in (True, False):  # the burst-aware check and the cheap first check, both mirrored
+        host = stop_decision(samples, elapsed_s=1.0, rule=rule, dependence=dependence)
+        assert runner_converged(samples.tolist(), spec, dependence=dependence) == (host == "converged"), dependence
 
 
 def test_stopping_when_the_interval_first_gets_tight_still_covers_the_true_p99() -> None:
