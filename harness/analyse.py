@@ -6,7 +6,7 @@ Pure functions over arrays and records (no I/O): the pipeline fetches the data, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,13 +24,37 @@ Metrics = dict[str, Any]
 
 
 def latency_checks(
-    summary: LatencySummary, samples_ns: np.ndarray, budgets: Budgets
+    summary: LatencySummary,
+    samples_ns: np.ndarray,
+    budgets: Budgets,
+    runs: Sequence[tuple[np.ndarray, LatencySummary]] = (),
 ) -> tuple[Metrics, tuple[str, ...]]:
-    """Stability metrics and latency budget failures (an INVALID percentile is a failure too)."""
+    """Stability metrics and latency budget failures (an INVALID percentile is a failure too).
+
+    ``runs`` are a repeated job's runs (samples, summary): each is judged for stability on its own,
+    since the level change between two processes is what the between-run interval already measures.
+    """
     failures = list(check_latency(summary, budgets))
     if not summary.valid:
         failures.append("statistics INVALID: " + "; ".join(summary.invalid_reasons))
-    return stability_metrics(samples_ns, summary), tuple(failures)
+    stability = repeated_stability(runs) if runs else stability_metrics(samples_ns, summary)
+    return stability, tuple(failures)
+
+
+def repeated_stability(runs: Sequence[tuple[np.ndarray, LatencySummary]]) -> Metrics:
+    """Stability over several runs: the worst run's CV, drift and outlier share, every run's reasons by number."""
+    each = [stability_metrics(samples, summary) for samples, summary in runs]
+    reasons = [f"run {i} of {len(each)}: {r}" for i, m in enumerate(each, 1) for r in m.get("unstable_reasons", [])]
+    measured = [m for m in each if m]  # a run of one call has no spread to judge
+    if not measured:
+        return {}
+    return {
+        "cv": max(m["cv"] for m in measured),
+        "drift": max((m["drift"] for m in measured), key=abs),
+        "outlier_share": max(m["outlier_share"] for m in measured),
+        "unstable": bool(reasons),
+        "unstable_reasons": reasons,
+    }
 
 
 def stability_metrics(samples_ns: np.ndarray, summary: LatencySummary) -> Metrics:

@@ -54,8 +54,9 @@ from .errors import (
 from .lab.connect import open_transport
 from .lab.inventory import Device, Lab
 from .lab.platforms import PlatformProfile, load_platform
+from .measure.repeats import MIN_REPEATS, between_runs, check_repeats
 from .measure.stats import LatencySummary, summarize
-from .measure.throttle import ThrottleLimits, ThrottleVerdict, assess_throttle, throttle_metrics
+from .measure.throttle import ThrottleLimits, ThrottleVerdict, assess_runs, throttle_metrics
 from .plan import plan_variants
 from .records import Job, JobResult, Status, Variant
 from .references import host_reference
@@ -85,6 +86,7 @@ class MeasureSettings:
     cooldown_s: float = 5.0
     cpus: tuple[int, ...] | None = None  # pin the runner to these CPU ids
     batch: int = 1  # rows of the latency input per timed call
+    repeats: int = 1  # runner processes per latency job; 3 or more give a between-run interval
 
     def spec(self) -> dict[str, Any]:
         stop: dict[str, Any] = {
@@ -111,6 +113,7 @@ MEASURE_FLAGS = {
     "max_duration_s": "--max-duration",
     "max_half_width": "--half-width",
     "batch": "--batch",
+    "repeats": "--repeats",
 }
 
 
@@ -157,6 +160,10 @@ def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureS
     if settings.batch < 1:
         key, file = origin("batch")
         raise ConfigError(f"batch {settings.batch} is not positive", file=file, key=key, fix="use 1 or more")
+    bad_repeats = check_repeats(settings.repeats)
+    if bad_repeats:
+        key, file = origin("repeats")
+        raise ConfigError(bad_repeats, file=file, key=key, fix=f"use 1 (one run) or {MIN_REPEATS} or more")
     return settings
 
 
@@ -424,7 +431,7 @@ class Pipeline:
         attempts: list[ThrottleVerdict] = []
         while True:
             result = self._execute(job, started)
-            attempts.append(assess_throttle(result.facts, self.settings.throttle))
+            attempts.append(assess_runs(result.facts, self.settings.throttle))
             last = attempts[-1]
             if job.kind != "latency" or not last.throttled or len(attempts) > self.settings.throttle_retries:
                 metrics = {**result.metrics, **throttle_metrics(result.metrics, attempts), "batch": self.settings.batch}
@@ -529,6 +536,33 @@ class Pipeline:
         }
         for command in device.setup:
             link.transport.run(["sh", "-c", command], timeout_s=60, env=device.env)
+        raw = self._run_runner(link, spec)
+        # Repeats are further runner processes timing the same artifact; the eval pass ran in the first.
+        repeats = self.settings.repeats if job.kind == "latency" else 1
+        more = [
+            self._run_runner(link, {**spec, "eval": [], "outputs": outputs_remote.replace(".npz", f"-r{i}.npz")})
+            for i in range(2, repeats + 1)
+        ]
+        local_outputs = self._workdir / f"{_slug(job.id + job.kind)}.npz"
+        link.transport.get(raw["outputs"], local_outputs)
+        if file_sha256(local_outputs) != raw["outputs_sha256"]:
+            raise RunnerError("outputs file changed in transfer (sha256 mismatch)", device=device.name)
+        with np.load(local_outputs) as npz:
+            outputs = {k: npz[k] for k in npz.files}
+        local_outputs.unlink()
+        if job.kind == "latency":
+            self._outputs[(job.id, job.kind)] = outputs
+        result = self._analyse(job, started, onnx, artifact_sha, [raw, *more], outputs, eval_data)
+        report = compile_report(deployed.artifact) if job.variant.backend == "edgetpu" else None
+        if report is not None:
+            # How much of the model the Edge TPU compiler mapped: the rest runs on the board's CPU.
+            result = replace(result, metrics={**result.metrics, "edgetpu_compile": report})
+        return result
+
+    def _run_runner(self, link: DeviceLink, spec: dict[str, Any]) -> dict[str, Any]:
+        """One runner process on the device for ``spec``; its reply, or the error it reported."""
+        device = link.device
+        assert link.transport is not None and link.agent_path is not None
         reply = link.transport.run(
             [device.python_path, link.agent_path, "run"],
             timeout_s=device.job_timeout_s,
@@ -542,21 +576,7 @@ class Pipeline:
                 raise CapabilityMissing(f"device {device.name!r}: {error.get('message')}")
             message = error.get("message") or "gave no result"
             raise RunnerError(message, device=device.name, command_exit=reply.exit_code, stderr=reply.stderr_text)
-        local_outputs = self._workdir / f"{_slug(job.id + job.kind)}.npz"
-        link.transport.get(raw["outputs"], local_outputs)
-        if file_sha256(local_outputs) != raw["outputs_sha256"]:
-            raise RunnerError("outputs file changed in transfer (sha256 mismatch)", device=device.name)
-        with np.load(local_outputs) as npz:
-            outputs = {k: npz[k] for k in npz.files}
-        local_outputs.unlink()
-        if job.kind == "latency":
-            self._outputs[(job.id, job.kind)] = outputs
-        result = self._analyse(job, started, onnx, artifact_sha, raw, outputs, eval_data)
-        report = compile_report(deployed.artifact) if job.variant.backend == "edgetpu" else None
-        if report is not None:
-            # How much of the model the Edge TPU compiler mapped: the rest runs on the board's CPU.
-            result = replace(result, metrics={**result.metrics, "edgetpu_compile": report})
-        return result
+        return raw
 
     # ---- analyse ----------------------------------------------------------------------------
     def _analyse(
@@ -565,19 +585,32 @@ class Pipeline:
         started: str,
         onnx: OnnxModel,
         artifact_sha: str,
-        raw: dict[str, Any],
+        raws: Sequence[dict[str, Any]],
         outputs: dict[str, np.ndarray],
         eval_data: DataFile,
     ) -> JobResult:
-        samples = np.asarray(raw["samples_ns"], dtype=np.int64)
-        summary = summarize(samples)
+        """Statistics, checks and the result record; ``raws`` are the job's runner replies, one per repeat.
+
+        With repeats, the percentiles are the runs' mean with a between-run interval
+        (``harness.measure.repeats``), stability is judged run by run, and the first run (the one with
+        the eval pass) gives the cold-start, warm-up and device facts.
+        """
+        raw = raws[0]
+        per_run = [np.asarray(r["samples_ns"], dtype=np.int64) for r in raws]
+        samples = np.concatenate(per_run)
+        repeated = between_runs([summarize(s) for s in per_run], samples) if len(raws) > 1 else None
+        summary = repeated.summary if repeated else summarize(samples)
         budgets = job.model.budgets
+        stop_reasons = [str(r["stop_reason"]) for r in raws]
         metrics: dict[str, Any] = {
-            "stop_reason": raw["stop_reason"],
+            # The run that did not converge, if any: one run at its time cap is the job's weakest link.
+            "stop_reason": next((r for r in stop_reasons if r != "converged"), "converged"),
             "warmup_iterations": raw["warmup_iterations"],
-            "warmup_stable": raw["warmup_stable"],
-            "duration_s": raw["duration_s"],
+            "warmup_stable": all(bool(r["warmup_stable"]) for r in raws),
+            "duration_s": sum(float(r["duration_s"]) for r in raws),
         }
+        if repeated:
+            metrics.update(repeated.metrics(), repeat_stop_reasons=stop_reasons)
         failures: dict[str, tuple[str, ...]] = {}
         keys = sorted(outputs)
         host = host_reference(onnx, job.model, eval_data.path, eval_data.sha256, keys)
@@ -587,7 +620,8 @@ class Pipeline:
             robust, failures["robustness"] = robustness_checks(outputs, host, labels, budgets)
             metrics.update(robust)
         else:
-            stability, failures["latency"] = latency_checks(summary, samples, budgets)
+            runs = list(zip(per_run, repeated.runs, strict=True)) if repeated else []
+            stability, failures["latency"] = latency_checks(summary, samples, budgets, runs)
             metrics.update(stability)
             metrics.update(provenance_metrics(job.variant, raw["runtime"], raw["facts"], metrics))
             device_ref = None
@@ -630,7 +664,11 @@ class Pipeline:
             samples_ns=samples,
             first_inference_ms=float(raw["first_inference_ms"]),
             load_ms=float(raw["load_ms"]),
-            facts={**raw["facts"], "runtime": raw["runtime"]},
+            facts={
+                **raw["facts"],
+                "runtime": raw["runtime"],
+                **({"repeat_facts": [r["facts"] for r in raws[1:]]} if repeated else {}),
+            },
             metrics=metrics,
             failures=failures,
         )

@@ -73,6 +73,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--batch", metavar="N", type=int, help="rows of the latency input per timed call")
     group.addoption(
+        "--repeats",
+        metavar="K",
+        type=int,
+        help="runner processes per latency job (3 or more: percentiles get a between-run interval)",
+    )
+    group.addoption(
         "--interleave",
         action="store_true",
         help="run the interleaved suite: each model's variants on a device in one process, with an A/A self-check",
@@ -107,6 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
             max_duration_s=config.getoption("--max-duration"),
             max_half_width=config.getoption("--half-width"),
             batch=config.getoption("--batch"),
+            repeats=config.getoption("--repeats"),
         )
         store = Store(str(config.getoption("--db") or default_db_path()))  # after every check: no empty database
     except EdgebenchError as exc:

@@ -79,6 +79,14 @@ def run(
         typer.Option("--half-width", min=0.0001, max=0.9999, help="Target P50/P95/P99 interval half-width, e.g. 0.02."),
     ] = None,
     batch: Annotated[int | None, typer.Option("--batch", min=1, help="Rows of the latency input per call.")] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            "--repeats",
+            min=1,
+            help="Runner processes per latency job (3 or more: percentiles get a between-run interval).",
+        ),
+    ] = None,
 ) -> int:
     """Build, deploy and measure every model variant on every device of a lab; store; report."""
     from ..pipeline import Pipeline, measure_settings
@@ -93,6 +101,7 @@ def run(
         max_duration_s=max_duration,
         max_half_width=half_width,
         batch=batch,
+        repeats=repeats,
     )
     store = _store(db)
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]

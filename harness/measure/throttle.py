@@ -25,12 +25,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ThrottleLimits", "ThrottleVerdict", "assess_throttle", "calibration_per_iteration_ns", "throttle_metrics"]
+__all__ = [
+    "ThrottleLimits",
+    "ThrottleVerdict",
+    "assess_runs",
+    "assess_throttle",
+    "calibration_per_iteration_ns",
+    "throttle_metrics",
+]
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,28 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
         thermal=summary,
         power_mw=_mean_power(during),
         telemetry_errors=tuple(str(e) for e in thermal.get("reader_errors") or ()),
+    )
+
+
+def assess_runs(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleLimits()) -> ThrottleVerdict:
+    """The verdict on a job's facts, over every run of a repeated job (``facts["repeat_facts"]``).
+
+    One run throttled or contended makes the job so. The figures (slowdown, clocks, thermals) are
+    those of the first run that was throttled, else contended, else the first run; the reasons of
+    every run are kept, each naming its run.
+    """
+    runs = [facts, *(facts.get("repeat_facts") or ())]
+    verdicts = [assess_throttle(f, limits) for f in runs]
+    if len(verdicts) == 1:
+        return verdicts[0]
+    shown = next((v for v in verdicts if v.throttled), None) or next((v for v in verdicts if v.contention), verdicts[0])
+    k = len(verdicts)
+    contention = [f"run {i} of {k}: {v.contention}" for i, v in enumerate(verdicts, 1) if v.contention]
+    return replace(
+        shown,
+        throttled=any(v.throttled for v in verdicts),
+        reasons=tuple(f"run {i} of {k}: {r}" for i, v in enumerate(verdicts, 1) for r in v.reasons),
+        contention="; ".join(contention) or None,
     )
 
 

@@ -8,10 +8,13 @@ and speed targets live in benchmarks/.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from scipy import stats
 
 import harness.scenarios as scenarios
 from harness.catalog import load_catalog
@@ -170,6 +173,46 @@ def test_pinning_and_batch_reach_the_runner(edgebench_env: Path, tiny_catalog: P
     assert result.facts["cpu_affinity"] == [cpu]
     assert result.facts["pinning"] in ("sched_setaffinity", "inherited")
     assert result.metrics["batch"] == 4
+
+
+def test_a_repeated_job_runs_separate_processes_and_reports_a_between_run_interval(
+    edgebench_env: Path, tiny_catalog: Path, local_lab: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = replace(FAST, repeats=3)
+    pipeline = make_pipeline(edgebench_env, tiny_catalog, local_lab, settings)
+    result = pipeline.run_job(pipeline.plan()[0])
+    pipeline.finish()
+    assert result.status == "passed", result.message
+    # Three runner processes, each with its own calibration before and after, sampled on its own.
+    runs = [result.facts, *result.facts["repeat_facts"]]
+    assert len(runs) == 3 and all(len(r["calibration"]["after_ns"]) == 3 for r in runs)
+
+    row = json_results(edgebench_env, capsys)[0]
+    assert (row["repeats"], row["repeat_n"], row["n"]) == (3, [400, 400, 400], 1200)
+    assert row["repeat_stop_reasons"] == ["fixed_count"] * 3 and row["stop_reason"] == "fixed_count"
+    values = np.array(row["repeat_p50_ms"])
+    assert row["p50_ms"] == pytest.approx(values.mean())
+    low, high = stats.t.interval(0.95, 2, loc=values.mean(), scale=stats.sem(values))
+    assert row["p50_ci_ms"] == [pytest.approx(max(low, 0.0)), pytest.approx(high)]
+    assert row["repeat_p50_cv"] == pytest.approx(values.std(ddof=1) / values.mean())
+    # The eval pass ran once, in the first run: parity is there, measured on the clean set.
+    assert row["top1_agreement"] is not None
+
+    out = edgebench_env / "report.html"
+    assert main(["report", "--db", str(edgebench_env / "results.sqlite"), "--out", str(out)]) == 0
+    assert '<span class="ci repeats">3 runs</span>' in out.read_text(encoding="utf-8")
+
+
+def test_two_repeats_stop_the_run_before_anything_is_measured_or_stored(
+    edgebench_env: Path, tiny_catalog: Path, local_lab: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = edgebench_env / "never.sqlite"
+    args = ["run", "--lab", str(local_lab), "--catalog", str(tiny_catalog), "--db", str(db), "--repeats", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgebench: error: --repeats: repeats 2 cannot give a between-run interval")
+    assert err.strip().endswith("fix: use 1 (one run) or 3 or more") and err.count("\n") == 1
+    assert not db.exists()
 
 
 def two_variants(pipeline: Pipeline) -> list[Job]:

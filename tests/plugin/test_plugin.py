@@ -303,6 +303,7 @@ def test_the_measurement_flags_reach_every_job(
     out = tmp_path / "out"
     # --quick's 5 s cap, cut by the flag; a 0.01% half-width cannot be reached in 0.3 s.
     flags = ["--max-duration", "0.3", "--half-width", "0.0001", "--batch", "2", "--backends", "onnxruntime"]
+    flags += ["--repeats", "3"]
     result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), *flags)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
     store = Store(out / "results.sqlite")
@@ -312,16 +313,25 @@ def test_the_measurement_flags_reach_every_job(
         store.close()
     assert records
     for record in records:
-        assert record["stop_reason"] == "time_cap" and 0.3 <= record["duration_s"] < 1.5 and record["batch"] == 2
+        assert record["stop_reason"] == "time_cap" and record["batch"] == 2
+        # Three runner processes, each timing for the 0.3 s cap.
+        assert record["repeats"] == 3 and 3 * 0.3 <= record["duration_s"] < 4.5
 
 
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        (["--min-duration", "9"], "*edgebench: --min-duration: the minimum duration 9 s is longer than the time cap*"),
+        (["--repeats", "2"], "*edgebench: --repeats: repeats 2 cannot give a between-run interval*fix: use 1*"),
+    ],
+)
 def test_a_contradictory_measurement_flag_is_a_usage_error(
-    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path, flag: list[str], expected: str
 ) -> None:
     pytester.makepyfile(test_suite=SUITE)
-    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, tmp_path / "out"), "--min-duration", "9")
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, tmp_path / "out"), *flag)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*edgebench: --min-duration: the minimum duration 9 s is longer than the time cap 5*"])
+    result.stderr.fnmatch_lines([expected])
     assert not (tmp_path / "out" / "results.sqlite").exists()
 
 

@@ -1,0 +1,116 @@
+"""One job run several times in separate runner processes: percentiles with a between-run interval.
+
+A timed loop's order-statistic interval says where the percentile of *that loop's minutes* lies. On
+a shared device the next loop lands outside it more often than 5% of the time: twelve back-to-back
+jobs on the reference VM (``benchmarks/bench_between_runs.py``) had job P50s with a 2.3-4.1% CV,
+against a +-0.16-1.2% interval for one job, and one job's P50 interval held the twelve jobs' pooled
+P50 in only 3 to 4 of them. What a nightly comparison needs is the spread between runs, and only separate runs
+measure it: each repeat here is its own runner process (load, compile, warm-up, adaptive loop).
+
+Each percentile's estimate is then the mean of the K runs' percentiles, and its interval the
+Student-t interval of that mean with K - 1 degrees of freedom. That is how pyperf reports values from
+separate worker processes (mean and standard deviation over processes) and Google Benchmark its
+repetitions (mean, median, stddev, cv across repetitions). The t interval assumes the run-level
+estimates scatter roughly normally: each is a quantile of hundreds of calls, close to normal by the
+central limit theorem for quantiles, plus a run-level offset. Three runs are the fewest for which it
+means anything (with two, t is 12.7 and the interval nearly unbounded), so a job runs once or at
+least three times.
+
+Written here rather than taken from a library: scipy gives the t quantile, the rest is a mean and a
+standard deviation over a handful of numbers; what needs care is which per-run facts carry over
+(validity) and which do not (the within-run interval and its burst correction, which the between-run
+spread replaces).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import t as student_t
+
+from .stats import LatencySummary, PercentileEstimate, as_samples_ns
+
+__all__ = ["MIN_REPEATS", "RepeatedRuns", "between_runs", "check_repeats"]
+
+MIN_REPEATS = 3
+_PERCENTILES = ("p50", "p90", "p95", "p99")
+_NS_PER_MS = 1e6
+
+
+def check_repeats(repeats: int) -> str | None:
+    """Why ``repeats`` is not a usable count (None when it is): 1 run, or at least MIN_REPEATS."""
+    if repeats == 1 or repeats >= MIN_REPEATS:
+        return None
+    return f"repeats {repeats} cannot give a between-run interval (it needs at least {MIN_REPEATS} runs)"
+
+
+@dataclass(frozen=True)
+class RepeatedRuns:
+    """The combined summary of K runs and the per-run facts a user reads beside it."""
+
+    summary: LatencySummary
+    runs: tuple[LatencySummary, ...]
+
+    def metrics(self) -> dict[str, Any]:
+        """Per-run percentiles and counts, and the between-run CV of each percentile (JSON-ready)."""
+        out: dict[str, Any] = {"repeats": len(self.runs), "repeat_n": [r.n for r in self.runs]}
+        for name in _PERCENTILES:
+            values = [getattr(r, name).value_ms for r in self.runs]
+            out[f"repeat_{name}_ms"] = values
+            out[f"repeat_{name}_cv"] = float(np.std(values, ddof=1) / np.mean(values))
+        return out
+
+
+def _combined(name: str, runs: Sequence[LatencySummary], confidence: float) -> PercentileEstimate:
+    estimates = [getattr(r, name) for r in runs]
+    values = np.array([e.value_ms for e in estimates], dtype=float)
+    k = len(values)
+    mean = float(values.mean())
+    half = float(student_t.ppf(0.5 + confidence / 2.0, k - 1) * values.std(ddof=1) / math.sqrt(k))
+    invalid = next(((i, e) for i, e in enumerate(estimates) if not e.valid), None)
+    reason = None if invalid is None else f"run {invalid[0] + 1} of {k}: {invalid[1].reason}"
+    return PercentileEstimate(
+        q=estimates[0].q,
+        value_ms=mean,
+        # A latency is not negative, however few runs and however far apart.
+        ci_low_ms=max(mean - half, 0.0),
+        ci_high_ms=mean + half,
+        valid=invalid is None,
+        reason=reason,
+        effective_n=sum(e.effective_n or 0 for e in estimates) or None,
+    )
+
+
+def between_runs(
+    runs: Sequence[LatencySummary], pooled_ns: Sequence[int] | npt.NDArray[np.generic], confidence: float = 0.95
+) -> RepeatedRuns:
+    """K runs' summaries -> one summary whose percentiles are the runs' mean with a between-run t interval.
+
+    ``pooled_ns`` are every run's samples in the order timed: the count, fastest, slowest, mean and
+    standard deviation are theirs. A percentile is VALID when it is VALID in every run; the reason
+    names the first run where it is not.
+    """
+    if len(runs) < MIN_REPEATS:
+        raise ValueError(f"between_runs needs at least {MIN_REPEATS} runs, got {len(runs)}")
+    pooled = as_samples_ns(pooled_ns)
+    if pooled.size != sum(r.n for r in runs):
+        raise ValueError(f"pooled samples ({pooled.size}) are not the runs' samples ({sum(r.n for r in runs)})")
+    p50, p90, p95, p99 = (_combined(name, runs, confidence) for name in _PERCENTILES)
+    summary = LatencySummary(
+        n=int(pooled.size),
+        min_ms=float(pooled.min()) / _NS_PER_MS,
+        mean_ms=float(pooled.mean()) / _NS_PER_MS,
+        std_ms=float(pooled.std(ddof=1)) / _NS_PER_MS,
+        max_ms=float(pooled.max()) / _NS_PER_MS,
+        p50=p50,
+        p90=p90,
+        p95=p95,
+        p99=p99,
+        confidence=confidence,
+    )
+    return RepeatedRuns(summary, tuple(runs))
