@@ -51,6 +51,7 @@ JUNIT_KEYS = (
     "status",
     "top1_acc",
     "stop_reason",
+    "repeats",
 )
 
 

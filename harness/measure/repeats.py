@@ -62,6 +62,7 @@ class RepeatedRuns:
         for name in _PERCENTILES:
             values = [getattr(r, name).value_ms for r in self.runs]
             out[f"repeat_{name}_ms"] = values
+            out[f"repeat_{name}_effective_n"] = [getattr(r, name).effective_n for r in self.runs]
             out[f"repeat_{name}_cv"] = float(np.std(values, ddof=1) / np.mean(values))
         return out
 
@@ -82,7 +83,8 @@ def _combined(name: str, runs: Sequence[LatencySummary], confidence: float) -> P
         ci_high_ms=mean + half,
         valid=invalid is None,
         reason=reason,
-        effective_n=sum(e.effective_n or 0 for e in estimates) or None,
+        # The interval rests on K runs, not on independent calls: each run's count is in the metrics.
+        effective_n=None,
     )
 
 

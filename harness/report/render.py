@@ -183,7 +183,12 @@ def _quality(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _independent(r: dict[str, Any]) -> str:
-    """How many independent calls P99's interval rests on: "all" unless slow calls came in bursts."""
+    """How many independent calls P99's interval rests on: "all" unless slow calls came in bursts.
+
+    A repeated job's interval rests on its runs instead: "3 runs".
+    """
+    if isinstance(r.get("repeats"), int):
+        return f"{r['repeats']} runs"
     worth, n = r.get("p99_effective_n"), r.get("n")
     if not isinstance(worth, int) or not isinstance(n, int):
         return "-"

@@ -195,12 +195,17 @@ def test_a_repeated_job_runs_separate_processes_and_reports_a_between_run_interv
     low, high = stats.t.interval(0.95, 2, loc=values.mean(), scale=stats.sem(values))
     assert row["p50_ci_ms"] == [pytest.approx(max(low, 0.0)), pytest.approx(high)]
     assert row["repeat_p50_cv"] == pytest.approx(values.std(ddof=1) / values.mean())
+    # The interval rests on three runs, not on a count of independent calls; each run's count is kept.
+    assert row["p99_effective_n"] is None
+    assert len(row["repeat_p99_effective_n"]) == 3 and all(1 <= n <= 400 for n in row["repeat_p99_effective_n"])
     # The eval pass ran once, in the first run: parity is there, measured on the clean set.
     assert row["top1_agreement"] is not None
 
     out = edgebench_env / "report.html"
     assert main(["report", "--db", str(edgebench_env / "results.sqlite"), "--out", str(out)]) == 0
-    assert '<span class="ci repeats">3 runs</span>' in out.read_text(encoding="utf-8")
+    html = out.read_text(encoding="utf-8")
+    assert '<span class="ci repeats">3 runs</span>' in html
+    assert '<td class="num">3 runs</td>' in html, "the quality table says what P99's interval rests on"
 
 
 def test_two_repeats_stop_the_run_before_anything_is_measured_or_stored(

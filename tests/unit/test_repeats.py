@@ -44,6 +44,8 @@ def test_three_runs_at_different_levels_give_their_mean_and_a_t_interval_from_th
     assert metrics["repeats"] == 3 and metrics["repeat_n"] == [2000, 2000, 2000]
     assert metrics["repeat_p50_ms"] == pytest.approx(list(values))
     assert metrics["repeat_p50_cv"] == pytest.approx(values.std(ddof=1) / values.mean())
+    assert metrics["repeat_p99_effective_n"] == [s.p99.effective_n for s in each]
+    assert p50.effective_n is None, "a between-run interval rests on runs, not on a count of calls"
 
 
 def test_a_p99_invalid_in_one_run_is_invalid_for_the_job_naming_the_run() -> None:
