@@ -540,7 +540,7 @@ class Pipeline:
         # Repeats are further runner processes timing the same artifact; the eval pass ran in the first.
         repeats = self.settings.repeats if job.kind == "latency" else 1
         more = [
-            self._run_runner(link, {**spec, "eval": [], "outputs": outputs_remote.replace(".npz", f"-r{i}.npz")})
+            self._run_runner(link, {**spec, "eval": [], "outputs": outputs_remote.removesuffix(".npz") + f"-r{i}.npz"})
             for i in range(2, repeats + 1)
         ]
         local_outputs = self._workdir / f"{_slug(job.id + job.kind)}.npz"
@@ -641,6 +641,7 @@ class Pipeline:
         else:
             message = (
                 f"P50 {summary.p50.value_ms:.3f} ms, P99 {summary.p99.value_ms:.3f} ms over {summary.n} iterations"
+                + (f" in {len(raws)} runs" if repeated else "")
             )
         return JobResult(
             run_id=self.run_id,

@@ -1,11 +1,12 @@
 """One job run several times in separate runner processes: percentiles with a between-run interval.
 
 A timed loop's order-statistic interval says where the percentile of *that loop's minutes* lies. On
-a shared device the next loop lands outside it more often than 5% of the time: twelve back-to-back
-jobs on the reference VM (``benchmarks/bench_between_runs.py``) had job P50s with a 2.3-4.1% CV,
-against a +-0.16-1.2% interval for one job, and one job's P50 interval held the twelve jobs' pooled
-P50 in only 3 to 4 of them. What a nightly comparison needs is the spread between runs, and only separate runs
-measure it: each repeat here is its own runner process (load, compile, warm-up, adaptive loop).
+a shared device the next loop lands outside it far more often than 5% of the time. Twelve
+back-to-back jobs on the reference VM (``benchmarks/bench_between_runs.py``) had job P50s with a
+2.3-4.1% CV across jobs, while one job's P50 interval was +-0.2% to +-1.2%, and it held the twelve
+jobs' pooled P50 in only 3 or 4 of them. What a nightly comparison needs is the spread between runs,
+and only separate runs measure it: each repeat here is its own runner process (load, compile,
+warm-up, adaptive loop).
 
 Each percentile's estimate is then the mean of the K runs' percentiles, and its interval the
 Student-t interval of that mean with K - 1 degrees of freedom. That is how pyperf reports values from

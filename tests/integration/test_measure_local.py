@@ -183,6 +183,7 @@ def test_a_repeated_job_runs_separate_processes_and_reports_a_between_run_interv
     result = pipeline.run_job(pipeline.plan()[0])
     pipeline.finish()
     assert result.status == "passed", result.message
+    assert result.message.endswith("over 1200 iterations in 3 runs")
     # Three runner processes, each with its own calibration before and after, sampled on its own.
     runs = [result.facts, *result.facts["repeat_facts"]]
     assert len(runs) == 3 and all(len(r["calibration"]["after_ns"]) == 3 for r in runs)
