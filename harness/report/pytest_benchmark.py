@@ -22,7 +22,7 @@ from ..store import Store
 TIMED_KINDS = {"latency": "", "interleaved": " interleaved"}
 
 # Per-benchmark fields beside the stats: what a reader of `pytest-benchmark compare` needs to trust a row.
-EXTRA_INFO = ("p95_ms", "p99_ms", "p99_ci_ms", "p99_effective_n", "valid", "status", "platform", "top1_acc")
+EXTRA_INFO = ("p95_ms", "p99_ms", "p99_ci_ms", "p99_effective_n", "repeats", "valid", "status", "platform", "top1_acc")
 
 
 def export_run(store: Store, run_id: str, *, include_data: bool = False) -> dict[str, Any]:

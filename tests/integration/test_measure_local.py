@@ -202,6 +202,11 @@ def test_a_repeated_job_runs_separate_processes_and_reports_a_between_run_interv
     # The eval pass ran once, in the first run: parity is there, measured on the clean set.
     assert row["top1_agreement"] is not None
 
+    capsys.readouterr()
+    assert main(["results", "--db", str(edgebench_env / "results.sqlite"), "--format", "pytest-benchmark"]) == 0
+    (exported,) = json.loads(capsys.readouterr().out)["benchmarks"]
+    assert exported["extra_info"]["repeats"] == 3, "pytest-benchmark compare readers see it was repeated"
+
     out = edgebench_env / "report.html"
     assert main(["report", "--db", str(edgebench_env / "results.sqlite"), "--out", str(out)]) == 0
     html = out.read_text(encoding="utf-8")
