@@ -6,12 +6,15 @@ within 5% of the estimate, for the MobileNetV2-style model at 2 threads through 
 duration on the same IR, and the two medians agree within 5%. (benchmark_app 2026.4 rejects that exact
 line, so it runs as ``-hint none -nstreams 1 -nireq 1 -nthreads 2``, the same settings spelled out.)
 
-Both sides are timed as a user waits for them: the harness from ``Pipeline.run_job`` to the recorded
-result (runner start, model load, warm-up, the adaptive loop, the eval pass, host statistics; the IR
-is compiled and deployed before, as benchmark_app is given a ready IR), benchmark_app from process
-start to exit. benchmark_app runs with ``-infer_precision f32`` because the harness's FP32 variant
-does (INFERENCE_PRECISION_HINT=f32; without it the CPU plugin runs FP32 in bf16 on AMX CPUs, and the
-medians would compare two different computations). The rounds alternate so drift hits both sides.
+The harness is asked exactly that: its stop rule pins P99 alone (``--stop-on p99``), with the burst
+correction. P50 and P95 are still reported, each with its own interval, and the P50 is what the
+medians check compares. Both sides are timed as a user waits for them: the harness from
+``Pipeline.run_job`` to the recorded result (runner start, model load, warm-up, the adaptive loop,
+the eval pass, host statistics; the IR is compiled and deployed before, as benchmark_app is given a
+ready IR), benchmark_app from process start to exit. benchmark_app runs with ``-infer_precision
+f32`` because the harness's FP32 variant does (INFERENCE_PRECISION_HINT=f32; without it the CPU
+plugin runs FP32 in bf16 on AMX CPUs, and the medians would compare two different computations).
+The rounds alternate so drift hits both sides.
 
 Each harness run also gets a bound: the first prefix of its own samples (in the order measured) at
 which every requested percentile's interval would have been within 5% had each call counted as an
@@ -40,6 +43,7 @@ from benchmarks.conftest import save_numbers
 from harness.catalog import load_catalog
 from harness.lab.inventory import Device, Lab
 from harness.measure.stability import StopRule, stop_decision
+from harness.measure.stats import half_width_ratio
 from harness.pipeline import MeasureSettings, Pipeline
 from harness.records import Job, JobResult, Variant
 from harness.store import Store
@@ -51,8 +55,10 @@ LATENCY_AT_2_THREADS = ["-hint", "none", "-nstreams", "1", "-nireq", "1", "-nthr
 HARNESS_ROUNDS = 3
 # Throttle retries would add cool-down pauses to the time measured; their verdict is still recorded.
 # The question is how long the stop rule takes to converge, so the cap is benchmark_app's own 60 s,
-# not the main job's short default.
-SETTINGS = MeasureSettings(throttle_retries=0, max_duration_s=60.0)
+# not the main job's short default. The rule asks for what the issue measures, a P99 within 5%
+# (`--stop-on p99`); the default rule pins P50 and P95 as well, and on this VM P95's bursts often
+# decide when that one stops (README).
+SETTINGS = MeasureSettings(throttle_retries=0, max_duration_s=60.0, stop_on=("p99",))
 
 
 def _find_benchmark_app() -> str:
@@ -126,6 +132,7 @@ def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) ->
     median_diff = harness_p50 / app_median - 1.0
     records = [r.flat() for _, r in runs]
     rule = StopRule(
+        percentiles=(0.99,),
         min_iterations=SETTINGS.min_iterations,
         min_duration_s=SETTINGS.min_duration_s,
         max_duration_s=SETTINGS.max_duration_s,
@@ -162,6 +169,8 @@ def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) ->
             "independent_call_stop_n": [b[0] if b else None for b in bounds],
             "independent_call_bound_wall_s": [b[1] if b else None for b in bounds],
             "independent_call_bound_ratio": bound_ratio,
+            "harness_stop_on": list(SETTINGS.stop_on),
+            "harness_p50_half_width": [half_width_ratio(r.latency.p50) for _, r in runs if r.latency],
             "median_relative_difference": median_diff,
         },
     )

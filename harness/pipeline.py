@@ -87,6 +87,7 @@ class MeasureSettings:
     cpus: tuple[int, ...] | None = None  # pin the runner to these CPU ids
     batch: int = 1  # rows of the latency input per timed call
     repeats: int = 1  # runner processes per latency job; 3 or more give a between-run interval
+    stop_on: tuple[str, ...] = ("p50", "p95", "p99")  # the percentiles the stop rule pins down
 
     def spec(self) -> dict[str, Any]:
         stop: dict[str, Any] = {
@@ -94,6 +95,7 @@ class MeasureSettings:
             "min_duration_s": self.min_duration_s,
             "max_duration_s": self.max_duration_s,
             "max_half_width": self.max_half_width,
+            "percentiles": [STOP_PERCENTILES[label] for label in self.stop_on],
         }
         if self.iterations is not None:
             stop = {"iterations": self.iterations}
@@ -107,6 +109,9 @@ class MeasureSettings:
         return spec
 
 
+# The percentiles a stop rule may be asked to pin down: the ones every result reports.
+STOP_PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
 # The flags both front ends offer, as MeasureSettings fields.
 MEASURE_FLAGS = {
     "min_duration_s": "--min-duration",
@@ -114,7 +119,15 @@ MEASURE_FLAGS = {
     "max_half_width": "--half-width",
     "batch": "--batch",
     "repeats": "--repeats",
+    "stop_on": "--stop-on",
 }
+
+
+def stop_on_flag(text: str | None) -> tuple[str, ...] | None:
+    """``--stop-on``'s comma-separated labels ("P99", "p50,p99"), as measure_settings takes them."""
+    if text is None:
+        return None
+    return tuple(label.strip().lower() for label in text.split(",") if label.strip())
 
 
 def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureSettings:
@@ -160,6 +173,15 @@ def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureS
     if settings.batch < 1:
         key, file = origin("batch")
         raise ConfigError(f"batch {settings.batch} is not positive", file=file, key=key, fix="use 1 or more")
+    unknown = [p for p in settings.stop_on if p not in STOP_PERCENTILES]
+    if unknown or not settings.stop_on:
+        key, file = origin("stop_on")
+        raise ConfigError(
+            f"{unknown[0]!r} is not a reported percentile" if unknown else "no percentile to stop on",
+            file=file,
+            key=key,
+            fix=f"use one or more of {', '.join(STOP_PERCENTILES)}",
+        )
     bad_repeats = check_repeats(settings.repeats)
     if bad_repeats:
         key, file = origin("repeats")
@@ -609,6 +631,8 @@ class Pipeline:
             "warmup_stable": all(bool(r["warmup_stable"]) for r in raws),
             "duration_s": sum(float(r["duration_s"]) for r in raws),
         }
+        if job.kind == "latency" and self.settings.iterations is None:
+            metrics["stop_on"] = list(self.settings.stop_on)  # what "converged" pinned down
         if repeated:
             metrics.update(repeated.metrics(), repeat_stop_reasons=stop_reasons)
         failures: dict[str, tuple[str, ...]] = {}

@@ -80,6 +80,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="runner processes per latency job (3 or more: percentiles get a between-run interval)",
     )
     group.addoption(
+        "--stop-on", metavar="LIST", help="percentiles the stop rule pins down, e.g. p99 (default p50,p95,p99)"
+    )
+    group.addoption(
         "--interleave",
         action="store_true",
         help="run the interleaved suite: each model's variants on a device in one process, with an A/A self-check",
@@ -101,7 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from .catalog import load_catalog
     from .lab.inventory import load_lab
     from .paths import default_db_path, default_report_path
-    from .pipeline import Pipeline, measure_settings
+    from .pipeline import Pipeline, measure_settings, stop_on_flag
     from .store import Store
 
     try:
@@ -115,6 +118,7 @@ def pytest_configure(config: pytest.Config) -> None:
             max_half_width=config.getoption("--half-width"),
             batch=config.getoption("--batch"),
             repeats=config.getoption("--repeats"),
+            stop_on=stop_on_flag(config.getoption("--stop-on")),
         )
         store = Store(str(config.getoption("--db") or default_db_path()))  # after every check: no empty database
     except EdgebenchError as exc:

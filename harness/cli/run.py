@@ -87,9 +87,13 @@ def run(
             help="Runner processes per latency job (3 or more: percentiles get a between-run interval).",
         ),
     ] = None,
+    stop_on: Annotated[
+        str | None,
+        typer.Option("--stop-on", help="Percentiles the stop rule pins down, e.g. p99 (default p50,p95,p99)."),
+    ] = None,
 ) -> int:
     """Build, deploy and measure every model variant on every device of a lab; store; report."""
-    from ..pipeline import Pipeline, measure_settings
+    from ..pipeline import Pipeline, measure_settings, stop_on_flag
     from ..report.render import write_report
 
     lab_config = load_lab(lab)
@@ -102,6 +106,7 @@ def run(
         max_half_width=half_width,
         batch=batch,
         repeats=repeats,
+        stop_on=stop_on_flag(stop_on),
     )
     store = _store(db)
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]

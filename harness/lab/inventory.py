@@ -59,6 +59,7 @@ class Measure(Strict):
     warmup_max_iterations: int | None = Field(default=None, ge=1)
     batch: int | None = Field(default=None, ge=1, description="rows of the latency input per timed call")
     repeats: int | None = Field(default=None, ge=1, description="runner processes per latency job: 1, or 3+")
+    stop_on: tuple[str, ...] | None = Field(default=None, description="percentiles the stop rule pins: p50..p99")
     eval_batch: int | None = Field(default=None, ge=1)
     thermal_interval_s: float | None = Field(default=None, ge=0, description="0 turns the sampler off")
     calibration_reps: int | None = Field(default=None, ge=0, description="0 turns the calibration off")

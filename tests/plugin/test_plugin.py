@@ -303,7 +303,7 @@ def test_the_measurement_flags_reach_every_job(
     out = tmp_path / "out"
     # --quick's 5 s cap, cut by the flag; a 0.01% half-width cannot be reached in 0.3 s.
     flags = ["--max-duration", "0.3", "--half-width", "0.0001", "--batch", "2", "--backends", "onnxruntime"]
-    flags += ["--repeats", "3"]
+    flags += ["--repeats", "3", "--stop-on", "p99"]
     result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), *flags)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
     store = Store(out / "results.sqlite")
@@ -313,7 +313,7 @@ def test_the_measurement_flags_reach_every_job(
         store.close()
     assert records
     for record in records:
-        assert record["stop_reason"] == "time_cap" and record["batch"] == 2
+        assert record["stop_reason"] == "time_cap" and record["batch"] == 2 and record["stop_on"] == ["p99"]
         # Three runner processes, each timing for the 0.3 s cap.
         assert record["repeats"] == 3 and 3 * 0.3 <= record["duration_s"] < 4.5
 

@@ -186,6 +186,20 @@ def test_adaptive_stop_gives_up_at_the_time_cap(device: Device) -> None:
     assert 0.3 <= r["duration_s"] < 5.0
 
 
+def test_a_rule_asked_for_p99_alone_stops_without_waiting_for_p50() -> None:
+    """Samples whose P99 is pinned down to 1% while their P50 is not within 5%: stopping on P99 alone
+    (``--stop-on p99``) converges, the default rule (P50, P95, P99) keeps measuring."""
+    from harness.agent.loop import converged
+    from harness.agent.protocol import StopSpec
+
+    rng = np.random.default_rng(0)
+    # Half the calls at 1 ms, half at 2 ms, shuffled: the median sits on a cliff between the two
+    # levels, so its interval spans both; the tail is a narrow band at 2 ms.
+    samples = [int(v) for v in rng.permutation(np.repeat([1_000_000, 2_000_000], 1000)) + rng.integers(0, 10_000, 2000)]
+    assert converged(samples, StopSpec(percentiles=(0.99,), max_half_width=0.01))
+    assert not converged(samples, StopSpec(max_half_width=0.01))
+
+
 def test_min_iterations_is_a_floor_the_time_cap_does_not_cut() -> None:
     """A slow model (5 ms a call) with a 0.1 s cap still gets its 100 calls: fewer would leave its
     percentiles without an interval. The cap then ends the loop at the first check."""

@@ -103,8 +103,46 @@ def test_the_measure_block_sets_the_stop_rule_and_unset_keys_keep_their_defaults
     assert (settings.min_duration_s, settings.max_duration_s, settings.max_half_width) == (30, 120, 0.02)
     assert settings.min_iterations == MeasureSettings().min_iterations
     assert settings.spec()["stop"] == {
-        "min_iterations": 400, "min_duration_s": 30, "max_duration_s": 120, "max_half_width": 0.02
+        "min_iterations": 400,
+        "min_duration_s": 30,
+        "max_duration_s": 120,
+        "max_half_width": 0.02,
+        "percentiles": [0.5, 0.95, 0.99],
     }
+
+
+def test_the_stop_rule_pins_the_percentiles_the_lab_or_the_flag_names(tmp_path: Path) -> None:
+    from harness.pipeline import measure_settings, stop_on_flag
+
+    lab = load_lab(_measure_lab(tmp_path, "stop_on: [p99]\n"))
+    assert measure_settings(lab).spec()["stop"]["percentiles"] == [0.99]
+    flagged = measure_settings(lab, stop_on=stop_on_flag("P50, p95"))
+    assert flagged.spec()["stop"]["percentiles"] == [0.5, 0.95], "the flag wins, any case, spaces allowed"
+    assert stop_on_flag(None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("p99.9", "'p99.9' is not a reported percentile"), (",", "no percentile to stop on")]
+)
+def test_a_stop_percentile_the_results_do_not_report_is_refused_naming_the_flag(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    from harness.pipeline import measure_settings, stop_on_flag
+
+    with pytest.raises(ConfigError) as info:
+        measure_settings(load_lab(_measure_lab(tmp_path, "batch: 1\n")), stop_on=stop_on_flag(text))
+    assert info.value.key == "--stop-on" and message in str(info.value)
+    assert info.value.one_line().endswith("fix: use one or more of p50, p90, p95, p99")
+
+
+def test_a_bad_stop_percentile_in_the_lab_file_names_the_file_and_key(tmp_path: Path) -> None:
+    from harness.pipeline import measure_settings
+
+    path = _measure_lab(tmp_path, "stop_on: [p99, p100]\n")
+    with pytest.raises(ConfigError) as info:
+        measure_settings(load_lab(path))
+    assert info.value.file == path.resolve() and info.value.key == "measure.stop_on"
+    assert "'p100' is not a reported percentile" in str(info.value)
 
 
 def test_flags_beat_quick_and_quick_beats_the_lab_file(tmp_path: Path) -> None:
