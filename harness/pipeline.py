@@ -127,7 +127,7 @@ def stop_on_flag(text: str | None) -> tuple[str, ...] | None:
     """``--stop-on``'s comma-separated labels ("P99", "p50,p99"), as measure_settings takes them."""
     if text is None:
         return None
-    return tuple(label.strip().lower() for label in text.split(",") if label.strip())
+    return tuple(label.strip() for label in text.split(",") if label.strip())
 
 
 def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureSettings:
@@ -173,6 +173,7 @@ def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureS
     if settings.batch < 1:
         key, file = origin("batch")
         raise ConfigError(f"batch {settings.batch} is not positive", file=file, key=key, fix="use 1 or more")
+    settings = replace(settings, stop_on=tuple(p.lower() for p in settings.stop_on))  # "P99" reads as in reports
     unknown = [p for p in settings.stop_on if p not in STOP_PERCENTILES]
     if unknown or not settings.stop_on:
         key, file = origin("stop_on")

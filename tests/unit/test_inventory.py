@@ -114,7 +114,7 @@ def test_the_measure_block_sets_the_stop_rule_and_unset_keys_keep_their_defaults
 def test_the_stop_rule_pins_the_percentiles_the_lab_or_the_flag_names(tmp_path: Path) -> None:
     from harness.pipeline import measure_settings, stop_on_flag
 
-    lab = load_lab(_measure_lab(tmp_path, "stop_on: [p99]\n"))
+    lab = load_lab(_measure_lab(tmp_path, "stop_on: [P99]\n"))
     assert measure_settings(lab).spec()["stop"]["percentiles"] == [0.99]
     flagged = measure_settings(lab, stop_on=stop_on_flag("P50, p95"))
     assert flagged.spec()["stop"]["percentiles"] == [0.5, 0.95], "the flag wins, any case, spaces allowed"
