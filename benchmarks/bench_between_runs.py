@@ -82,17 +82,15 @@ def _job_row(result: JobResult, references: dict[float, float]) -> dict[str, Any
 
 def _repeat_groups(results: list[JobResult], references: dict[float, float]) -> list[dict[str, Any]]:
     """Consecutive jobs taken REPEATS at a time as one repeated job: its between-run intervals, and what they hold."""
+    summaries = [r.latency for r in results if r.latency is not None]
+    samples = [np.asarray(r.samples_ns) for r in results if r.samples_ns is not None]
+    assert len(summaries) == len(samples) == len(results), "every job measured"
     groups = []
     for start in range(0, len(results) - REPEATS + 1, REPEATS):
         members = range(start, start + REPEATS)
-        inside = [results[i] for i in members]
-        outside = [r for i, r in enumerate(results) if i not in members]
-        assert all(r.latency is not None and r.samples_ns is not None for r in results)
-        combined = between_runs(
-            [r.latency for r in inside if r.latency is not None],
-            np.concatenate([np.asarray(r.samples_ns) for r in inside]),
-        ).summary
-        rest = np.concatenate([np.asarray(r.samples_ns, dtype=np.float64) for r in outside]) / 1e6
+        inside = slice(start, start + REPEATS)
+        combined = between_runs(summaries[inside], np.concatenate(samples[inside])).summary
+        rest = np.concatenate([s for i, s in enumerate(samples) if i not in members]).astype(np.float64) / 1e6
         row: dict[str, Any] = {"jobs": list(members)}
         for q, estimate in ((0.5, combined.p50), (0.95, combined.p95), (0.99, combined.p99)):
             others = float(np.quantile(rest, q))

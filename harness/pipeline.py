@@ -55,7 +55,7 @@ from .lab.connect import open_transport
 from .lab.inventory import Device, Lab
 from .lab.platforms import PlatformProfile, load_platform
 from .measure.repeats import MIN_REPEATS, between_runs, check_repeats
-from .measure.stats import LatencySummary, summarize
+from .measure.stats import REPORTED_PERCENTILES, LatencySummary, summarize
 from .measure.throttle import ThrottleLimits, ThrottleVerdict, assess_runs, throttle_metrics
 from .plan import plan_variants
 from .records import Job, JobResult, Status, Variant
@@ -95,7 +95,7 @@ class MeasureSettings:
             "min_duration_s": self.min_duration_s,
             "max_duration_s": self.max_duration_s,
             "max_half_width": self.max_half_width,
-            "percentiles": [STOP_PERCENTILES[label] for label in self.stop_on],
+            "percentiles": [REPORTED_PERCENTILES[label] for label in self.stop_on],
         }
         if self.iterations is not None:
             stop = {"iterations": self.iterations}
@@ -108,9 +108,6 @@ class MeasureSettings:
         }
         return spec
 
-
-# The percentiles a stop rule may be asked to pin down: the ones every result reports.
-STOP_PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 # The flags both front ends offer, as MeasureSettings fields.
 MEASURE_FLAGS = {
@@ -174,14 +171,14 @@ def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureS
         key, file = origin("batch")
         raise ConfigError(f"batch {settings.batch} is not positive", file=file, key=key, fix="use 1 or more")
     settings = replace(settings, stop_on=tuple(p.lower() for p in settings.stop_on))  # "P99" reads as in reports
-    unknown = [p for p in settings.stop_on if p not in STOP_PERCENTILES]
+    unknown = [p for p in settings.stop_on if p not in REPORTED_PERCENTILES]
     if unknown or not settings.stop_on:
         key, file = origin("stop_on")
         raise ConfigError(
             f"{unknown[0]!r} is not a reported percentile" if unknown else "no percentile to stop on",
             file=file,
             key=key,
-            fix=f"use one or more of {', '.join(STOP_PERCENTILES)}",
+            fix=f"use one or more of {', '.join(REPORTED_PERCENTILES)}",
         )
     bad_repeats = check_repeats(settings.repeats)
     if bad_repeats:

@@ -34,12 +34,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import t as student_t
 
-from .stats import LatencySummary, PercentileEstimate, as_samples_ns
+from .stats import REPORTED_PERCENTILES, LatencySummary, PercentileEstimate, as_samples_ns
 
 __all__ = ["MIN_REPEATS", "RepeatedRuns", "between_runs", "check_repeats"]
 
 MIN_REPEATS = 3
-_PERCENTILES = ("p50", "p90", "p95", "p99")
 _NS_PER_MS = 1e6
 
 
@@ -60,7 +59,7 @@ class RepeatedRuns:
     def metrics(self) -> dict[str, Any]:
         """Per-run percentiles and counts, and the between-run CV of each percentile (JSON-ready)."""
         out: dict[str, Any] = {"repeats": len(self.runs), "repeat_n": [r.n for r in self.runs]}
-        for name in _PERCENTILES:
+        for name in REPORTED_PERCENTILES:
             values = [getattr(r, name).value_ms for r in self.runs]
             out[f"repeat_{name}_ms"] = values
             out[f"repeat_{name}_effective_n"] = [getattr(r, name).effective_n for r in self.runs]
@@ -103,7 +102,7 @@ def between_runs(
     pooled = as_samples_ns(pooled_ns)
     if pooled.size != sum(r.n for r in runs):
         raise ValueError(f"pooled samples ({pooled.size}) are not the runs' samples ({sum(r.n for r in runs)})")
-    p50, p90, p95, p99 = (_combined(name, runs, confidence) for name in _PERCENTILES)
+    p50, p90, p95, p99 = (_combined(name, runs, confidence) for name in REPORTED_PERCENTILES)
     summary = LatencySummary(
         n=int(pooled.size),
         min_ms=float(pooled.min()) / _NS_PER_MS,

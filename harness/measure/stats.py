@@ -41,6 +41,7 @@ from scipy.stats import binom
 from harness.agent.dependence import effective_sizes, scale_ranks
 
 __all__ = [
+    "REPORTED_PERCENTILES",
     "LatencySummary",
     "PercentileEstimate",
     "as_samples_ns",
@@ -233,6 +234,8 @@ def _estimate(
 
 
 _REPORTED_QS = (0.5, 0.9, 0.95, 0.99)
+# The same, by the names a summary and a flat record give them: {"p50": 0.5, ..., "p99": 0.99}.
+REPORTED_PERCENTILES = {percentile_label(q).lower(): q for q in _REPORTED_QS}
 
 
 def summarize(

@@ -183,7 +183,8 @@ def test_a_repeated_job_runs_separate_processes_and_reports_a_between_run_interv
     result = pipeline.run_job(pipeline.plan()[0])
     pipeline.finish()
     assert result.status == "passed", result.message
-    assert result.message.endswith("over 1200 iterations in 3 runs")
+    # An unstable run appends its reason after this, so the phrase is not always the message's end.
+    assert "ms over 1200 iterations in 3 runs" in result.message, result.message
     # Three runner processes, each with its own calibration before and after, sampled on its own.
     runs = [result.facts, *result.facts["repeat_facts"]]
     assert len(runs) == 3 and all(len(r["calibration"]["after_ns"]) == 3 for r in runs)
@@ -199,7 +200,7 @@ def test_a_repeated_job_runs_separate_processes_and_reports_a_between_run_interv
     # The interval rests on three runs, not on a count of independent calls; each run's count is kept.
     assert row["p99_effective_n"] is None
     assert len(row["repeat_p99_effective_n"]) == 3 and all(1 <= n <= 400 for n in row["repeat_p99_effective_n"])
-    # The eval pass ran once, in the first run: parity is there, measured on the clean set.
+    # The eval pass ran (the first run carries it; the others are sent no eval sets): parity is there.
     assert row["top1_agreement"] is not None
 
     capsys.readouterr()
