@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 QUICK = MeasureSettings(min_iterations=400, min_duration_s=0.2, max_duration_s=2.0, calibration_reps=0)
 
 
-def _catalog(tmp: Path, **entries: dict[str, object]) -> Path:
+def _catalog(tmp: Path, **entries: Mapping[str, object]) -> Path:
     """A catalog of digits-cnn variants: each keyword is a model name, its value overrides the YAML."""
     base = yaml.safe_load((MODELS / "digits-cnn.yaml").read_text())
     directory = tmp / "models"
@@ -55,7 +56,9 @@ def test_int8_calibrated_on_constant_images_fails_the_parity_gate(tmp_path: Path
     assert broken.status == "failed"
     assert "top-1 drop" in failures and "95% CI" in failures and "exceeds budget 1.0 pp" in failures
     drop = broken.metrics["top1_drop_pp"]
-    low, high = broken.metrics["top1_drop_ci_pp"]  # type: ignore[misc]
+    interval = broken.metrics["top1_drop_ci_pp"]
+    assert isinstance(interval, list)
+    low, high = interval
     assert isinstance(drop, float) and drop > 10 and low <= drop <= high
     # The same variant is also compared with the FP32 variant measured on the device itself.
     assert broken.metrics["device_fp32_top1_agreement"] == pytest.approx(broken.metrics["top1_agreement"], abs=0.01)
@@ -88,8 +91,10 @@ def test_a_candidate_is_compared_with_the_production_model_on_the_same_device(tm
     assert m["production_model"] == "digits-cnn"
     # Two trainings with different seeds agree on most, not all, held-out digits.
     assert 0.9 < float(m["production_top1_agreement"]) < 1.0  # type: ignore[arg-type]
-    low, high = m["production_acc_delta_ci_pp"]  # type: ignore[misc]
-    assert low <= float(m["production_acc_delta_pp"]) <= high  # type: ignore[arg-type]
+    interval, delta = m["production_acc_delta_ci_pp"], m["production_acc_delta_pp"]
+    assert isinstance(interval, list) and isinstance(delta, float)
+    low, high = interval
+    assert low <= delta <= high
     assert result.latency is not None and production.latency is not None
     expected = result.latency.p50.value_ms - production.latency.p50.value_ms
     assert m["production_p50_delta_ms"] == pytest.approx(expected)
