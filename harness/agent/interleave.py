@@ -53,14 +53,16 @@ def rounds(
             if n >= target:
                 return samples, "fixed_count", count, elapsed
             continue
+        at_cap = n >= stop.max_iterations or elapsed >= stop.max_duration_s
+        # Convergence before the caps (as in timed_loop): precise enough at the cap is converged.
+        if (at_cap or n >= next_check) and n >= stop.min_iterations and elapsed >= stop.min_duration_s:
+            if all(converged(s, stop) for s in samples):
+                return samples, "converged", count, elapsed
+            next_check = n + max(n // 10, block)
         if n >= stop.max_iterations:
             return samples, "max_iterations", count, elapsed
         if elapsed >= stop.max_duration_s:
             return samples, "time_cap", count, elapsed
-        if n >= next_check and elapsed >= stop.min_duration_s:
-            if all(converged(s, stop) for s in samples):
-                return samples, "converged", count, elapsed
-            next_check = n + max(n // 10, block)
 
 
 def interleave(sessions: Sequence[tuple[Any, float]], spec: InterleaveSpec) -> dict[str, Any]:

@@ -134,16 +134,20 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
             run()
             append(perf_ns() - t0)
         elapsed = time.monotonic() - started
-        if len(samples) >= stop.max_iterations:
-            return samples, "max_iterations", elapsed
-        if elapsed >= stop.max_duration_s:
-            return samples, "time_cap", elapsed
-        due = elapsed >= stop.min_duration_s and elapsed >= next_dependence_check
+        at_cap = len(samples) >= stop.max_iterations or elapsed >= stop.max_duration_s
+        # Convergence is checked before the caps, as the host's stop_decision does: samples that are
+        # precise enough when a cap is reached converged, whichever came first. At a cap the effective
+        # count is computed whatever its pacing says, since no later check will come.
+        due = elapsed >= stop.min_duration_s and (at_cap or elapsed >= next_dependence_check)
         if due and converged(samples, stop, dependence=False):
             if converged(samples, stop):
                 return samples, "converged", elapsed
             now = time.monotonic() - started
             next_dependence_check = now + 19.0 * (now - elapsed)
+        if len(samples) >= stop.max_iterations:
+            return samples, "max_iterations", elapsed
+        if elapsed >= stop.max_duration_s:
+            return samples, "time_cap", elapsed
         # Check again after ~2% more samples (a check costs well under a millisecond at 1e4 samples, and
         # a coarser step overshoots: at 10% a 4,000-sample run measured up to 400 samples too many), or
         # at the minimum duration if that is further.

@@ -213,6 +213,24 @@ def test_min_iterations_is_a_floor_the_time_cap_does_not_cut() -> None:
     assert len(samples) == 100 and elapsed >= 0.5
 
 
+def test_samples_precise_enough_when_the_cap_is_reached_are_reported_as_converged() -> None:
+    """A slow model whose 400-call floor outlasts the time cap, with its P50 well within target at
+    that point: the stop reason says it converged, as the host's stop_decision says of the same
+    samples, not that the clock ran out. (P50 alone, at 50%: a sleep's rare slow wake-up must not
+    decide what this checks.)"""
+    import time
+
+    from harness.agent.loop import timed_loop
+    from harness.agent.protocol import StopSpec
+    from harness.measure.stability import StopRule, stop_decision
+
+    stop = StopSpec(percentiles=(0.5,), min_iterations=400, min_duration_s=0.0, max_duration_s=0.05, max_half_width=0.5)
+    samples, reason, elapsed = timed_loop(lambda: time.sleep(0.0005), stop)
+    assert (reason, len(samples)) == ("converged", 400) and elapsed >= 0.05
+    rule = StopRule((0.5,), 0.5, min_iterations=400, min_duration_s=0.0, max_duration_s=0.05)
+    assert stop_decision(np.asarray(samples), elapsed, rule) == "converged"
+
+
 @pytest.mark.parametrize("behind_a_shell", [False, True], ids=["direct-child", "behind-a-shell"])
 def test_a_runner_whose_host_is_killed_stops_by_itself(device: Device, tmp_path: Path, behind_a_shell: bool) -> None:
     """The host starts a 60 s run in its own session (as the local transport does) and is SIGKILLed:

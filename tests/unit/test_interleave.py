@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,14 @@ def test_adaptive_rounds_stop_at_the_iteration_cap_for_every_variant_alike() -> 
     samples, reason, _, _ = rounds([lambda: None] * 2, stop, block=10, block_warmup=0, seed=0)
     assert reason == "max_iterations"
     assert [len(s) for s in samples] == [60, 60]
+
+
+def test_rounds_precise_enough_at_the_time_cap_are_reported_as_converged() -> None:
+    """The first round already outlasts the cap and pins every variant's P50 within target: the
+    reason is "converged" (as for a single run), not "time_cap"."""
+    stop = StopSpec(percentiles=(0.5,), min_iterations=20, min_duration_s=0.0, max_duration_s=0.001, max_half_width=0.5)
+    samples, reason, count, _ = rounds([lambda: time.sleep(0.0002)] * 2, stop, block=20, block_warmup=0, seed=0)
+    assert (reason, count, [len(s) for s in samples]) == ("converged", 1, [20, 20])
 
 
 def variant(name: str) -> dict[str, Any]:

@@ -181,6 +181,7 @@ def test_stopping_when_the_interval_first_gets_tight_still_covers_the_true_p99()
         n = rule.min_iterations
         while stop_decision(samples[:n], elapsed_s=1.0, rule=rule) is None:
             n += max(int(n * 0.02), 50)
+            assert n <= samples.size, f"the rule did not stop within {samples.size} samples"
         p99 = summarize(samples[:n]).p99
         assert p99.ci_low_ms is not None and p99.ci_high_ms is not None
         covered += p99.ci_low_ms * 1e6 <= true_p99 <= p99.ci_high_ms * 1e6
