@@ -24,6 +24,7 @@ tenant's load and retrying on a shared machine would only multiply the run time.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -96,7 +97,10 @@ def _freqs(reading: Mapping[str, Any]) -> list[float | None]:
 
 
 def _is_gpu_clock(name: str) -> bool:
-    return name == "gr3d" or name.startswith("gpu")
+    """tegrastats' GR3D, or a sensor with a ``gpu`` part in its name: a sysfs devfreq node is named by
+    the directory its glob matched, so Jetson's ``/sys/class/devfreq/17000000.gpu`` reads as ``17000000_gpu``."""
+    parts = re.split(r"[^a-z0-9]+", name.lower())
+    return name.lower() == "gr3d" or any(part.startswith("gpu") for part in parts)
 
 
 def _clocks(reading: Mapping[str, Any]) -> dict[str, float | None]:

@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from harness.agent.protocol import ProbeSpec
+from harness.agent.telemetry import Probes
 from harness.catalog import load_catalog
 from harness.lab.inventory import load_lab
+from harness.lab.platforms import load_platform
 from harness.measure.throttle import ThrottleLimits, ThrottleVerdict, assess_throttle, throttle_metrics
 from harness.pipeline import MeasureSettings, Pipeline
 from harness.records import JobResult
@@ -77,6 +80,28 @@ def test_a_clock_that_falls_during_the_run_means_throttled_naming_the_cpu() -> N
     assert verdict.throttled
     assert verdict.freq_drop == pytest.approx(0.3)
     assert "CPU1 clock fell 30%" in verdict.reasons[0]
+
+
+def test_a_jetson_gpu_clock_read_from_sysfs_that_falls_means_throttled(tmp_path: Path) -> None:
+    """The Jetson Orin profile's GPU clock reader on a devfreq tree laid out as on the board (a fake
+    tree: no Jetson here): a fall from 1300 to 306 MHz during the loop is a throttle naming that clock."""
+    (gpu_reader,) = [r for r in load_platform("jetson-orin").telemetry.readers() if r.label == "gpu"]
+    spec = gpu_reader.spec()
+    node = tmp_path / "devfreq" / "17000000.gpu"
+    node.mkdir(parents=True)
+    (node / "cur_freq").write_text("1300500000\n")
+    probes = Probes([ProbeSpec(**{**spec, "path": str(tmp_path / "devfreq" / "*.gpu" / "cur_freq")})])
+    probes.start()
+    readings = []
+    for hz in (1_300_500_000, 1_300_500_000, 306_000_000, 306_000_000):
+        (node / "cur_freq").write_text(f"{hz}\n")
+        readings.append(probes.read({"t_s": float(len(readings))}))
+    record = facts()
+    record["thermal"].update(before=readings[0], during=readings[1:], after=readings[-1])
+    verdict = assess_throttle(record)
+    assert probes.errors() == [] and verdict.throttled
+    assert verdict.freq_drop == pytest.approx(1 - 306 / 1300.5)
+    assert "17000000_GPU clock fell 76%" in verdict.reasons[0]
 
 
 def test_an_idle_clock_before_the_run_that_rises_under_load_is_not_a_drop() -> None:
