@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import platform
+import re
 import subprocess
 import sys
 from typing import Any
@@ -66,10 +67,16 @@ def _memory_mb() -> int | None:
     return None
 
 
+def cpu_order(path: str) -> tuple[int, str]:
+    """Sort key putting ``.../cpu2/...`` before ``.../cpu10/...``: list position is the CPU's number in reports."""
+    match = re.search(r"/cpu(\d+)/", path)
+    return (int(match.group(1)) if match else 1 << 30, path)
+
+
 def cpu_frequencies_mhz() -> list[float | None]:
-    """Current frequency of each CPU from cpufreq, in MHz (empty where cpufreq is absent)."""
+    """Current frequency of each CPU from cpufreq, in MHz (empty where cpufreq is absent), CPU0 first."""
     freqs: list[float | None] = []
-    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")):
+    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq"), key=cpu_order):
         value = read_text(path)
         freqs.append(int(value) / 1000.0 if value and value.isdigit() else None)
     return freqs

@@ -343,3 +343,23 @@ def test_version_and_probe_speak_the_protocol(device: Device) -> None:
         reply = json.loads(proc.stdout)
         assert reply["protocol"] == PROTOCOL_VERSION
     assert reply["runtimes"]["onnxruntime"]["available"] is True
+
+
+def test_cpu_clocks_are_listed_in_cpu_number_order_on_a_twelve_cpu_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a profile the runner reads cpufreq itself; its list position names the CPU in a
+    throttle reason ("CPU10 clock fell"), so cpu10 must come after cpu9, not after cpu1."""
+    import glob
+
+    from harness.agent import facts
+
+    for cpu in range(12):
+        node = tmp_path / f"cpu{cpu}" / "cpufreq"
+        node.mkdir(parents=True)
+        (node / "scaling_cur_freq").write_text(f"{(cpu + 1) * 100_000}\n")
+    real_glob = glob.glob
+    monkeypatch.setattr(
+        facts.glob, "glob", lambda pattern: real_glob(pattern.replace("/sys/devices/system/cpu", str(tmp_path)))
+    )
+    assert facts.cpu_frequencies_mhz() == [(cpu + 1) * 100.0 for cpu in range(12)]
