@@ -103,7 +103,8 @@ def capacity_answer(fps: float, steps: Sequence[dict[str, Any]], max_streams: in
         summary = summarize(samples) if samples.size else None
         p99 = summary.p99 if summary else None
         overloaded = bool(step.get("overloaded"))
-        passed = p99 is not None and not overloaded and p99.value_ms <= budget_ms
+        # An INVALID P99 (too few frames for an interval) decides nothing, so it cannot pass a step.
+        passed = p99 is not None and p99.valid and not overloaded and p99.value_ms <= budget_ms
         ci = (p99.ci_low_ms, p99.ci_high_ms) if p99 and p99.ci_low_ms is not None and p99.ci_high_ms else None
         judged.append(
             CapacityStep(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -145,6 +146,34 @@ def test_passing_every_step_up_to_the_cap_is_reported_as_capped() -> None:
     assert answer.streams == 4 and answer.capped
     too_few = capacity_answer(30.0, [step(1, 5, n=100)], max_streams=1)
     assert too_few.steps[0].valid is False, "a P99 from 100 frames is INVALID and the table says so"
+    assert not too_few.steps[0].passed and too_few.streams == 0, "an INVALID P99 cannot pass a step"
+
+
+def test_a_step_the_time_cap_would_cut_below_a_valid_p99_runs_until_it_has_one() -> None:
+    """One stream at 200 FPS with a 0.5 s step cap would give 100 frames, an INVALID P99: the step
+    runs for the 368 a VALID one needs instead (real threads and clock, a no-op model)."""
+    spec = parse_capacity(
+        {"protocol": PROTOCOL_VERSION, "job_id": "j", "variant": variant("a"), "fps": [200], "min_step_s": 0.1,
+         "max_step_s": 0.5, "ramp_s": 0.0}
+    )
+    out = agent_capacity.step([lambda: None], 200.0, spec, random.Random(0))
+    assert len(out["samples_ns"]) >= agent_capacity.valid_floor(0.99) == 368
+    assert capacity_answer(200.0, [out], max_streams=1).steps[0].valid
+
+
+def test_a_steps_frames_are_pooled_in_the_order_they_were_due() -> None:
+    """Two streams, one model call 1 ms and the other 6 ms: the pooled samples alternate between the
+    two as the frames came due, rather than one stream's block after the other's."""
+    spec = parse_capacity(
+        {"protocol": PROTOCOL_VERSION, "job_id": "j", "variant": variant("a"), "fps": [50], "percentile": 0.5,
+         "min_samples": 40, "min_step_s": 0.4, "ramp_s": 0.0}
+    )
+    out = agent_capacity.step([lambda: time.sleep(0.001), lambda: time.sleep(0.006)], 50.0, spec, random.Random(0))
+    slow = [latency > 4_000_000 for latency in out["samples_ns"]]
+    half = len(slow) // 2
+    assert 0 < sum(slow[:half]) < half and 0 < sum(slow[half:]) < len(slow) - half
+    changes = sum(a != b for a, b in itertools.pairwise(slow))
+    assert changes >= len(slow) // 2, f"{changes} alternations in {len(slow)} frames"
 
 
 def test_the_device_search_doubles_then_bisects(monkeypatch: pytest.MonkeyPatch) -> None:
