@@ -359,7 +359,6 @@ def test_cpu_clocks_are_listed_in_cpu_number_order_on_a_twelve_cpu_device(
         node.mkdir(parents=True)
         (node / "scaling_cur_freq").write_text(f"{(cpu + 1) * 100_000}\n")
     real_glob = glob.glob
-    monkeypatch.setattr(
-        facts.glob, "glob", lambda pattern: real_glob(pattern.replace("/sys/devices/system/cpu", str(tmp_path)))
-    )
+    sysfs = "/sys/devices/system/cpu"
+    monkeypatch.setattr(glob, "glob", lambda pattern: real_glob(pattern.replace(sysfs, str(tmp_path))))
     assert facts.cpu_frequencies_mhz() == [(cpu + 1) * 100.0 for cpu in range(12)]

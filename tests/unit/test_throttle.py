@@ -92,7 +92,7 @@ def test_a_jetson_gpu_clock_read_from_sysfs_that_falls_means_throttled(tmp_path:
     (node / "cur_freq").write_text("1300500000\n")
     probes = Probes([ProbeSpec(**{**spec, "path": str(tmp_path / "devfreq" / "*.gpu" / "cur_freq")})])
     probes.start()
-    readings = []
+    readings: list[dict[str, Any]] = []
     for hz in (1_300_500_000, 1_300_500_000, 306_000_000, 306_000_000):
         (node / "cur_freq").write_text(f"{hz}\n")
         readings.append(probes.read({"t_s": float(len(readings))}))
