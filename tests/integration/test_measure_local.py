@@ -139,6 +139,70 @@ def test_the_platform_profile_telemetry_is_sampled_and_a_hot_run_is_marked_throt
     assert "(unstable: " in row["message"]
 
 
+def _tegrastats_hot_for(directory: Path, hot_runs: int) -> tuple[Path, Path]:
+    """A stand-in tegrastats (no Jetson here) whose GPU climbs 1 C per line in its first ``hot_runs``
+    invocations and holds 40 C after: a board that cools down between attempts. (tool, call log)."""
+    import sys
+
+    log = directory / "tegrastats-calls"
+    tool = directory / "tegrastats"
+    tool.write_text(
+        f"#!{sys.executable}\nimport time\n"
+        f"with open({str(log)!r}, 'a+') as f:\n    f.write('x')\n    f.seek(0)\n    call = len(f.read())\n"
+        f"hot = call <= {hot_runs}\n"
+        "for i in range(100000):\n"
+        "    gpu = 30.0 + i if hot else 40.0\n"
+        "    print('RAM 1/2MB CPU [5%%@1190,7%%@1190] GR3D_FREQ 40%%@[612] GPU@%.1fC tj@40C '\n"
+        "          'VDD_IN 5000mW/5000mW' % gpu, flush=True)\n"
+        "    time.sleep(0.02)\n",
+        encoding="utf-8",
+    )
+    tool.chmod(0o755)
+    return tool, log
+
+
+@pytest.mark.parametrize("hot_runs", [1, 99], ids=["cools-after-one-retry", "stays-hot"])
+def test_a_throttled_job_is_cooled_and_retried_on_the_device_up_to_twice(
+    edgebench_env: Path,
+    tiny_catalog: Path,
+    local_lab: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    hot_runs: int,
+) -> None:
+    """The real runner and pipeline: a board whose GPU heats up during the first attempt is cooled
+    and measured again, and the result says why; one that stays hot is given up on after two retries
+    and marked unstable. (The calibration loop may also read slow on this shared VM and add a retry
+    of its own, so the checks are on the temperature reasons.)"""
+    zone = edgebench_env / "sysfs" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("38000\n")
+    (zone / "type").write_text("board-thermal\n")
+    tool, calls = _tegrastats_hot_for(edgebench_env, hot_runs)
+    profiles = _profile_with_telemetry(edgebench_env / "platforms", zone.parent, tool)
+    monkeypatch.setenv("EDGEBENCH_PLATFORMS", str(profiles))
+    # At least a second of timed calls per attempt, so the GPU has time to climb while it is watched.
+    settings = MeasureSettings(
+        min_iterations=400, min_duration_s=1.0, max_duration_s=3.0, throttle_retries=2, cooldown_s=0.0,
+        calibration_reps=3, thermal_interval_s=0.1,
+    )
+    pipeline = make_pipeline(edgebench_env, tiny_catalog, local_lab, settings)
+    result = pipeline.run_job(pipeline.plan()[0])
+    pipeline.finish()
+    row = next(r for r in json_results(edgebench_env, capsys) if r["job_id"] == result.job_id)
+    attempts = len(calls.read_text())
+    assert row["throttle_retries"] == attempts - 1 >= 1
+    assert any(r.startswith("gpu rose ") for r in row["retried_because"])
+    gpu_reasons = [r for r in row["throttle_reasons"] or [] if r.startswith("gpu rose ")]
+    if hot_runs == 1:
+        assert gpu_reasons == [], "the cooled attempt is the one reported"
+    else:
+        assert attempts == 3 and row["throttled"] is True and row["unstable"] is True
+        assert gpu_reasons and "not at thermal steady state" in gpu_reasons[0]
+        assert any(r.startswith("throttled:") for r in row["unstable_reasons"])
+        assert "(unstable: " in row["message"]
+
+
 def test_a_profile_reader_that_cannot_run_is_reported_and_the_job_still_measures(
     edgebench_env: Path,
     tiny_catalog: Path,

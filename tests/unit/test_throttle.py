@@ -154,7 +154,11 @@ def test_a_clean_retry_is_not_unstable_but_says_why_it_was_retried() -> None:
     assert "30% slower" in metrics["retried_because"][0]
 
 
-# ---- the pipeline's retry loop, with the device replaced by canned results ----------------------
+# ---- the pipeline's policy for a contended job, on canned runner facts ---------------------------
+# The retry loop itself runs on the real runner in tests/integration/test_measure_local.py (a stand-in
+# sensor that heats up). A competing load cannot be made to read the same way twice on a shared VM,
+# so the rule "contention marks unstable, it is not retried" is checked on canned facts; the real
+# competing load is benchmarks/bench_interference.py's.
 @pytest.fixture
 def pipeline(edgebench_env: Path, tiny_catalog: Path, local_lab: Path) -> Pipeline:
     settings = MeasureSettings(cooldown_s=0.0, throttle_retries=2)
@@ -175,37 +179,7 @@ def canned(make_result: Callable[..., JobResult], pipeline: Pipeline, runs: list
     return calls
 
 
-def test_the_pipeline_cools_down_and_retries_a_throttled_job(
-    pipeline: Pipeline, make_result: Callable[..., JobResult]
-) -> None:
-    calls = canned(make_result, pipeline, [facts(after_ns=[13_000] * 7), facts()])
-    result = pipeline.run_job(pipeline.plan()[0])
-    assert len(calls) == 2
-    flat = result.flat()
-    assert flat["throttled"] is False
-    assert flat["throttle_retries"] == 1
-    assert "30% slower" in flat["retried_because"][0]
-    assert "unstable:" not in flat["message"]
-
-
-def test_the_pipeline_gives_up_after_two_retries_and_marks_the_result_unstable(
-    pipeline: Pipeline, make_result: Callable[..., JobResult]
-) -> None:
-    hot = facts(after_ns=[13_000] * 7)
-    calls = canned(make_result, pipeline, [hot, hot, hot, hot])
-    result = pipeline.run_job(pipeline.plan()[0])
-    assert len(calls) == 3  # the first attempt and two retries
-    flat = result.flat()
-    assert flat["throttled"] is True
-    assert flat["unstable"] is True
-    assert any(r.startswith("throttled:") for r in flat["unstable_reasons"])
-    assert "(unstable: calibration workload" in flat["message"]
-    # What `edgebench results --format json` reads back carries the same fields.
-    stored = pipeline.store.results(pipeline.run_id)[-1]
-    assert stored["throttled"] is True and stored["throttle_reasons"]
-
-
-def test_a_contended_job_is_marked_unstable_without_a_retry(
+def test_a_contended_job_is_marked_unstable_without_a_retry_on_canned_runner_facts(
     pipeline: Pipeline, make_result: Callable[..., JobResult]
 ) -> None:
     calls = canned(make_result, pipeline, [facts(foreign=[0.9])])
