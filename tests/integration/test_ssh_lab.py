@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,6 @@ from harness.lab.loopback import LoopbackLab, load_state, stop_server
 from harness.pipeline import Pipeline
 from harness.records import JobResult
 from harness.store import Store
-from harness.transport.local import LocalTransport
-from harness.transport.protocol import CommandResult
 
 pytestmark = pytest.mark.integration
 
@@ -102,45 +100,38 @@ def test_health_names_the_step_that_fails(shared_lab: LoopbackLab, tmp_path: Pat
     assert "identity file" in wrong_key.reason
 
 
-class _HotAndFull:
-    """A local device whose runner reports a hot SoC and whose cache disk has 100 MB left."""
-
-    def __init__(self, device: Device) -> None:
-        self.inner = LocalTransport(device.name)
-        self.device = device.name
-
-    def run(
-        self, argv: Sequence[str], *, timeout_s: float, stdin: bytes | None = None, env: Mapping[str, str] | None = None
-    ) -> CommandResult:
-        result = self.inner.run(argv, timeout_s=timeout_s, stdin=stdin, env=env)
-        reply = json.loads(result.stdout) if result.stdout.startswith(b"{") else None
-        if reply is not None and "free_bytes" in reply:
-            reply["free_bytes"] = 100 * 2**20
-        elif reply is not None and "facts" in reply:
-            reply["facts"]["temperatures_c"] = {"soc-thermal": 91.5, "cpu-thermal": 70.0}
-        else:
-            return result
-        return CommandResult(result.argv, result.exit_code, json.dumps(reply).encode(), result.stderr, 0.0)
-
-    def put(self, local: Path, remote: str) -> int:
-        return self.inner.put(local, remote)
-
-    def get(self, remote: str, local: Path) -> int:
-        return self.inner.get(remote, local)
-
-    def home(self) -> str:
-        return self.inner.home()
-
-    def close(self) -> None:
-        self.inner.close()
+def _stand_in_tegrastats(directory: Path, line: str) -> Path:
+    """A platform-profile folder whose jetson-orin telemetry is a stand-in tegrastats printing ``line``."""
+    tool = directory / "tegrastats"
+    tool.write_text(
+        f"#!{sys.executable}\nimport time\nwhile True:\n    print({line!r}, flush=True)\n    time.sleep(0.1)\n",
+        encoding="utf-8",
+    )
+    tool.chmod(0o755)
+    profiles = directory / "platforms"
+    profiles.mkdir()
+    (profiles / "jetson-orin.yaml").write_text(
+        "schema_version: 1\nname: jetson-orin\nruntimes: {onnxruntime: [fp32]}\ntelemetry:\n  power:\n"
+        f"    - {{kind: command, label: rails, unit: mW, command: ['{tool}'], parser: tegrastats}}\n",
+        encoding="utf-8",
+    )
+    return profiles
 
 
-def test_a_hot_device_with_little_disk_is_degraded_and_says_why(ssh_environment: None, tmp_path: Path) -> None:
-    device = Device(name="jetson", platform="jetson-orin", transport="local", cache_dir=str(tmp_path / "cache"))
-    record = check_device(device, connect=_HotAndFull)
+def test_a_hot_device_with_little_disk_is_degraded_and_says_why(
+    ssh_environment: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real check on a local device: its junction reads 91.5 C (a stand-in tegrastats: no Jetson
+    here) and its cache disk has less free space than the check is asked to want."""
+    profiles = _stand_in_tegrastats(tmp_path, "RAM 1/2MB CPU [5%@1190] GPU@61C tj@91.5C VDD_IN 9000mW/9000mW")
+    monkeypatch.setenv("EDGEBENCH_PLATFORMS", str(profiles))
+    cache = tmp_path / "cache"
+    device = Device(name="jetson", platform="jetson-orin", transport="local", cache_dir=str(cache))
+    want_mb = shutil.disk_usage(tmp_path).free / 2**20 + 10_000
+    record = check_device(device, min_free_mb=want_mb)
     assert record.state == "degraded"
-    assert "only 100 MB free" in record.reason
-    assert "running hot: soc-thermal at 92 °C" in record.reason
+    assert f"MB free under {cache} (want {want_mb:.0f} MB); free space or move cache_dir" in record.reason
+    assert "running hot: tj at 92 °C" in record.reason
     assert record.max_temperature_c == 91.5
 
 
@@ -149,21 +140,7 @@ def test_devices_check_reads_the_profile_sensors_of_a_stand_in_tegrastats(
 ) -> None:
     """The health check runs the platform profile's readers: here a stand-in for tegrastats (no Jetson
     here) reports the junction at 96 C, which no sysfs file on this machine could have shown."""
-    tool = tmp_path / "tegrastats"
-    tool.write_text(
-        f"#!{sys.executable}\nimport time\nwhile True:\n"
-        "    print('RAM 1/2MB CPU [5%@1190] GPU@61C tj@96.0C VDD_IN 9000mW/9000mW', flush=True)\n"
-        "    time.sleep(0.1)\n",
-        encoding="utf-8",
-    )
-    tool.chmod(0o755)
-    profiles = tmp_path / "platforms"
-    profiles.mkdir()
-    (profiles / "jetson-orin.yaml").write_text(
-        "schema_version: 1\nname: jetson-orin\nruntimes: {onnxruntime: [fp32]}\ntelemetry:\n  power:\n"
-        f"    - {{kind: command, label: rails, unit: mW, command: ['{tool}'], parser: tegrastats}}\n",
-        encoding="utf-8",
-    )
+    profiles = _stand_in_tegrastats(tmp_path, "RAM 1/2MB CPU [5%@1190] GPU@61C tj@96.0C VDD_IN 9000mW/9000mW")
     monkeypatch.setenv("EDGEBENCH_PLATFORMS", str(profiles))
     device = Device(name="orin", platform="jetson-orin", transport="local", cache_dir=str(tmp_path / "cache"))
     record = check_device(device)
