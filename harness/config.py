@@ -19,9 +19,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base for every config model: frozen, unknown keys forbidden."""
+    """Base for every config model: frozen, unknown keys forbidden, no infinite or NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # YAML reads .inf and .nan as floats: no duration, threshold or scale of ours means them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
@@ -59,6 +60,11 @@ def _fix_for(err: Any) -> str:
     """How to fix one pydantic error, from its type and the limits in its context."""
     kind = err["type"]
     ctx = err.get("ctx") or {}
+    value = err.get("input")
+    if kind in ("int_type", "float_type") and isinstance(value, bool):
+        return "write a number: true and false are not numbers"
+    if kind == "int_type" and isinstance(value, float):
+        return "write a whole number, without a fraction"
     fixed = {
         "extra_forbidden": "remove it, or check its spelling against the documented keys",
         "missing": "add this key",
@@ -67,8 +73,9 @@ def _fix_for(err: Any) -> str:
         "int_from_float": "write a whole number, without a fraction",
         "float_parsing": "write a number, without quotes",
         "float_type": "write a number, without quotes",
+        "finite_number": "write a finite number (not .inf or .nan)",
         "bool_parsing": "write true or false",
-        "bool_type": "write true or false",
+        "bool_type": "write true or false, without quotes",
         "string_type": "write text (quote it if YAML reads it as a number or a boolean)",
         "dict_type": "write a mapping of key: value lines",
         "model_type": "write a mapping of key: value lines",
@@ -112,20 +119,96 @@ def _message_for(err: Any) -> str:
     return message
 
 
+def _duplicate_key(root: yaml.Node, loader: yaml.SafeLoader) -> tuple[str, yaml.Node, yaml.Node] | None:
+    """The first key written twice in one mapping: its key path, first and second key nodes.
+
+    PyYAML keeps the last value silently, so a second ``threads:`` would quietly win. Keys compare
+    as YAML reads them (``1`` and ``0x1`` are one key); merge keys (``<<``) may legitimately repeat.
+    """
+    stack: list[tuple[yaml.Node, tuple[int | str, ...]]] = [(root, ())]
+    seen_nodes: set[int] = set()
+    while stack:
+        node, loc = stack.pop()
+        if id(node) in seen_nodes:  # an alias: the anchored node was checked where it was written
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = loader.construct_object(key_node)
+                    if key in first:
+                        return _key_path((*loc, str(key))), first[key], key_node
+                    first[key] = key_node
+                    stack.append((value_node, (*loc, str(key))))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*loc, index)) for index, item in enumerate(node.value))
+    return None
+
+
 def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
-    """Parse a YAML file; return the plain data and the node tree (for line numbers)."""
+    """Parse a YAML file; return the plain data and the node tree (for line numbers).
+
+    Every way the text can be wrong (not UTF-8, a character YAML refuses, bad syntax, a key written
+    twice) is a ConfigError with the file and line, never a PyYAML or codec traceback.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("file not found", file=path, fix="check the path") from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a YAML file", file=path, fix="pass the path of a .yaml file") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path, fix="check the path and its permissions") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} cannot be decoded",
+            file=path,
+            line=line,
+            fix="save the file as UTF-8 (it may be binary, or in another encoding such as Latin-1 or UTF-16)",
+        ) from None
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)  # checks every character up front
+        node = loader.get_single_node()
+        duplicate = _duplicate_key(node, loader) if node is not None else None
+        if duplicate is not None:
+            key_path, first, second = duplicate
+            raise ConfigError(
+                f"key written twice (first on line {first.start_mark.line + 1}); YAML would keep the last silently",
+                file=path,
+                line=second.start_mark.line + 1,
+                key=key_path,
+                fix=f"keep one {second.value}: line and delete the other",
+            )
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as exc:
+        character = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ConfigError(
+            f"not a YAML text file: character {character} is not allowed",
+            file=path,
+            line=text[: exc.position].count("\n") + 1,
+            fix="remove the character (a NUL byte means a binary or UTF-16 file); save the file as UTF-8 text",
+        ) from None
     except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise ConfigError(f"not valid YAML: {exc.problem}", file=path, line=line, fix="fix the syntax") from None
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError(
+            f"not valid YAML: {problem}",
+            file=path,
+            line=mark.line + 1 if mark else None,
+            fix="fix the syntax at that line (indentation, a missing ':' or closing bracket)",
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=path, fix="fix the syntax") from None
+    except RecursionError:
+        raise ConfigError("not usable YAML: nested too deeply", file=path, fix="flatten the nesting") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     return data, node
 
 

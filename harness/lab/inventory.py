@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, StrictFloat, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..config import Strict, load_model
@@ -42,6 +42,34 @@ def _check_backend_options(options: dict[str, dict[str, OptionValue]]) -> dict[s
     return options
 
 
+def _check_runtimes(runtimes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Runtime names against the runner's registry: a misspelt one would silently plan no job."""
+    if runtimes is None:
+        return runtimes
+    from ..agent.runtimes import known
+
+    names = known()
+    for index, name in enumerate(runtimes):
+        if name in names:
+            if name in runtimes[:index]:
+                raise PydanticCustomError(
+                    "duplicate_runtime",
+                    "runtime '{name}' is listed twice",
+                    {"name": name, "at": (index,), "fix": "list each runtime once"},
+                )
+            continue
+        fix = f"use one of: {', '.join(names)}"
+        from ..build.backends import BACKENDS, get_backend
+
+        if name in BACKENDS:  # a backend name (edgetpu, qnn): say which runner runtime carries it
+            runtime = get_backend(name).runtime
+            fix = f"{name} variants run on the {runtime} runtime: list {runtime} (runtimes: {', '.join(names)})"
+        raise PydanticCustomError(
+            "unknown_runtime", "unknown runtime '{name}'", {"name": name, "at": (index,), "fix": fix}
+        )
+    return runtimes
+
+
 class Measure(Strict):
     """The lab's ``measure:`` block: how long and how carefully every job measures; unset keys keep the default.
 
@@ -50,21 +78,21 @@ class Measure(Strict):
     that wants a tighter P99 lowers ``max_half_width`` and raises ``max_duration_s``.
     """
 
-    min_iterations: int | None = Field(default=None, ge=1, description="timed calls before the rule may stop")
-    min_duration_s: float | None = Field(default=None, ge=0, description="seconds before the rule may stop")
-    max_duration_s: float | None = Field(default=None, gt=0, description="time cap of the timed loop")
-    max_half_width: float | None = Field(default=None, gt=0, lt=1, description="target half-width / estimate")
-    iterations: int | None = Field(default=None, ge=1, description="a fixed count instead of the stop rule")
-    warmup_window: int | None = Field(default=None, ge=1)
-    warmup_max_iterations: int | None = Field(default=None, ge=1)
-    batch: int | None = Field(default=None, ge=1, description="rows of the latency input per timed call")
-    repeats: int | None = Field(default=None, ge=1, description="runner processes per latency job: 1, or 3+")
+    min_iterations: StrictInt | None = Field(default=None, ge=1, description="timed calls before the rule may stop")
+    min_duration_s: StrictFloat | None = Field(default=None, ge=0, description="seconds before the rule may stop")
+    max_duration_s: StrictFloat | None = Field(default=None, gt=0, description="time cap of the timed loop")
+    max_half_width: StrictFloat | None = Field(default=None, gt=0, lt=1, description="target half-width / estimate")
+    iterations: StrictInt | None = Field(default=None, ge=1, description="a fixed count instead of the stop rule")
+    warmup_window: StrictInt | None = Field(default=None, ge=1)
+    warmup_max_iterations: StrictInt | None = Field(default=None, ge=1)
+    batch: StrictInt | None = Field(default=None, ge=1, description="rows of the latency input per timed call")
+    repeats: StrictInt | None = Field(default=None, ge=1, description="runner processes per latency job: 1, or 3+")
     stop_on: tuple[str, ...] | None = Field(default=None, description="percentiles the stop rule pins: p50..p99")
-    eval_batch: int | None = Field(default=None, ge=1)
-    thermal_interval_s: float | None = Field(default=None, ge=0, description="0 turns the sampler off")
-    calibration_reps: int | None = Field(default=None, ge=0, description="0 turns the calibration off")
-    throttle_retries: int | None = Field(default=None, ge=0, le=5)
-    cooldown_s: float | None = Field(default=None, ge=0)
+    eval_batch: StrictInt | None = Field(default=None, ge=1)
+    thermal_interval_s: StrictFloat | None = Field(default=None, ge=0, description="0 turns the sampler off")
+    calibration_reps: StrictInt | None = Field(default=None, ge=0, description="0 turns the calibration off")
+    throttle_retries: StrictInt | None = Field(default=None, ge=0, le=5)
+    cooldown_s: StrictFloat | None = Field(default=None, ge=0)
 
     def overrides(self) -> dict[str, Any]:
         """The keys the lab sets, as MeasureSettings field values."""
@@ -78,35 +106,60 @@ class Device(Strict):
     platform: Platform
     transport: Literal["local", "ssh"] = "ssh"
     host: str | None = Field(default=None, description="address, or a Host alias from ~/.ssh/config")
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
     user: str | None = None
     identity: str | None = Field(default=None, description="private key file")
     known_hosts: str | None = Field(default=None, description="known_hosts file; default ~/.ssh/known_hosts")
     ssh_config: str | None = Field(default=None, description="ssh config file; default ~/.ssh/config")
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    keepalive_s: float = Field(default=15.0, gt=0, description="SSH keepalive interval")
+    connect_timeout_s: StrictFloat = Field(default=10.0, gt=0)
+    keepalive_s: StrictFloat = Field(default=15.0, gt=0, description="SSH keepalive interval")
     python: str | None = Field(default=None, description="absolute path of the device's python3")
     runtimes: tuple[str, ...] | None = None
     tags: tuple[str, ...] = ()
     env: dict[str, str] = {}
     setup: tuple[str, ...] = ()
     cache_dir: str = "~/.cache/edgebench"
-    cache_max_mb: int = Field(default=4096, gt=0)
-    cache_max_age_days: float = Field(default=30.0, gt=0)
-    threads: int | None = Field(default=None, gt=0)
-    cpus: tuple[int, ...] | None = Field(default=None, min_length=1, description="pin the runner to these CPUs")
+    cache_max_mb: StrictInt = Field(default=4096, gt=0)
+    cache_max_age_days: StrictFloat = Field(default=30.0, gt=0)
+    threads: StrictInt | None = Field(default=None, gt=0)
+    cpus: tuple[StrictInt, ...] | None = Field(default=None, min_length=1, description="pin the runner to these CPUs")
     options: dict[str, dict[str, OptionValue]] = Field(
         default={}, description="per backend: build and run options of every variant on this device"
     )
-    job_timeout_s: float = Field(default=900.0, gt=0)
+    job_timeout_s: StrictFloat = Field(default=900.0, gt=0)
 
     @field_validator("env")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"environment variable name {name!r} is not valid (letters, digits, _)")
+                raise PydanticCustomError(
+                    "env_name",
+                    "environment variable name '{name}' is not valid (letters, digits, _)",
+                    {
+                        "name": name,
+                        "at": (name,),
+                        "fix": "use letters, digits and _ only, not starting with a digit, e.g. LD_LIBRARY_PATH",
+                    },
+                )
         return env
+
+    @field_validator("python")
+    @classmethod
+    def _absolute_python(cls, python: str | None) -> str | None:
+        # The runner is started without a login shell: no PATH lookup, no ~ expansion.
+        if python is not None and not python.startswith("/"):
+            raise PydanticCustomError(
+                "relative_python",
+                "python must be an absolute path: no login shell is started to search PATH",
+                {
+                    "fix": "write the interpreter's full path, e.g. /usr/bin/python3 ('command -v python3' on the "
+                    "device prints it)",
+                },
+            )
+        return python
+
+    _runtimes = field_validator("runtimes")(_check_runtimes)
 
     @field_validator("cpus")
     @classmethod
@@ -148,7 +201,13 @@ class Lab(Strict):
     name: str = "lab"
     measure: Measure = Measure()
     devices: tuple[Device, ...] = Field(min_length=1)
-    lab_file: Path | None = Field(default=None, exclude=True)
+    # Bookkeeping, not input: set by load_lab, so a lab_file: key in the YAML is an unknown key.
+    _lab_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def lab_file(self) -> Path | None:
+        """The file this lab was read from, if it was read from one."""
+        return self._lab_file
 
     @model_validator(mode="after")
     def _unique(self) -> Lab:
@@ -176,4 +235,5 @@ class Lab(Strict):
 
 def load_lab(path: Path) -> Lab:
     lab = load_model(Lab, path)
-    return lab.model_copy(update={"lab_file": path.resolve()})
+    lab._lab_file = path.resolve()
+    return lab

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..build.backends import BACKENDS, get_backend
 from ..config import Strict, load_model
@@ -30,20 +31,32 @@ class Reader(Strict):
     unit: Literal["C", "MHz", "mW", "W", "%"]
     path: str | None = Field(default=None, description="absolute path; * matches one entry per sensor")
     name_file: str | None = Field(default=None, description="sibling file that names each match, e.g. type")
-    scale: float = Field(default=1.0, gt=0, description="raw value x scale = value in unit")
+    scale: StrictFloat = Field(default=1.0, gt=0, description="raw value x scale = value in unit")
     command: tuple[str, ...] | None = None
     parser: Literal["tegrastats", "powermetrics"] | None = None
-    needs_root: bool = False
+    needs_root: StrictBool = False
 
     @model_validator(mode="after")
     def _complete(self) -> Reader:
         if self.kind == "sysfs":
             if not self.path or not self.path.startswith("/"):
-                raise ValueError("a sysfs reader needs an absolute path:")
+                raise PydanticCustomError(
+                    "sysfs_path",
+                    "a sysfs reader needs an absolute path",
+                    {"at": ("path",), "fix": 'set path: "/sys/class/thermal/thermal_zone*/temp" or the like'},
+                )
             if self.command or self.parser:
-                raise ValueError("a sysfs reader takes path: (and name_file:, scale:), not command: or parser:")
+                raise PydanticCustomError(
+                    "sysfs_command",
+                    "a sysfs reader takes path: (and name_file:, scale:), not command: or parser:",
+                    {"fix": "remove command: and parser:, or set kind: command"},
+                )
         elif not self.command or not self.parser:
-            raise ValueError("a command reader needs command: [argv...] and parser: (tegrastats or powermetrics)")
+            raise PydanticCustomError(
+                "command_reader",
+                "a command reader needs command: [argv...] and parser:",
+                {"fix": "add command: [tegrastats, --interval, '500'] and parser: tegrastats (or powermetrics)"},
+            )
         return self
 
     def spec(self) -> dict[str, Any]:
@@ -64,10 +77,18 @@ class Telemetry(Strict):
     @model_validator(mode="after")
     def _units_fit(self) -> Telemetry:
         for group, units in (("temperatures", ("C",)), ("clocks", ("MHz",)), ("power", ("mW", "W", "%"))):
-            for reader in getattr(self, group):
+            for index, reader in enumerate(getattr(self, group)):
                 if reader.kind == "sysfs" and reader.unit not in units:
-                    raise ValueError(
-                        f"{group}: reader {reader.label!r} has unit {reader.unit}; use {' or '.join(units)}"
+                    raise PydanticCustomError(
+                        "reader_unit",
+                        "reader '{label}' measures {unit}, not a unit of {group}",
+                        {
+                            "label": reader.label,
+                            "unit": reader.unit,
+                            "group": group,
+                            "at": (group, index, "unit"),
+                            "fix": f"use unit: {' or '.join(units)}, or move the reader to the group it measures",
+                        },
                     )
         return self
 
@@ -91,33 +112,64 @@ class PlatformProfile(Strict):
     name: Platform
     description: str = ""
     runtimes: dict[str, tuple[str, ...]] = Field(description="backend name -> default precisions on this platform")
-    threads: tuple[int | None, ...] = Field(default=(None,), min_length=1, description="None: the runtime's default")
+    threads: tuple[StrictInt | None, ...] = Field(
+        default=(None,), min_length=1, description="None: the runtime's default"
+    )
     telemetry: Telemetry = Telemetry()
-    profile_file: Path | None = Field(default=None, exclude=True)
+    # Bookkeeping, not input: set by load_platform, so a profile_file: key in the YAML is an unknown key.
+    _profile_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def profile_file(self) -> Path | None:
+        """The file this profile was read from, if it was read from one."""
+        return self._profile_file
 
     @field_validator("runtimes")
     @classmethod
     def _known_backends(cls, runtimes: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        known = ", ".join(sorted(BACKENDS))
         if not runtimes:
-            raise ValueError("a platform runs at least one backend")
+            raise PydanticCustomError(
+                "no_backend", "a platform runs at least one backend", {"fix": f"add e.g. onnxruntime: [fp32] ({known})"}
+            )
         for name, precisions in runtimes.items():
             if name not in BACKENDS:
-                raise ValueError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
-            supported = get_backend(name).precisions
+                raise PydanticCustomError(
+                    "unknown_backend",
+                    "unknown backend '{name}'; known: {known}",
+                    {"name": name, "known": known, "at": (name,), "fix": "name one of the known backends"},
+                )
+            supported = ", ".join(get_backend(name).precisions)
             for precision in precisions:
-                if precision not in supported:
-                    raise ValueError(
-                        f"backend {name!r} does not support precision {precision!r}; supported: {', '.join(supported)}"
+                if precision not in get_backend(name).precisions:
+                    raise PydanticCustomError(
+                        "unknown_precision",
+                        "backend '{name}' does not support precision '{precision}'; supported: {supported}",
+                        {
+                            "name": name,
+                            "precision": precision,
+                            "supported": supported,
+                            "fix": f"list only precisions {name} supports",
+                        },
                     )
             if not precisions:
-                raise ValueError(f"backend {name!r} lists no precision; supported: {', '.join(supported)}")
+                raise PydanticCustomError(
+                    "no_precision",
+                    "backend '{name}' lists no precision",
+                    {"name": name, "at": (name,), "fix": f"list one or more of: {supported}"},
+                )
         return runtimes
 
     @field_validator("threads")
     @classmethod
     def _positive(cls, threads: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        if any(t is not None and t < 1 for t in threads):
-            raise ValueError("thread counts must be >= 1 (or null for the runtime's default)")
+        for index, t in enumerate(threads):
+            if t is not None and t < 1:
+                raise PydanticCustomError(
+                    "threads",
+                    "thread counts must be >= 1, got {t}",
+                    {"t": t, "at": (index,), "fix": "use a count >= 1, or null for the runtime's default"},
+                )
         return threads
 
 
@@ -152,4 +204,5 @@ def load_platform(name: str, *, directory: Path | None = None) -> PlatformProfil
             key="name",
             fix=f"set name: {name}",
         )
-    return profile.model_copy(update={"profile_file": path.resolve()})
+    profile._profile_file = path.resolve()
+    return profile

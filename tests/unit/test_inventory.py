@@ -67,7 +67,8 @@ def test_an_env_name_a_shell_cannot_export_is_refused_at_load(tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         load_lab(path)
     text = info.value.one_line()
-    assert f"{path}:7: devices[0].env" in text and "'LD-LIBRARY-PATH' is not valid" in text
+    assert text.startswith(f"{path}:8: devices[0].env.LD-LIBRARY-PATH: ") and "'LD-LIBRARY-PATH' is not valid" in text
+    assert text.endswith("fix: use letters, digits and _ only, not starting with a digit, e.g. LD_LIBRARY_PATH")
 
 
 def test_ssh_defaults() -> None:
@@ -197,3 +198,61 @@ def test_a_cap_alone_lowers_the_default_minimum_instead_of_contradicting_it(tmp_
     lab = load_lab(_measure_lab(tmp_path, "batch: 1\n"))
     assert measure_settings(lab, max_duration_s=0.3).min_duration_s == 0.3
     assert measure_settings(lab, quick=True, max_duration_s=0.2).min_duration_s == 0.2
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "got", "fix"),
+    [
+        ('port: "22"', "port", "(got '22')", "write a whole number, without quotes"),
+        ("threads: true", "threads", "(got True)", "write a number: true and false are not numbers"),
+        ("threads: 2.5", "threads", "(got 2.5)", "write a whole number, without a fraction"),
+        ("cpus: [0, '1']", "cpus[1]", "(got '1')", "write a whole number, without quotes"),
+        ("job_timeout_s: .inf", "job_timeout_s", "(got inf)", "write a finite number (not .inf or .nan)"),
+        ("python: python3", "python", "(got 'python3')", "write the interpreter's full path, e.g. /usr/bin/python3"),
+        ("python: ~/venv/bin/python", "python", "(got '~/venv/bin/python')", "write the interpreter's full path"),
+    ],
+    ids=["quoted-port", "bool-threads", "fraction-threads", "quoted-cpu", "inf-timeout", "bare-python", "tilde-python"],
+)
+def test_device_values_the_docs_rule_out_are_refused_with_the_fix(
+    tmp_path: Path, line: str, key: str, got: str, fix: str
+) -> None:
+    path = _lab(tmp_path, f"platform: intel-nuc\nhost: nuc\n{line}\n")
+    with pytest.raises(ConfigError) as info:
+        load_lab(path)
+    text = info.value.one_line()
+    assert text.startswith(f"{path}:7: devices[0].{key}: "), text
+    assert got in text and f"; fix: {fix}" in text
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_an_infinite_or_nan_measure_value_is_refused(tmp_path: Path, value: str) -> None:
+    path = _measure_lab(tmp_path, f"max_duration_s: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_lab(path)
+    assert info.value.line == 4 and info.value.key == "measure.max_duration_s"
+    assert info.value.one_line().endswith("fix: write a finite number (not .inf or .nan)")
+
+
+def test_a_misspelt_runtime_is_refused_listing_the_runners_runtimes(tmp_path: Path) -> None:
+    path = _lab(tmp_path, "platform: intel-nuc\nhost: nuc\nruntimes:\n  - openvino\n  - onnxruntim\n")
+    with pytest.raises(ConfigError) as info:
+        load_lab(path)
+    known = ", ".join(runner_runtimes())
+    assert (
+        info.value.one_line()
+        == f"{path}:9: devices[0].runtimes[1]: unknown runtime 'onnxruntim'; fix: use one of: {known}"
+    )
+
+
+def test_a_backend_name_in_runtimes_says_which_runtime_runs_it(tmp_path: Path) -> None:
+    path = _lab(tmp_path, "platform: coral-devboard\nhost: coral\nruntimes: [edgetpu]\n")
+    with pytest.raises(ConfigError) as info:
+        load_lab(path)
+    assert info.value.key == "devices[0].runtimes[0]" and "unknown runtime 'edgetpu'" in info.value.message
+    assert "fix: edgetpu variants run on the litert runtime: list litert" in info.value.one_line()
+
+
+def test_the_lab_remembers_its_file(tmp_path: Path) -> None:
+    path = _lab(tmp_path, "platform: intel-nuc\nhost: nuc\nthreads: 4\nport: 2222\n")
+    lab = load_lab(path)
+    assert lab.lab_file == path.resolve() and lab.devices[0].threads == 4 and lab.devices[0].port == 2222
