@@ -191,6 +191,7 @@ class CommandProbe:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
         self._thread: threading.Thread | None = None
+        self._stderr_thread: threading.Thread | None = None
         self._stderr: list[str] = []
 
     def argv(self) -> list[str]:
@@ -214,7 +215,8 @@ class CommandProbe:
             return
         self._thread = threading.Thread(target=self._pump, name="edgebench-" + self.spec.parser, daemon=True)
         self._thread.start()
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
 
     def _publish(self, text: str) -> None:
         if not text.strip():
@@ -269,8 +271,9 @@ class CommandProbe:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        for thread in (self._thread, self._stderr_thread):
+            if thread is not None:
+                thread.join(timeout=2)  # the last lines of stderr say why a tool stopped: read them first
         if self.records == 0 and self.error is None:
             said = next((line for line in reversed(self._stderr) if line), "")  # a traceback ends with the error
             why = said or f"it printed no record (exit code {process.returncode})"

@@ -15,12 +15,50 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from .telemetry import Probes
 
 perf_ns = time.perf_counter_ns
-MIN_TICKS = 50  # machine clock ticks (all CPUs) a CPU-share window needs: 0.25 s on 2 CPUs at 100 Hz
+# Clock ticks per CPU a CPU-share window needs: 0.25 s at the usual 100 Hz. /proc/stat sums every CPU's
+# tick counters and each CPU's count is off by up to about a tick in a window, so a share is off by about
+# one over the ticks per CPU, whatever the CPU count: the window needs a length of wall time, not a total
+# of ticks. The fixed total of 50 this replaces was 0.25 s on 2 CPUs but 8 ms on 64 (rounding read as load).
+MIN_TICKS_PER_CPU = 25
+
+
+class CpuTicks(NamedTuple):
+    """One look at /proc: the whole machine's busy and total CPU time, this process's CPU time (clock ticks)."""
+
+    machine_busy: int
+    machine_total: int
+    own: int
+
+
+class CpuShareWindow:
+    """Other processes' share of all CPUs' time between successive /proc readings; no I/O of its own.
+
+    /proc counts in clock ticks (10 ms at the usual 100 Hz): a window of a few ticks per CPU reads 0% or
+    100% by rounding alone (a 20-iteration robustness loop read "other processes used 100%"), so a window
+    shorter than ``MIN_TICKS_PER_CPU`` ticks per CPU gives no share and stays open for the next reading.
+    """
+
+    def __init__(self, cpus: int, start: CpuTicks | None) -> None:
+        self.cpus = max(cpus, 1)
+        self.start = start
+
+    def share(self, now: CpuTicks | None) -> float | None:
+        """The share (0..1) since the window opened, which then closes; None while it is too short."""
+        start = self.start
+        if now is None or start is None:  # no /proc here, or none when the window opened
+            self.start = now
+            return None
+        total = now.machine_total - start.machine_total
+        if total < MIN_TICKS_PER_CPU * self.cpus:
+            return None  # keep the window open: the next reading covers this stretch too
+        self.start = now
+        foreign = (now.machine_busy - start.machine_busy) - (now.own - start.own)
+        return round(min(max(foreign / total, 0.0), 1.0), 3)
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -51,6 +89,13 @@ def _own_jiffies() -> int | None:
     return int(rest[11]) + int(rest[12])
 
 
+def _cpu_ticks() -> CpuTicks | None:
+    machine, own = _cpu_jiffies(), _own_jiffies()
+    if machine is None or own is None:
+        return None
+    return CpuTicks(machine[0], machine[1], own)
+
+
 def reading(origin: float, probes: Probes | None = None) -> dict[str, Any]:
     """One snapshot: seconds since ``origin`` (a time.monotonic value), temperatures, clocks, power.
 
@@ -71,31 +116,12 @@ class Sampler:
         self.samples: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._machine = _cpu_jiffies()
-        self._own = _own_jiffies()
-
-    def _foreign_share(self) -> float | None:
-        """Share of all CPUs' time since the last call used by other processes (0..1), where /proc exists.
-
-        /proc counts in clock ticks (10 ms at the usual 100 Hz): a window of a few ticks reads 0% or 100%
-        by rounding alone (a 20-iteration robustness loop read "other processes used 100%"), so a
-        window shorter than ``MIN_TICKS`` of machine time gives None and is added to the next one.
-        """
-        machine, own = _cpu_jiffies(), _own_jiffies()
-        previous_machine, previous_own = self._machine, self._own
-        if machine is None or own is None or previous_machine is None or previous_own is None:
-            self._machine, self._own = machine, own
-            return None
-        total = machine[1] - previous_machine[1]
-        if total < MIN_TICKS:
-            return None  # keep the window open: the next reading covers this stretch too
-        self._machine, self._own = machine, own
-        foreign = (machine[0] - previous_machine[0]) - (own - previous_own)
-        return round(min(max(foreign / total, 0.0), 1.0), 3)
+        # /proc/stat's "cpu" line advances by the time of every online CPU, the ones os.cpu_count() counts.
+        self._cpu_share = CpuShareWindow(os.cpu_count() or 1, _cpu_ticks())
 
     def _sample(self) -> None:
         sample = reading(self.origin, self.probes)
-        sample["foreign_cpu"] = self._foreign_share()
+        sample["foreign_cpu"] = self._cpu_share.share(_cpu_ticks())
         self.samples.append(sample)
 
     def _run(self) -> None:

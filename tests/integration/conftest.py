@@ -74,9 +74,13 @@ def make_lab(sshd: Path, tmp_path: Path) -> Iterator[Callable[..., LoopbackLab]]
 
 @pytest.fixture(scope="session")
 def shared_lab(sshd: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackLab]:
-    """A 3-device lab for tests that do not break anything."""
+    """A 3-device lab for tests that do not break anything; after the last of them, fail on leftovers."""
     with LoopbackLab(3, tmp_path_factory.mktemp("shared-lab")) as lab:
         yield lab
+        # As make_lab: look while the servers still run, and not before a late fork had time to show up.
+        time.sleep(0.3)
+        left = wait_for_processes(str(lab.state.directory), gone=True, timeout_s=15)
+    assert not left, f"processes left on the shared lab's devices after its tests: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,37 @@ from harness.store.schema import _v1 as create_v1_tables
 
 pytestmark = pytest.mark.integration
 
-PG_BIN = Path(os.environ.get("EDGEBENCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+DEBIAN_SERVERS = Path("/usr/lib/postgresql")  # <major>/bin per installed server: 15 on Debian 12, 17 on 13
+
+
+def _has_server(directory: Path) -> bool:
+    return (directory / "initdb").is_file() and (directory / "pg_ctl").is_file()
+
+
+def _version(directory: Path) -> tuple[int, ...] | None:
+    parts = directory.parent.name.split(".")  # 17, or 9.6 before PostgreSQL 10
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+def server_bin(servers: Path = DEBIAN_SERVERS) -> Path | None:
+    """Where initdb and pg_ctl are: EDGEBENCH_PG_BIN, else the newest server under ``servers`` that has
+    both, else ``pg_config --bindir`` (libpq's: on Debian it may name a version whose server is not
+    installed), else PATH."""
+    if os.environ.get("EDGEBENCH_PG_BIN"):
+        return Path(os.environ["EDGEBENCH_PG_BIN"])
+    installed = {d: v for d in servers.glob("*/bin") if (v := _version(d)) is not None and _has_server(d)}
+    if installed:
+        return max(installed, key=installed.__getitem__)
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        done = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode == 0 and _has_server(Path(done.stdout.strip())):
+            return Path(done.stdout.strip())
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb is not None and _has_server(Path(initdb).parent) else None
+
+
 MakeResult = Callable[..., JobResult]
 MakeRun = Callable[..., RunInfo]
 
@@ -54,8 +84,10 @@ def _as_postgres(*argv: str | Path, check: bool = True) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL server; yields its base URL (append a database name)."""
-    if not (PG_BIN / "initdb").is_file() or not (PG_BIN / "pg_ctl").is_file():
-        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (set EDGEBENCH_PG_BIN)")
+    pg_bin = server_bin()
+    if pg_bin is None or not _has_server(pg_bin):
+        where = pg_bin or f"{DEBIAN_SERVERS}/*/bin, pg_config --bindir or PATH"
+        pytest.skip(f"PostgreSQL server binaries (initdb, pg_ctl) not found in {where} (set EDGEBENCH_PG_BIN)")
     if shutil.which("runuser") is None:
         pytest.skip("runuser not found: needed to run PostgreSQL as the postgres user")
     try:
@@ -66,7 +98,7 @@ def postgres() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="edgebench-pg-"))
     shutil.chown(root, "postgres", "postgres")
     data = root / "data"
-    _as_postgres(PG_BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+    _as_postgres(pg_bin / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
     port = 0
     started = False
     try:
@@ -77,7 +109,7 @@ def postgres() -> Iterator[str]:
                 "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=20"
             )
             proc = _as_postgres(
-                PG_BIN / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", options, "-w", "-t", "60", "start",
+                pg_bin / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", options, "-w", "-t", "60", "start",
                 check=False,
             )
             if proc.returncode == 0:
@@ -89,7 +121,7 @@ def postgres() -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
         if started:
-            _as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", check=False)
+            _as_postgres(pg_bin / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -218,3 +250,17 @@ def test_an_unreachable_server_is_a_store_error(postgres: str) -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/nothing"
     with pytest.raises(StoreError, match="cannot open or migrate the results database"):
         Store(url)
+
+
+def test_the_newest_installed_server_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian installs each server major under /usr/lib/postgresql/<major>/bin (17 on Debian 13, 15 on 12):
+    the newest one with initdb and pg_ctl runs these tests, and EDGEBENCH_PG_BIN overrides the search."""
+    monkeypatch.delenv("EDGEBENCH_PG_BIN", raising=False)
+    servers = {"9.6": ("initdb", "pg_ctl"), "15": ("initdb", "pg_ctl"), "17": ("initdb", "pg_ctl"), "18": ("pg_ctl",)}
+    for major, tools in servers.items():  # 18: a half-installed server without initdb
+        (tmp_path / major / "bin").mkdir(parents=True)
+        for tool in tools:
+            (tmp_path / major / "bin" / tool).write_text("")
+    assert server_bin(tmp_path) == tmp_path / "17" / "bin"
+    monkeypatch.setenv("EDGEBENCH_PG_BIN", "/opt/pg/bin")
+    assert server_bin(tmp_path) == Path("/opt/pg/bin")

@@ -255,5 +255,18 @@ def test_keys_from_the_ssh_agent_log_in(
         proc.wait(timeout=5)
 
 
-def test_nothing_is_left_running_under_the_shared_lab(shared_lab: LoopbackLab) -> None:
-    assert shared_lab.state.device_processes() == []
+def test_a_process_left_on_a_shared_lab_device_is_found(shared_lab: LoopbackLab, transport: SshTransport) -> None:
+    """The leftover check the shared lab's teardown makes (after its last test, whatever the order under
+    xdist) sees a process a command left running on a device; once that one is stopped, nothing of the
+    tests that ran before this one is left either."""
+    marker = f"{shared_lab.lab.devices[0].cache_dir}/eb-leftover-{os.getpid()}"
+    detach = '"$0" -c "import time; time.sleep(300)" "$1" </dev/null >/dev/null 2>&1 & echo $!'
+    started = transport.run(["sh", "-c", detach, sys.executable, marker], timeout_s=10)
+    assert started.exit_code == 0, started.stderr
+    pid = started.stdout.decode().strip()
+    try:
+        assert wait_for_processes(marker, gone=False, timeout_s=10) != []
+        assert any(line.startswith(f"{pid}: ") for line in shared_lab.state.device_processes())
+    finally:
+        transport.run(["kill", pid], timeout_s=10)
+    assert wait_for_processes(str(shared_lab.state.directory), gone=True, timeout_s=15) == []

@@ -6,6 +6,7 @@ import ast
 import copy
 import io
 import re
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -208,5 +209,20 @@ def test_the_bundle_holds_only_the_runner() -> None:
             assert level > 0 or not module.startswith("harness"), f"{name} imports {module}"
 
 
-def test_the_bundle_is_deterministic() -> None:
-    assert agent_archive() == agent_archive()
+def test_the_bundle_is_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same sources give the same bytes at any hour (the device cache re-uploads only on a change):
+    every entry carries the fixed 2020-01-01 stamp, not the build's clock or the files' mtimes."""
+    first = agent_archive()
+    later = time.time() + 86_400 + 3_723  # a day, an hour, two minutes and three seconds on
+    real_localtime = time.localtime
+
+    def localtime(secs: float | None = None) -> time.struct_time:
+        return real_localtime(later if secs is None else secs)
+
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(time, "localtime", localtime)
+    assert agent_archive() == first
+    with zipfile.ZipFile(io.BytesIO(first)) as zf:
+        stamps = {info.filename: info.date_time for info in zf.infolist()}
+    assert len(stamps) >= 5
+    assert set(stamps.values()) == {(2020, 1, 1, 0, 0, 0)}, stamps

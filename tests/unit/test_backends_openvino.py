@@ -27,7 +27,16 @@ def _compile(tiny_onnx: Path, tmp_path: Path, precision: str) -> Path:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_ir_runs_in_the_runner_adapter_and_matches_onnx(tiny_onnx: Path, tmp_path: Path, precision: str) -> None:
+def test_ir_runs_in_the_runner_adapter_requests_f32_and_matches_onnx(
+    tiny_onnx: Path, tmp_path: Path, precision: str
+) -> None:
+    """The runner asks the CPU plugin for f32 inference at every precision (only the weights are reduced),
+    and its logits match host ONNX Runtime: FP32 within 1e-4.
+
+    On a CPU with bf16 (Sapphire Rapids, say) OpenVINO would run an FP32 IR in bf16 without the hint. This
+    EPYC has none, so OpenVINO applies f32 with or without it: what can be checked here is the request,
+    and FP32 logits at a tolerance bf16 could not meet (bf16 weights and input alone move these by 8e-3).
+    """
     artifact = _compile(tiny_onnx, tmp_path, precision)
     assert sorted(zipfile.ZipFile(artifact).namelist()) == ["model.bin", "model.xml"]
     options = get_backend("openvino").runner_options(precision, 1, {})
@@ -37,10 +46,12 @@ def test_ir_runs_in_the_runner_adapter_and_matches_onnx(tiny_onnx: Path, tmp_pat
     session.run_bound()
     got = session.infer(x)
     want = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    tolerance = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.3}[precision]
-    np.testing.assert_allclose(got, want, atol=tolerance * max(1.0, float(np.abs(want).max())))
+    scale = max(1.0, float(np.abs(want).max()))
+    atol = {"fp32": 1e-4, "fp16": 2e-2 * scale, "int8": 0.3 * scale}[precision]
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
     described = session.describe()
-    assert described["applied"]["INFERENCE_PRECISION_HINT"] == "f32"  # CPU: f32 for every precision
+    assert described["requested"]["INFERENCE_PRECISION_HINT"] == "f32"  # what the runner asked the plugin for
+    assert described["applied"]["INFERENCE_PRECISION_HINT"] == "f32"  # here f32 with or without the request
     assert described["applied"]["INFERENCE_NUM_THREADS"] == "1"
 
 

@@ -1,4 +1,4 @@
-"""Platform telemetry: tegrastats / powermetrics parsing, sysfs probes, streaming command probes, the spec.
+"""Platform telemetry: tegrastats / powermetrics parsing, sysfs and streaming command probes, the spec, CPU share.
 
 The tegrastats and powermetrics lines here follow the formats NVIDIA's tegrastats documentation and
 Apple's powermetrics(1) describe (neither tool exists on this machine); the command probes run a
@@ -7,6 +7,7 @@ stand-in script that prints such lines, since the real tools need a Jetson or a 
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from harness.agent.protocol import ProbeSpec, SpecError, ThermalSpec, parse_thermal
 from harness.agent.telemetry import CommandProbe, Probes, parse_powermetrics, parse_tegrastats
+from harness.agent.thermal import CpuShareWindow, CpuTicks
 from harness.lab.platforms import load_platform
 from harness.measure.throttle import assess_throttle
 
@@ -182,8 +184,13 @@ def test_stand_in_tegrastats_streams_into_the_newest_reading(tmp_path: Path) -> 
         while "cpu" not in first["temperatures_c"] and time.monotonic() < deadline:
             time.sleep(0.02)
             first = probes.read({})
-        time.sleep(0.3)
         later = probes.read({})
+        while (
+            later["temperatures_c"].get("cpu", 0.0) <= first["temperatures_c"].get("cpu", 0.0)
+            or probes.records()["rails"] < 3
+        ) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            later = probes.read({})
     finally:
         probes.stop()
     assert later["temperatures_c"]["cpu"] > first["temperatures_c"]["cpu"]
@@ -198,15 +205,19 @@ def test_the_first_record_of_a_slow_starting_tool_is_waited_for(tmp_path: Path) 
     missing = ProbeSpec("command", "other", "mW", command=(str(tmp_path / "absent"),), parser="tegrastats")
     probes = Probes([slow, missing])
     probes.start()
+    timeout_s = 30.0  # the only time bound: waiting it out means waiting for the tool that cannot start
     try:
         started = time.monotonic()
-        probes.wait_for_first_records(timeout_s=5.0)
+        probes.wait_for_first_records(timeout_s=timeout_s)
         waited = time.monotonic() - started
-        reading = probes.read({})
+        reading = probes.read({})  # taken at once: a wait that returned before the first record has none
     finally:
         probes.stop()
-    assert 0.3 < waited < 4.0, "waited for the slow tool, not for the one that cannot start"
-    assert reading["temperatures_c"]["gpu"] == 23.5
+    assert reading["temperatures_c"]["gpu"] == 23.5, "returned before the slow tool's first record"
+    assert probes.records() == {"rails": 1, "other": 0}
+    assert waited < timeout_s, "waited out the timeout for the tool that cannot start"
+    (error,) = probes.errors()
+    assert error.startswith("other: cannot start ")
 
 
 def test_a_sensor_that_first_appears_during_the_loop_is_judged_from_there() -> None:
@@ -226,20 +237,57 @@ def test_a_missing_vendor_tool_is_a_reason_not_a_crash(tmp_path: Path) -> None:
     assert probe.error is not None and probe.error.startswith("rails: cannot start ")
 
 
-def test_a_tool_that_fails_reports_its_own_words(tmp_path: Path) -> None:
-    """Stand-in for a powermetrics that sudo refuses to start without a password."""
-    script = _stand_in(tmp_path, "import sys\nprint('sudo: a password is required', file=sys.stderr)\nsys.exit(1)\n")
+def _run_until_exit(probe: CommandProbe) -> None:
+    probe.start()
+    deadline = time.monotonic() + 10
+    while not probe.exited() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    probe.stop()
+
+
+def test_a_root_tool_run_by_a_lab_user_goes_through_sudo_n_and_says_how_to_allow_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not root: the probe runs ``sudo -n <tool>``. A stand-in sudo on PATH (the real one would ask this
+    machine's sudoers) records its argv and refuses as sudo does without a NOPASSWD rule."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sudo-argv.json"
+    sudo = bin_dir / "sudo"
+    sudo.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(calls)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        "print('sudo: a password is required', file=sys.stderr)\nsys.exit(1)\n"
+    )
+    sudo.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    tool = "/usr/bin/powermetrics"
+    probe = CommandProbe(
+        ProbeSpec("command", "cpu-gpu-ane", "mW", command=(tool, "-i", "500"), parser="powermetrics", needs_root=True)
+    )
+    assert probe.argv() == ["sudo", "-n", tool, "-i", "500"]
+    _run_until_exit(probe)
+    assert json.loads(calls.read_text()) == ["-n", tool, "-i", "500"]  # what sudo itself was given
+    assert probe.error == (
+        "cpu-gpu-ane: /usr/bin/powermetrics gave no reading: sudo: a password is required; "
+        "allow it without a password (sudoers NOPASSWD) for the lab user"
+    )
+
+
+def test_a_root_tool_run_as_root_starts_directly_and_reports_its_own_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root: no sudo; a stand-in powermetrics (no Mac here) that fails says why in its own words."""
+    said = "powermetrics: unrecognized sampler"
+    script = _stand_in(tmp_path, f"import sys\nprint({said!r}, file=sys.stderr)\nsys.exit(1)\n")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     probe = CommandProbe(
         ProbeSpec("command", "cpu-gpu-ane", "mW", command=(str(script),), parser="powermetrics", needs_root=True)
     )
-    if os.geteuid() != 0:
-        pytest.skip("not root: the probe would run the stand-in through sudo -n")
-    probe.start()
-    time.sleep(0.3)
-    probe.stop()
-    assert probe.error is not None
-    assert "gave no reading: sudo: a password is required" in probe.error
-    assert "sudoers NOPASSWD" in probe.error
+    assert probe.argv() == [str(script)]
+    _run_until_exit(probe)
+    assert probe.error == f"cpu-gpu-ane: {script} gave no reading: {said}"
 
 
 def test_stand_in_powermetrics_blocks_are_split_at_each_sample_header(tmp_path: Path) -> None:
@@ -301,20 +349,37 @@ def test_a_gpu_clock_drop_and_raised_thermal_pressure_count_as_throttling() -> N
     assert verdict.reasons == ("thermal pressure Heavy during the run (powermetrics; nominal expected)",)
 
 
-def test_a_cpu_share_window_of_a_few_clock_ticks_is_not_read_as_a_share() -> None:
-    """A 20-iteration loop spans one or two 10 ms ticks, which read 0% or 100% by rounding alone: no share
-    is given for it, and its stretch is added to the next window (real /proc readings)."""
+def test_a_cpu_share_window_of_a_few_clock_ticks_per_cpu_is_not_read_as_a_share() -> None:
+    """/proc counts whole 10 ms ticks on every CPU: a window of a few ticks per CPU reads 0% or 100% by rounding
+    alone, so it gives no share and stays open; the next reading then covers its stretch too."""
+    start = CpuTicks(machine_busy=1_000, machine_total=4_000, own=300)
+    window = CpuShareWindow(cpus=2, start=start)
+    # 2 CPUs, 4 ticks (20 ms), all of them another process's: not "other processes used 100%".
+    assert window.share(CpuTicks(1_004, 4_004, 300)) is None
+    # 50 ticks (0.25 s) since the start, not since the short reading: 30 busy, 10 of them ours.
+    assert window.share(CpuTicks(1_030, 4_050, 310)) == 0.4
+    assert window.start == CpuTicks(1_030, 4_050, 310)  # that window closed; the next opens here
+    # This process's own ticks can round above the machine's: a share is never below 0.
+    assert window.share(CpuTicks(1_040, 4_100, 330)) == 0.0
+
+
+def test_the_ticks_a_cpu_share_needs_grow_with_the_cpu_count() -> None:
+    """50 ticks are 0.25 s on 2 CPUs but 8 ms on 64, where one tick of rounding per CPU swamps the share."""
+    start = CpuTicks(machine_busy=10_000, machine_total=40_000, own=3_000)
+    fifty = CpuTicks(10_030, 40_050, 3_010)
+    assert CpuShareWindow(cpus=2, start=start).share(fifty) == 0.4
+    assert CpuShareWindow(cpus=64, start=start).share(fifty) is None
+    # 1,600 ticks on 64 CPUs are 0.25 s: 800 busy, 400 of them ours.
+    assert CpuShareWindow(cpus=64, start=start).share(CpuTicks(10_800, 41_600, 3_400)) == 0.25
+
+
+def test_the_sampler_reads_real_proc_counters_into_a_share_or_none() -> None:
+    """On Linux the sampler's windows read /proc for real: every sample carries a share in 0..1 or None."""
     from harness.agent.thermal import Sampler
 
     sampler = Sampler(interval_s=0.0, origin=time.monotonic())
-    spin_until = time.monotonic() + 0.03  # a few ticks of machine time pass: too few to read a share from
-    while time.monotonic() < spin_until:
-        pass
-    sampler._sample()
-    assert sampler.samples[-1]["foreign_cpu"] is None
-    spin_until = time.monotonic() + 0.4
-    while time.monotonic() < spin_until:
-        pass
-    sampler._sample()
-    share = sampler.samples[-1]["foreign_cpu"]
-    assert isinstance(share, float) and 0.0 <= share <= 1.0
+    for _ in range(3):
+        sampler._sample()
+    shares = [s["foreign_cpu"] for s in sampler.samples]
+    assert len(shares) == 3
+    assert all(share is None or (isinstance(share, float) and 0.0 <= share <= 1.0) for share in shares)

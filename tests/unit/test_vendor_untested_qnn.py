@@ -1,5 +1,6 @@
-"""QNN (Snapdragon): the HTP provider options (untested here: needs a Snapdragon with QNN), and the same
-artifacts run for real through the runner's ONNX Runtime adapter on the CPU execution provider."""
+"""QNN (Snapdragon): the HTP provider options (untested here: needs a Snapdragon with QNN), the same
+artifacts run for real through the runner's ONNX Runtime adapter on the CPU execution provider, and that
+adapter's refusal, for real, to open the QNN options where the provider is missing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from harness.agent.runtimes import onnxruntime_rt
+from harness.agent.runtimes import RuntimeMissing, onnxruntime_rt
 from harness.build.backends import get_backend
 from harness.build.backends.protocol import CompileRequest
 from harness.build.export import OnnxModel
@@ -51,3 +52,16 @@ def test_cpu_path_runs_the_qnn_artifact_for_real(tiny_onnx: Path, tmp_path: Path
     session.run_bound()
     assert session.infer(calibration[:4]).shape == (4, 10)
     assert session.describe()["providers"] == ["CPUExecutionProvider"]
+
+
+def test_runs_here_the_default_qnn_options_refuse_to_fall_back_to_the_cpu(tiny_onnx: Path) -> None:
+    """Real ONNX Runtime without the QNN execution provider (this machine's): the runner's adapter refuses,
+    naming the missing provider, instead of timing the CPU under the NPU's name (ONNX Runtime itself falls
+    back to the next provider in the list with no more than a warning)."""
+    import onnxruntime as ort
+
+    if "QNNExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the QNN execution provider: nothing is missing to refuse")
+    options = get_backend("qnn").runner_options("int8", 1, {})
+    with pytest.raises(RuntimeMissing, match=r"has no QNNExecutionProvider \(available: .*CPUExecutionProvider"):
+        onnxruntime_rt.open_session(str(tiny_onnx), "input", options)
