@@ -1,5 +1,5 @@
 """Results storage: schema and queries in SQLAlchemy Core (SQLite by default, PostgreSQL for a shared lab)."""
 
-from .db import RunInfo, Store
+from .db import RunInfo, Store, database_path
 
-__all__ = ["RunInfo", "Store"]
+__all__ = ["RunInfo", "Store", "database_path"]

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import numpy as np
-from sqlalchemy import Connection, Engine, create_engine, delete, desc, event, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, delete, desc, event, inspect, make_url, select
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..errors import ConfigError, StoreError
-from .schema import SCHEMA_VERSION, device_health, metrics, migrate, results, runs, samples
+from .schema import SCHEMA_VERSION, current_version, device_health, metrics, migrate, results, runs, samples
 
 if TYPE_CHECKING:  # records pulls in scipy; the CLI starts faster without it
     from ..records import JobResult
@@ -37,11 +39,36 @@ class RunInfo:
     command: str | None = None
 
 
-def _url(target: str | Path) -> str:
+def _parse_target(target: str | Path) -> tuple[str, Path | None, str]:
+    """``--db`` as the engine URL, the SQLite file it names (None for a server) and how to show it.
+
+    A URL (``postgresql+psycopg://…``, ``sqlite:///…``) goes to SQLAlchemy as it is; anything else is
+    a SQLite file path. Shown with any password hidden.
+    """
     text = str(target)
-    if "://" in text:
-        return text
-    path = Path(text).expanduser()
+    if "://" not in text:
+        path = Path(text).expanduser()
+        return f"sqlite:///{path}", path, str(path)
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot read database URL {text!r}: {exc}",
+            key="--db",
+            fix="use a SQLite path or a URL such as postgresql://user@host:5432/edgebench",
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return text, Path(url.database).expanduser(), shown
+    return text, None, shown
+
+
+def database_path(target: str | Path) -> Path | None:
+    """The SQLite file ``--db`` names (None for a server URL), without opening anything."""
+    return _parse_target(target)[1]
+
+
+def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -49,7 +76,10 @@ def _url(target: str | Path) -> str:
             f"cannot create the directory of the results database {path}: {exc.strerror}",
             fix="pass --db a path in a writable directory",
         ) from None
-    return f"sqlite:///{path}"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def encode_samples(values: np.ndarray) -> bytes:
@@ -63,27 +93,94 @@ def decode_samples(blob: bytes) -> np.ndarray:
 class Store:
     """One results database (SQLite file or PostgreSQL URL); every write is one transaction."""
 
-    def __init__(self, target: str | Path) -> None:
-        self.url = _url(target)
+    def __init__(self, target: str | Path, *, read_only: bool = False) -> None:
+        """Open ``target``; a writer creates and migrates it, a reader (``read_only``) changes nothing.
+
+        A reader needs an existing edgebench database: a missing file or one without the
+        ``schema_info`` table is an error, never an empty database.
+        """
+        self.url, self.path, self.location = _parse_target(target)
+        self.read_only = read_only
+        if self.path is not None:
+            self._check_file()
         try:
-            self.engine: Engine = create_engine(self.url, future=True)
+            if read_only and self.path is not None:
+                path = self.path
+                # mode=ro: SQLite itself refuses any write, so reading leaves the file as it was.
+                self.engine: Engine = create_engine(
+                    "sqlite://",
+                    creator=lambda: sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True),
+                )
+            else:
+                self.engine = create_engine(self.url)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise ConfigError(f"cannot use database {target}: {exc}", key="--db") from None
+            raise ConfigError(f"cannot use database {self.location}: {exc}", key="--db") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             with self.engine.begin() as conn:
-                old = migrate(conn)
+                old = current_version(conn)
+                if old == 0 and (read_only or self._foreign(conn)):
+                    wrote = "pass the database 'edgebench run' wrote (see its 'database:' line)"
+                    raise ConfigError(
+                        f"{self.location} is not an edgebench results database (it has no schema_info table)",
+                        key="--db",
+                        fix=wrote if read_only else wrote + ", or a new file name for a new one",
+                    )
+                if old <= SCHEMA_VERSION and not read_only:
+                    migrate(conn)
+            if self.engine.dialect.name == "sqlite" and not read_only:
+                # Set once the file is known to be ours (it persists in the file): readers and writers
+                # of a WAL database do not block each other.
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         except SQLAlchemyError as exc:
+            self.engine.dispose()
+            verb = "open" if read_only else "open or migrate"
+            if self.path is None:
+                fix = "check the URL, that the server runs and that it accepts this user"
+            elif read_only:
+                fix = "pass --db the SQLite file 'edgebench run' wrote"
+            else:
+                fix = "pass --db a writable edgebench SQLite file, or a new file name"
             raise StoreError(
-                f"cannot open or migrate the results database {target}: {str(exc).splitlines()[0]}",
-                fix="check the path or URL and that it is writable",
+                f"cannot {verb} the results database {self.location}: {_first_line(exc)}", fix=fix
             ) from None
+        except ConfigError:
+            self.engine.dispose()
+            raise
         if old > SCHEMA_VERSION:
+            self.engine.dispose()
             raise StoreError(
-                f"{target} has schema version {old}, newer than this edgebench ({SCHEMA_VERSION})",
+                f"{self.location} has schema version {old}, newer than this edgebench ({SCHEMA_VERSION})",
                 fix="upgrade edgebench",
             )
+
+    def _check_file(self) -> None:
+        """A SQLite path: a reader needs the file; a writer needs a file path, not a directory."""
+        assert self.path is not None
+        if self.path.is_dir():
+            raise ConfigError(
+                f"results database {self.path} is a directory",
+                key="--db",
+                fix=f"pass a file path, e.g. --db {self.path / 'results.sqlite'}",
+            )
+        if self.read_only:
+            if not self.path.is_file():
+                raise ConfigError(
+                    f"results database {self.path} not found",
+                    key="--db",
+                    fix="pass the database 'edgebench run' wrote (see its 'database:' line)",
+                )
+        else:
+            _make_parent(self.path)
+
+    def _foreign(self, conn: Connection) -> bool:
+        """A SQLite file that holds other tables but not edgebench's: someone else's database.
+
+        Only for SQLite: a PostgreSQL database is often shared by several applications.
+        """
+        return conn.dialect.name == "sqlite" and bool(inspect(conn).get_table_names())
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -272,5 +369,4 @@ def _json_default(value: Any) -> Any:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()

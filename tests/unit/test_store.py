@@ -255,3 +255,66 @@ def test_an_unwritable_location_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match=f"cannot create the directory of the results database {blocker}"):
         Store(blocker / "results.sqlite")
+
+
+def _foreign(path: Path) -> bytes:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+    return path.read_bytes()
+
+
+def test_a_reader_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "a" / "b" / "missing.sqlite"
+    with pytest.raises(ConfigError, match=rf"--db: results database {missing} not found; fix: "):
+        Store(missing, read_only=True)
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_reader_refuses_a_database_without_the_schema_table_and_leaves_it_alone(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite"
+    kept = _foreign(other)
+    for read_only in (True, False):
+        with pytest.raises(ConfigError, match=r"is not an edgebench results database .*schema_info"):
+            Store(other, read_only=read_only)
+    assert other.read_bytes() == kept
+    assert [p.name for p in tmp_path.iterdir()] == ["other.sqlite"], "no -wal or -shm beside it"
+
+
+def test_a_reader_neither_migrates_nor_writes(tmp_path: Path, make_result: MakeResult, make_run: MakeRun) -> None:
+    path = tmp_path / "old.sqlite"
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        create_v1_tables(conn)
+        conn.execute(schema_info.insert().values(id=1, version=1))
+    engine.dispose()
+    old = Store.__new__(Store)
+    old.url, old.engine = url, create_engine(url)
+    old.start_run(make_run("oldrun000001"))
+    old.add_result(make_result("oldrun000001"))
+    old.close()
+    reader = Store(path, read_only=True)
+    try:
+        assert reader.resolve_run("latest") == "oldrun000001"
+        assert len(reader.results("oldrun000001")) == 1
+        with pytest.raises(StoreError, match="database write failed"):
+            reader.start_run(make_run("newrun000001"))
+    finally:
+        reader.close()
+    assert version_of(url) == 1, "reading did not migrate"
+
+
+def test_a_url_is_kept_as_a_url_and_its_password_is_not_shown(tmp_path: Path) -> None:
+    assert store_db.database_path("postgresql://u:pw@127.0.0.1:1/x") is None
+    assert store_db.database_path(f"sqlite:///{tmp_path}/r.sqlite") == tmp_path / "r.sqlite"
+    assert store_db.database_path("~/r.sqlite") == Path.home() / "r.sqlite"
+    with pytest.raises(StoreError, match=r"postgresql://u:\*\*\*@127\.0\.0\.1:1/x") as refused:
+        Store("postgresql://u:pw@127.0.0.1:1/x", read_only=True)
+    assert "pw" not in str(refused.value).replace("postgresql", "")
+    with pytest.raises(ConfigError, match="--db: cannot read database URL"):
+        Store("postgresql://u@host:notaport/x")
