@@ -271,11 +271,71 @@ def render_report(store: Store, run_id: str) -> str:
     )
 
 
-def write_report(store: Store, run_id: str, out: Path) -> Path:
-    """Write the report atomically; return its path."""
+def _looks_like_html(path: Path) -> bool:
+    """Whether an existing file is an HTML page (a report this or an earlier run wrote), by its first bytes."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith((b"<!doctype html", b"<html"))
+
+
+def check_report_target(out: Path, database: Path | None = None, *, flag: str = "--out") -> Path:
+    """Refuse a report path that would destroy something: a directory, the results database, a non-HTML file.
+
+    Front ends call this before any work, so a bad path costs nothing; ``write_report`` calls it again.
+    """
+    out = out.expanduser()
+    if out.is_dir():
+        raise ConfigError(
+            f"report path {out} is a directory", key=flag, fix=f"pass a file name, e.g. {flag} {out / 'report.html'}"
+        )
+    if database is not None and (
+        out.resolve() == database.resolve() or (out.exists() and database.exists() and out.samefile(database))
+    ):
+        raise ConfigError(
+            f"report path {out} is the results database",
+            key=flag,
+            fix="write the report to another file, e.g. report.html",
+        )
+    if out.exists() and not out.is_file():
+        raise ConfigError(
+            f"report path {out} is not a regular file (a device or a socket)",
+            key=flag,
+            fix="pass a file name, e.g. report.html",
+        )
+    if out.is_file() and out.stat().st_size > 0 and not _looks_like_html(out):
+        raise ConfigError(
+            f"{out} exists and is not an HTML report; it is left as it is",
+            key=flag,
+            fix="pass a new file name or an earlier report to replace",
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"cannot write {out}: {parent} is a file, not a directory",
+                    key=flag,
+                    fix="pass a path in a directory",
+                )
+            break
+    return out
+
+
+def write_report(store: Store, run_id: str, out: Path, *, flag: str = "--out") -> Path:
+    """Write the report atomically (a temporary file beside it, then a rename); return its path."""
+    out = check_report_target(out, store.path, flag=flag)
     html = render_report(store, run_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot write the report {out}: {exc.strerror}", key=flag, fix="pass a writable path"
+        ) from None
     return out
