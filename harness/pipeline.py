@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import platform
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ from .analyse import (
     robustness_checks,
 )
 from .build.agent_bundle import build_agent_bundle
-from .build.backends import get_backend
+from .build.backends import BACKENDS, get_backend
 from .build.backends.edgetpu import compile_report
 from .build.backends.protocol import CompileRequest
 from .build.cache import ArtifactCache, file_sha256
@@ -50,6 +51,7 @@ from .errors import (
     RunnerError,
     ToolchainMissing,
     TransportError,
+    UnknownNameError,
 )
 from .lab.connect import open_transport
 from .lab.inventory import Device, Lab
@@ -120,6 +122,29 @@ MEASURE_FLAGS = {
 }
 
 
+# Float settings that must be finite: an infinite cap never stops, a NaN compares false with every bound.
+_FINITE_FIELDS = {
+    "min_duration_s": "1.0",
+    "max_duration_s": "8.0 (the time cap must be finite)",
+    "max_half_width": "0.05",
+    "thermal_interval_s": "0.5 (0 turns sampling off)",
+    "cooldown_s": "5.0",
+}
+
+
+def backends_flag(text: str | None, flag: str = "--backends") -> set[str] | None:
+    """``--backends``'s comma-separated names, checked against the registry before any run starts."""
+    if text is None:
+        return None
+    names = {b.strip() for b in text.split(",") if b.strip()}
+    if not names:
+        known = ", ".join(sorted(BACKENDS))
+        raise ConfigError(f"no backend named in {text!r}", key=flag, fix=f"use one or more of: {known}")
+    for name in sorted(names - set(BACKENDS)):
+        raise UnknownNameError("backend", name, list(BACKENDS), key=flag)
+    return names
+
+
 def stop_on_flag(text: str | None) -> tuple[str, ...] | None:
     """``--stop-on``'s comma-separated labels ("P99", "p50,p99"), as measure_settings takes them."""
     if text is None:
@@ -148,6 +173,12 @@ def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureS
             return MEASURE_FLAGS.get(name, name), None
         return f"measure.{name}", lab.lab_file
 
+    for name, example in _FINITE_FIELDS.items():
+        value = getattr(settings, name)
+        if not math.isfinite(value):
+            key, file = origin(name)
+            what = "fraction" if name == "max_half_width" else "number of seconds"
+            raise ConfigError(f"{value:g} is not a finite {what}", file=file, key=key, fix=f"use e.g. {example}")
     if settings.min_duration_s < 0 or settings.max_duration_s <= 0:
         key, file = origin("min_duration_s" if settings.min_duration_s < 0 else "max_duration_s")
         raise ConfigError("a duration must be positive", file=file, key=key, fix="use seconds > 0")
@@ -312,7 +343,15 @@ class Pipeline:
         self._outputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._bundle: tuple[Path, str] | None = None
         self._profiles: dict[str, PlatformProfile] = {}
-        self._workdir = Path(tempfile.mkdtemp(prefix="edgebench-"))
+        self._tmp: Path | None = None
+        self.started = False  # the run is recorded at its first job: planning alone leaves no run behind
+        self._finished = False
+
+    def start(self) -> None:
+        """Record the run as running (once; every job calls this first)."""
+        if self.started:
+            return
+        self.started_at = now()
         self.store.start_run(
             RunInfo(
                 id=self.run_id,
@@ -325,6 +364,14 @@ class Pipeline:
                 command=self.command,
             )
         )
+        self.started = True
+
+    @property
+    def _workdir(self) -> Path:
+        """Where fetched outputs land for a moment; made at first use, removed by finish()."""
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="edgebench-"))
+        return self._tmp
 
     # ---- plan -------------------------------------------------------------------------------
     def variants_for(self, model: ModelEntry, device: Device) -> list[Variant]:
@@ -426,6 +473,7 @@ class Pipeline:
 
     def run_job(self, job: Job) -> JobResult:
         """Run one job end to end and record its result (also on error: status says what happened)."""
+        self.start()
         started = now()
         base = self._base_result(job, started)
         try:
@@ -500,6 +548,8 @@ class Pipeline:
         artifact, artifact_sha = self.compile(job)
         latency_data = latency_file(job.model, job.input_shape)
         link.open(self.agent_bundle())
+        # Built and reachable: the interleaving and capacity scenarios record results from here, without run_job.
+        self.start()
         assert link.cache is not None
         suffix = artifact.name.split(".", 1)[1] if "." in artifact.name else "bin"
         paths = link.cache.ensure(
@@ -729,16 +779,40 @@ class Pipeline:
         }
 
     # ---- finish -----------------------------------------------------------------------------
-    def finish(self) -> str:
-        """Close devices and mark the run; return its status (passed, failed or error)."""
-        for link in self.links.values():
-            link.remove_outputs(self.run_id)
-            link.close()
-        # The fetched outputs were read into memory job by job; without this every run leaves a tmp dir.
-        shutil.rmtree(self._workdir, ignore_errors=True)
+    def finish(self, outcome: str | None = None) -> str:
+        """Mark the run and close devices; return its status.
+
+        The status is ``outcome`` when given (``interrupted``, or ``error`` when the front end met one
+        the results do not show), else error, failed or passed from the results, or ``skipped`` when
+        every job was skipped. A run that never started a job is not recorded: its status is
+        ``not-started``. The run is marked first, so an interrupt during the clean-up cannot leave it
+        ``running``.
+        """
         statuses = {r.status for r in self.results}
-        status = "error" if "error" in statuses else "failed" if "failed" in statuses else "passed"
-        self.store.finish_run(self.run_id, now(), status)
+        if outcome is not None:
+            status = outcome
+        elif "error" in statuses:
+            status = "error"
+        elif "failed" in statuses:
+            status = "failed"
+        elif statuses and statuses <= {"skipped"}:
+            status = "skipped"
+        else:
+            status = "passed" if self.started else "not-started"
+        try:
+            if self.started and not self._finished:
+                self.store.finish_run(self.run_id, now(), status)
+                self._finished = True
+        finally:
+            try:
+                for link in self.links.values():
+                    link.remove_outputs(self.run_id)
+                    link.close()
+            finally:
+                # The fetched outputs were read into memory job by job; without this every run leaves a tmp dir.
+                if self._tmp is not None:
+                    shutil.rmtree(self._tmp, ignore_errors=True)
+                    self._tmp = None
         return status
 
 

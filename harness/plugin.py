@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 _PIPELINE = pytest.StashKey["Any"]()
 _REPORT = pytest.StashKey["Path | None"]()
+_REPORT_ERROR = pytest.StashKey[str]()
 # One interleaved comparison per group and session, however many tests ask for it.
 _INTERLEAVED = pytest.StashKey["dict[str, _Interleaved]"]()
 
@@ -99,13 +100,18 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "requires(capability): skip jobs on devices without it (a runtime, a precision or a tag)"
     )
     lab_file = config.getoption("--lab")
-    if not lab_file:
+    if lab_file is None:
         return
+    if not lab_file.strip():
+        raise pytest.UsageError(
+            "edgebench: --lab: the value is empty; fix: pass an inventory file, e.g. --lab devices/local.yaml"
+        )
     from .catalog import load_catalog
     from .lab.inventory import load_lab
     from .paths import default_db_path, default_report_path
-    from .pipeline import Pipeline, measure_settings, stop_on_flag
-    from .store import Store
+    from .pipeline import Pipeline, backends_flag, measure_settings, stop_on_flag
+    from .report.render import check_report_target
+    from .store import Store, database_path
 
     try:
         lab = load_lab(Path(lab_file))
@@ -120,11 +126,14 @@ def pytest_configure(config: pytest.Config) -> None:
             repeats=config.getoption("--repeats"),
             stop_on=stop_on_flag(config.getoption("--stop-on")),
         )
-        store = Store(str(config.getoption("--db") or default_db_path()))  # after every check: no empty database
+        backends = backends_flag(config.getoption("--backends"))
+        db = config.getoption("--db") or default_db_path()
+        report = config.getoption("--report")
+        out = check_report_target(Path(report) if report else default_report_path(), database_path(db), flag="--report")
+        catalog = load_catalog(Path(config.getoption("--catalog")))
+        store = Store(db)  # after every check: no empty database
     except EdgebenchError as exc:
         raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
-    catalog = load_catalog(Path(config.getoption("--catalog")))
-    backends = config.getoption("--backends")
     config.stash[_PIPELINE] = Pipeline(
         lab,
         models,
@@ -132,11 +141,10 @@ def pytest_configure(config: pytest.Config) -> None:
         settings=settings,
         command="pytest",
         catalog=catalog,
-        backends={b.strip() for b in backends.split(",") if b.strip()} if backends else None,
+        backends=backends,
         native_size_only=config.getoption("--native-size"),
     )
-    report = config.getoption("--report")
-    config.stash[_REPORT] = Path(report) if report else default_report_path()
+    config.stash[_REPORT] = out
 
 
 def _pipeline(config: pytest.Config) -> Any:
@@ -270,15 +278,23 @@ def _edgebench_suite_properties(record_testsuite_property: Any, request: pytest.
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Mark the run and write its report; a session that ran no job (``--co``, all skipped early) records none."""
     pipeline = _pipeline(session.config)
     if pipeline is None:
         return
-    pipeline.finish()
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    pipeline.finish("interrupted" if interrupted and pipeline.started else None)
+    if not pipeline.started:
+        return
     from .report.render import write_report
 
     out = session.config.stash[_REPORT]
     assert out is not None
-    write_report(pipeline.store, pipeline.run_id, out)
+    try:
+        write_report(pipeline.store, pipeline.run_id, out, flag="--report")
+    except EdgebenchError as exc:
+        session.config.stash[_REPORT] = None
+        session.config.stash[_REPORT_ERROR] = exc.one_line()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -286,6 +302,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if pipeline is None:
         return
     terminalreporter.write_sep("-", "edgebench")
+    if not pipeline.started:
+        terminalreporter.write_line("no job ran: no run recorded, no report written")
+        return
     terminalreporter.write_line(f"run: {pipeline.run_id}")
-    terminalreporter.write_line(f"report: {config.stash[_REPORT]}")
-    terminalreporter.write_line(f"database: {pipeline.store.url.removeprefix('sqlite:///')}")
+    report = config.stash.get(_REPORT, None)
+    if report is not None:
+        terminalreporter.write_line(f"report: {report}")
+    else:
+        terminalreporter.write_line(f"report not written: {config.stash.get(_REPORT_ERROR, 'unknown reason')}")
+    terminalreporter.write_line(f"database: {pipeline.store.location}")

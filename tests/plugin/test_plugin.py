@@ -140,6 +140,17 @@ def test_requires_skips_a_device_without_the_capability(
     assert "must not run" not in result.stdout.str()
 
 
+def assert_no_run(db: Path) -> None:
+    """The database holds no run (what `edgebench results` says about it), or was never created."""
+    if not db.exists():
+        return
+    store = Store(db, read_only=True)
+    try:
+        assert store.list_runs() == []
+    finally:
+        store.close()
+
+
 def stored_results(db: Path) -> tuple[str, list[dict[str, Any]]]:
     """The latest run's id and its flat records, as `edgebench results --format json` prints them."""
     store = Store(db)
@@ -262,8 +273,10 @@ def test_without_interleave_the_groups_are_skipped_with_the_reason(
     result.stdout.fnmatch_lines(
         ["*test_interleaved[[]tiny-cnn@local[]] SKIPPED*", "*SKIPPED*pass --interleave to run the interleaved*"]
     )
-    # Skipped before any device time was spent: the run holds no results.
-    assert stored_results(out / "results.sqlite")[1] == []
+    # Skipped before any device time was spent: no run is recorded, no report written.
+    assert_no_run(out / "results.sqlite")
+    assert not (out / "report.html").exists()
+    result.stdout.fnmatch_lines(["*- edgebench -*", "no job ran: no run recorded, no report written"])
 
 
 def test_without_lab_the_interleaved_suite_is_skipped_with_the_reason(
@@ -323,6 +336,12 @@ def test_the_measurement_flags_reach_every_job(
     [
         (["--min-duration", "9"], "*edgebench: --min-duration: the minimum duration 9 s is longer than the time cap*"),
         (["--repeats", "2"], "*edgebench: --repeats: repeats 2 cannot give a between-run interval*fix: use 1*"),
+        (["--min-duration", "nan"], "*edgebench: --min-duration: nan is not a finite number of seconds; fix: *"),
+        (["--max-duration", "inf"], "*edgebench: --max-duration: inf is not a finite number of seconds; fix: *"),
+        (
+            ["--backends", "nosuch"],
+            "*edgebench: --backends: unknown backend 'nosuch'; fix: use one of: *onnxruntime*",
+        ),
     ],
 )
 def test_a_contradictory_measurement_flag_is_a_usage_error(
@@ -333,6 +352,63 @@ def test_a_contradictory_measurement_flag_is_a_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([expected])
     assert not (tmp_path / "out" / "results.sqlite").exists()
+
+
+def test_an_unknown_backend_is_one_usage_line_not_a_collection_error_per_suite(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_a=SUITE, test_b=SUITE)
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, tmp_path / "out"), "--backends", "nosuch")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if "edgebench:" in line]
+    assert len(errors) == 1 and "--backends: unknown backend 'nosuch'" in errors[0]
+    assert "Traceback" not in result.stderr.str() and "errors during collection" not in result.stdout.str()
+
+
+def test_an_empty_lab_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = run_inner(pytester, "--lab", "")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*edgebench: --lab: the value is empty; fix: pass an inventory file*"])
+
+
+def test_a_report_path_that_is_a_directory_is_a_usage_error_before_any_job(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    args = [*lab_args(local_lab, tiny_catalog, out)]
+    args[args.index("--report") + 1] = str(folder)
+    result = run_inner(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*edgebench: --report: report path {folder} is a directory; fix: *"])
+    assert not (out / "results.sqlite").exists() and list(folder.iterdir()) == []
+
+
+def test_a_report_onto_the_database_is_a_usage_error(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    args = [*lab_args(local_lab, tiny_catalog, out)]
+    args[args.index("--report") + 1] = str(out / "results.sqlite")
+    result = run_inner(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*edgebench: --report: report path * is the results database*"])
+
+
+def test_collect_only_records_no_run(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "--co", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*test_suite.py::test_latency[[]tiny-cnn/onnxruntime-fp32-t1/local[]]*"])
+    assert_no_run(out / "results.sqlite")
+    assert not (out / "report.html").exists()
 
 
 def test_options_appear_in_help(pytester: pytest.Pytester) -> None:
