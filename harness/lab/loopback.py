@@ -391,6 +391,38 @@ def _start_on_free_port(server: LoopbackServer, authorized_keys: Path, user: str
     raise last
 
 
+# The first line of every inventory lab_up writes: what lets it replace its own file, and only that.
+_WRITTEN_BY = "written by 'edgebench lab up'"
+
+
+def _written_by_lab_up(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError:
+        return False
+    return first.startswith("# A loopback lab:") and _WRITTEN_BY in first
+
+
+def check_out(out: Path, *, force: bool = False) -> None:
+    """Refuse an ``--out`` that is a directory, sits under a file, or is an inventory lab_up did not write."""
+    if out.is_dir():
+        raise ConfigError(
+            f"{out} is a directory", key="--out", fix=f"pass a file name, e.g. --out {out / 'loopback.yaml'}"
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{parent} is a file, not a directory", key="--out", fix="pass a path in a directory")
+            break
+    if out.exists() and not force and not _written_by_lab_up(out):
+        raise ConfigError(
+            f"{out} exists and was not written by 'edgebench lab up'; it is left as it is",
+            key="--out",
+            fix="pass a new file name, or add --force to replace it",
+        )
+
+
 def lab_up(
     n: int,
     out: Path,
@@ -398,11 +430,15 @@ def lab_up(
     runtimes: Sequence[Sequence[str] | None] | None = None,
     platform: Platform = "generic-linux",
     name: str = "loopback",
+    force: bool = False,
 ) -> Path:
     """Start ``n`` OpenSSH servers on 127.0.0.1 and write their inventory to ``out``; return its path.
 
     ``runtimes`` gives each device's declared runtimes (None: undeclared, found by ``devices check``).
+    ``out`` is checked before any server starts: it may be new or an inventory lab_up wrote (any file
+    with ``force``), never a directory.
     """
+    check_out(out, force=force)
     if n < 1:
         raise ConfigError(
             f"a lab needs at least one device (got {n})", key="--devices", fix="pass --devices 1 or more"
@@ -434,11 +470,28 @@ def lab_up(
             _keygen(server.host_key, f"edgebench-loopback-host-{index}")
             servers.append(_start_on_free_port(server, authorized, user))
             LabState(out, directory, tuple(servers)).save()  # saved as we go: a failure still stops these
-    except BaseException:
+        _write_inventory(LabState(out, directory, tuple(servers)), user, runtimes, platform, name)
+    except BaseException as exc:
+        # Nothing keeps running when the lab could not be written in full.
         for server in servers:
             stop_server(server)
+        if isinstance(exc, OSError):
+            raise LoopbackError(
+                f"cannot write the loopback lab's files: {exc.strerror or exc}", fix="pass --out a writable path"
+            ) from None
         raise
-    state = LabState(out, directory, tuple(servers))
+    return out
+
+
+def _write_inventory(
+    state: LabState,
+    user: str,
+    runtimes: Sequence[Sequence[str] | None] | None,
+    platform: Platform,
+    name: str,
+) -> None:
+    """known_hosts, ssh_config and the inventory of the started servers; the inventory must load."""
+    servers, out = state.servers, state.lab_file
     state.known_hosts.write_text("".join(s.known_hosts_line() + "\n" for s in servers), encoding="utf-8")
     _write_ssh_config(state, user)
     devices: list[dict[str, Any]] = []
@@ -462,13 +515,12 @@ def lab_up(
             device["runtimes"] = list(runtimes[index] or ())
         devices.append(device)
     header = (
-        f"# A loopback lab: {n} OpenSSH server(s) on 127.0.0.1, written by 'edgebench lab up'.\n"
+        f"# A loopback lab: {len(servers)} OpenSSH server(s) on 127.0.0.1, {_WRITTEN_BY}.\n"
         f"# Stop them with: edgebench lab down --lab {out}\n"
     )
     body = yaml.safe_dump({"schema_version": 1, "name": name, "devices": devices}, sort_keys=False)
     out.write_text(header + body, encoding="utf-8")
     load_lab(out)  # what we wrote must load
-    return out
 
 
 def _write_ssh_config(state: LabState, user: str) -> None:
