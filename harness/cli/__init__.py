@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -16,13 +17,29 @@ from .capacity import register as register_capacity
 from .interleave import register as register_interleave
 from .run import register
 
+# rich_markup_mode=None: plain click help. Typer's rich panels print '<bool>' after every flag
+# (--quick, --help), as if it took a value.
 app = typer.Typer(
     name="edgebench",
     help="Deploy CV models to a device lab, measure latency, parity and robustness, gate releases.",
+    epilog="Exit codes: 0 pass, 1 a gate failed, 2 bad input or a setup error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _global_flags(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show a traceback with an error (anywhere on the line; EDGEBENCH_DEBUG=1).")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step (anywhere on the line).")] = False,
+) -> None:
+    """Listed for --help; main() reads these flags wherever they are on the line and removes them first."""
+
+
 register(app)
 register_capacity(app)
 register_interleave(app)
@@ -48,6 +65,9 @@ def _usage_line(exc: Exception) -> str:
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None) or "edgebench"
     return f"{text}; fix: see '{command} --help'"
+
+
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"edgebench: error: {_usage_line(exc)}", file=sys.stderr)
         return 2
-    return int(result or 0)
+    code = int(result or 0)
+    if code == INTERRUPTED:  # typer turns Ctrl-C into this code; a started run is marked 'interrupted' by then
+        print("edgebench: interrupted", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..build.backends import get_backend
+from ..build.backends import BACKENDS, get_backend
 from ..catalog import load_catalog
-from ..errors import CapabilityMissing, ConfigError, EdgebenchError
+from ..errors import CapabilityMissing, ConfigError, EdgebenchError, UnknownNameError
 from ..lab.inventory import load_lab
-from ..paths import default_db_path
+from .runs import GLOBAL_FLAGS, DbOpt, finish_on_exit, nothing_measured, open_store
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -41,7 +41,7 @@ def capacity(
     models: Annotated[str, typer.Option("--models", help="Glob over catalog model names.")] = "*",
     fps: Annotated[str, typer.Option("--fps", help="Comma-separated frames per second per stream.")] = "30,60",
     catalog: Annotated[Path, typer.Option("--catalog", help="Model catalog directory.")] = Path("models"),
-    db: Annotated[Path | None, typer.Option("--db", help="Results database: SQLite path or postgresql:// URL.")] = None,
+    db: DbOpt = None,
     backend: Annotated[str, typer.Option("--backend", help="Backend that compiles and runs it.")] = "onnxruntime",
     precision: Annotated[str, typer.Option("--precision", help="Precision of the compiled model.")] = "fp32",
     threads: Annotated[
@@ -53,18 +53,28 @@ def capacity(
     from ..pipeline import Pipeline, measure_settings
     from ..records import Job, Variant
     from ..scenarios import fps_key, run_capacity
-    from ..store import Store
 
     rates = parse_fps(fps)
-    get_backend(backend)  # an unknown backend is an error listing the known ones, before any device work
+    # An unknown backend or precision is an error listing the known ones, before any run is recorded.
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, list(BACKENDS), key="--backend")
+    known = get_backend(backend).precisions
+    if precision not in known:
+        raise ConfigError(
+            f"{backend} has no precision {precision!r}", key="--precision", fix=f"use one of: {', '.join(known)}"
+        )
     lab_config = load_lab(lab)
     entries = load_catalog(catalog, models)
-    store = Store(str(db) if db is not None else default_db_path())
+    settings = measure_settings(lab_config)
+    store = open_store(db)
     command = "edgebench " + shlex.join(sys.argv[1:])
-    pipeline = Pipeline(lab_config, entries, store, settings=measure_settings(lab_config), command=command)
+    pipeline = Pipeline(lab_config, entries, store, settings=settings, command=command)
     table = Table("model", "device", *(f"streams @ {r:g} FPS" for r in rates), "status")
-    failed = False
-    try:
+    skipped: list[str] = []
+    errors: list[str] = []
+
+    def work() -> str | None:
+        measured = 0
         for entry in entries:
             for device in lab_config.devices:
                 variant = Variant(backend, precision, threads=threads, options=device.backend_options(backend))
@@ -72,22 +82,33 @@ def capacity(
                 try:
                     result, answers = run_capacity(pipeline, job, fps=rates, max_streams=max_streams)
                 except CapabilityMissing as exc:
+                    skipped.append(f"{job.id}: {exc.one_line()}")
                     table.add_row(entry.name, device.name, *("-" for _ in rates), f"skipped: {exc.one_line()}")
                     continue
                 except EdgebenchError as exc:
-                    failed = True
+                    errors.append(exc.one_line())
                     table.add_row(entry.name, device.name, *("-" for _ in rates), f"error: {exc.one_line()}")
                     continue
+                measured += 1
                 cells = []
                 for a in answers:
                     cells.append(f"{'>=' if a.capped else ''}{result.metrics[fps_key(a.fps)]}")
                 table.add_row(entry.name, device.name, *cells, "ok")
-    finally:
-        status = pipeline.finish()
+        # Errors are not results the store holds: the run's status says so.
+        return "error" if errors else "skipped" if not measured else None
+
+    status = finish_on_exit(pipeline, work)
     console.print(table)
-    print(f"run: {pipeline.run_id} ({status}); per-step P99: edgebench results --run {pipeline.run_id} --format json")
-    return 2 if failed else 0
+    if pipeline.started:
+        print(
+            f"run: {pipeline.run_id} ({status}); per-step P99: edgebench results --run {pipeline.run_id} --format json"
+        )
+    if status == "skipped":
+        raise nothing_measured(skipped, "capacity job")
+    if errors:
+        raise EdgebenchError(f"the capacity search failed for {len(errors)} model x device(s); the first: {errors[0]}")
+    return 0
 
 
 def register(app: typer.Typer) -> None:
-    app.command("capacity")(capacity)
+    app.command("capacity", epilog=GLOBAL_FLAGS)(capacity)

@@ -14,7 +14,7 @@ from rich.table import Table
 from ..catalog import load_catalog
 from ..errors import CapabilityMissing, EdgebenchError, ToolchainMissing
 from ..lab.inventory import load_lab
-from ..paths import default_db_path
+from .runs import GLOBAL_FLAGS, DbOpt, empty_plan, finish_on_exit, nothing_measured, open_store
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -25,7 +25,7 @@ def interleave(
     ),
     models: Annotated[str, typer.Option("--models", help="Glob over catalog model names.")] = "*",
     catalog: Annotated[Path, typer.Option("--catalog", help="Model catalog directory.")] = Path("models"),
-    db: Annotated[Path | None, typer.Option("--db", help="Results database: SQLite path or postgresql:// URL.")] = None,
+    db: DbOpt = None,
     backends: Annotated[
         str | None, typer.Option("--backends", help="Comma-separated backends (default: all the platform runs).")
     ] = None,
@@ -33,26 +33,33 @@ def interleave(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the round order (default: random).")] = None,
 ) -> int:
     """Run every variant of a model on a device in one process, shuffled round by round, with an A/A check."""
-    from ..pipeline import Pipeline, measure_settings
+    from ..pipeline import Pipeline, backends_flag, measure_settings
     from ..scenarios import buildable, interleave_groups, run_interleaved
-    from ..store import Store
 
     lab_config = load_lab(lab)
     entries = load_catalog(catalog, models)
-    store = Store(str(db) if db is not None else default_db_path())
+    settings = measure_settings(lab_config)
+    chosen_backends = backends_flag(backends)
+    store = open_store(db)
     pipeline = Pipeline(
         lab_config,
         entries,
         store,
-        settings=measure_settings(lab_config),
-        backends={b.strip() for b in backends.split(",") if b.strip()} if backends else None,
+        settings=settings,
+        backends=chosen_backends,
         native_size_only=True,
         command="edgebench " + shlex.join(sys.argv[1:]),
     )
     table = Table("model", "device", "variant", "P50 ms", "P99 ms", "mode", "A/A ratio", "status")
-    failed = False
-    try:
-        for group in interleave_groups(pipeline.plan(["latency"])):
+    skipped: list[str] = []
+    errors: list[str] = []
+
+    def work() -> str | None:
+        planned = pipeline.plan(["latency"])
+        if not planned:
+            raise empty_plan(pipeline, ["latency"], sizes_flag=None)
+        measured = 0
+        for group in interleave_groups(planned):
             jobs, unbuilt = buildable(pipeline, group.jobs)  # a variant this host cannot build is shown skipped
             for job in group.jobs:
                 if job.id in unbuilt:
@@ -60,16 +67,19 @@ def interleave(
                         group.model, group.device, job.variant.id, "-", "-", "-", "-", f"skipped: {unbuilt[job.id]}"
                     )
             if not jobs:
+                skipped.extend(f"{job_id}: {why}" for job_id, why in unbuilt.items())
                 continue
             try:
                 outcome = run_interleaved(pipeline, jobs, block=block, seed=seed)
             except (CapabilityMissing, ToolchainMissing) as exc:
+                skipped.append(f"{group.id}: {exc.one_line()}")
                 table.add_row(group.model, group.device, "-", "-", "-", "-", "-", f"skipped: {exc.one_line()}")
                 continue
             except EdgebenchError as exc:
-                failed = True
+                errors.append(exc.one_line())
                 table.add_row(group.model, group.device, "-", "-", "-", "-", "-", f"error: {exc.one_line()}")
                 continue
+            measured += 1
             ratio = f"{outcome.aa['ratio']:.4f}" if outcome.aa else "-"
             for r in outcome.results:
                 lat = r.latency
@@ -83,12 +93,20 @@ def interleave(
                     ratio,
                     r.status,
                 )
-    finally:
-        status = pipeline.finish()
+        # Errors are not results the store holds: the run's status says so.
+        return "error" if errors else "skipped" if not measured else None
+
+    status = finish_on_exit(pipeline, work)
     console.print(table)
-    print(f"run: {pipeline.run_id} ({status})")
-    return 2 if failed else 0
+    if pipeline.started:
+        print(f"run: {pipeline.run_id} ({status})")
+    if status == "skipped":
+        raise nothing_measured(skipped, "variant")
+    if errors:
+        groups = f"{len(errors)} model x device group(s)"
+        raise EdgebenchError(f"the interleaved comparison failed for {groups}; the first: {errors[0]}")
+    return 0
 
 
 def register(app: typer.Typer) -> None:
-    app.command("interleave")(interleave)
+    app.command("interleave", epilog=GLOBAL_FLAGS)(interleave)

@@ -20,7 +20,8 @@ from ..catalog import load_catalog
 from ..errors import ConfigError
 from ..lab.inventory import load_lab
 from ..paths import default_db_path, default_report_path
-from ..store import Store
+from ..store import database_path
+from .runs import GLOBAL_FLAGS, DbOpt, empty_plan, finish_on_exit, nothing_measured, open_store, skip_reasons
 
 if TYPE_CHECKING:  # records pulls in scipy; the CLI starts faster without it
     from ..records import JobResult
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # records pulls in scipy; the CLI starts faster without it
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 LabOpt = Annotated[Path, typer.Option("--lab", help="Inventory YAML, e.g. devices/local.yaml.")]
-DbOpt = Annotated[Path | None, typer.Option("--db", help="Results database: a SQLite path or a postgresql:// URL.")]
 RunOpt = Annotated[str, typer.Option("--run", help="'latest' or a run id (a unique prefix is enough).")]
 
 
@@ -48,8 +48,15 @@ def _print_result(result: JobResult) -> None:
     console.print(f"[{style}]{result.status.upper():7}[/] {escape(result.job_id)}  {escape(result.message)}")
 
 
-def _store(db: Path | None) -> Store:
-    return Store(str(db) if db is not None else default_db_path())
+def parse_kinds(text: str) -> list[str]:
+    """``--kinds``'s comma-separated job kinds, checked."""
+    chosen = list(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    unknown = sorted(set(chosen) - {"latency", "robustness"})
+    if unknown:
+        raise ConfigError(f"unknown job kind {unknown[0]!r}", key="--kinds", fix="use latency and/or robustness")
+    if not chosen:
+        raise ConfigError(f"no job kind in {text!r}", key="--kinds", fix="use latency and/or robustness")
+    return chosen
 
 
 def run(
@@ -93,9 +100,10 @@ def run(
     ] = None,
 ) -> int:
     """Build, deploy and measure every model variant on every device of a lab; store; report."""
-    from ..pipeline import Pipeline, measure_settings, stop_on_flag
-    from ..report.render import write_report
+    from ..pipeline import Pipeline, backends_flag, measure_settings, stop_on_flag
+    from ..report.render import check_report_target, write_report
 
+    # Every input is checked before the database is opened or a run recorded.
     lab_config = load_lab(lab)
     entries = load_catalog(catalog, models)
     settings = measure_settings(
@@ -108,33 +116,38 @@ def run(
         repeats=repeats,
         stop_on=stop_on_flag(stop_on),
     )
-    store = _store(db)
-    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
-    unknown = sorted(set(chosen) - {"latency", "robustness"})
-    if unknown:
-        raise ConfigError(f"unknown job kind {unknown[0]!r}", key="--kinds", fix="use latency and/or robustness")
+    chosen = parse_kinds(kinds)
+    chosen_backends = backends_flag(backends)
+    target = db if db is not None else default_db_path()
+    out = check_report_target(report or default_report_path(), database_path(target), flag="--report")
+    store = open_store(db)
     pipeline = Pipeline(
         lab_config,
         entries,
         store,
         catalog=load_catalog(catalog),
-        backends={b.strip() for b in backends.split(",") if b.strip()} if backends else None,
+        backends=chosen_backends,
         native_size_only=not all_sizes,
         settings=settings,
         command="edgebench " + shlex.join(sys.argv[1:]),
         on_result=_print_result,
     )
-    jobs = pipeline.plan(chosen)
-    console.print(f"run {pipeline.run_id}: {len(jobs)} job(s) on {len(lab_config.devices)} device(s)")
-    try:
+
+    def work() -> None:
+        jobs = pipeline.plan(chosen)
+        if not jobs:
+            raise empty_plan(pipeline, chosen)
+        console.print(f"run {pipeline.run_id}: {len(jobs)} job(s) on {len(lab_config.devices)} device(s)")
         for job in jobs:
             pipeline.run_job(job)
-    finally:
-        status = pipeline.finish()
-    out = write_report(store, pipeline.run_id, report or default_report_path())
+
+    status = finish_on_exit(pipeline, work)
+    out = write_report(store, pipeline.run_id, out, flag="--report")
     print(f"report: {out.resolve()}")
-    print(f"database: {store.url.removeprefix('sqlite:///')}")
+    print(f"database: {store.location}")
     print(f"run: {pipeline.run_id} ({status})")
+    if status == "skipped":
+        raise nothing_measured(skip_reasons(pipeline.results))
     return {"passed": 0, "failed": 1}.get(status, 2)
 
 
@@ -158,7 +171,19 @@ def results(
     runs: Annotated[bool, typer.Option("--runs", help="List runs instead of results.")] = False,
 ) -> int:
     """Print a run's results (or the list of runs)."""
-    store = _store(db)
+    if runs and format_ is Format.pytest_benchmark:
+        raise ConfigError(
+            "the pytest-benchmark format exports one run's results, not the list of runs",
+            key="--runs",
+            fix="list runs with --format json, csv or table, or drop --runs",
+        )
+    if runs and run_ != "latest":
+        raise ConfigError(
+            f"--runs lists every run, so --run {run_!r} has nothing to choose",
+            key="--runs",
+            fix="drop --run to list runs, or drop --runs to show that run's results",
+        )
+    store = open_store(db, read_only=True)
     if format_ is Format.pytest_benchmark:
         from ..report.pytest_benchmark import export_run
 
@@ -193,12 +218,19 @@ def _table(rows: list[dict[str, Any]], runs: bool) -> None:
 
     out = Console(highlight=False)
     if runs:
-        table = Table("run", "started", "status", "lab", "git")
+        table = Table()
+        # Ids are what a user copies into --run: folded onto a second line, never cut.
+        table.add_column("run", overflow="fold", min_width=12)
+        for column in ("started", "status", "lab", "git"):
+            table.add_column(column, overflow="fold")
         for r in rows:
             table.add_row(r["id"], r["started_at"], r["status"], r["lab_name"] or "", (r["git_sha"] or "")[:10])
         out.print(table)
         return
-    table = Table("job", "kind", "n", "P50 ms", "P95 ms", "P99 ms", "valid", "status")
+    table = Table()
+    table.add_column("job", overflow="fold")  # a job id names model/variant/device: folded, never cut
+    for column in ("kind", "n", "P50 ms", "P95 ms", "P99 ms", "valid", "status"):
+        table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(
             r["job_id"],
@@ -223,15 +255,17 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", help="Where to write the HTML file.")] = None,
 ) -> int:
     """Render one self-contained HTML report of a run."""
-    from ..report.render import write_report
+    from ..report.render import check_report_target, write_report
 
-    store = _store(db)
-    path = write_report(store, store.resolve_run(run_), out or default_report_path())
+    target = db if db is not None else default_db_path()
+    path = check_report_target(out or default_report_path(), database_path(target), flag="--out")
+    store = open_store(db, read_only=True)
+    path = write_report(store, store.resolve_run(run_), path)
     print(f"report: {path.resolve()}")
     return 0
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run)
-    app.command("results")(results)
-    app.command("report")(report)
+    app.command("run", epilog=GLOBAL_FLAGS)(run)
+    app.command("results", epilog=GLOBAL_FLAGS)(results)
+    app.command("report", epilog=GLOBAL_FLAGS)(report)

@@ -1,0 +1,97 @@
+"""What the commands that make or read a run share: the --db option, marking a run on every exit, and
+refusing a run that measured nothing.
+
+A run is recorded at its first job (``Pipeline.start``), so a command that fails on its input before
+then leaves no run behind; once started, it is marked ``interrupted`` on Ctrl-C and ``error`` on any
+other exception, never left ``running``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..errors import ConfigError
+from ..paths import default_db_path
+from ..store import Store
+
+if TYPE_CHECKING:  # the pipeline pulls in scipy and the build code; help and read commands start faster
+    from ..pipeline import Pipeline
+    from ..records import JobResult
+
+# str, not Path: a Path collapses the '//' of postgresql://host/db into a file name.
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Results database: a SQLite path or a URL such as postgresql://user@host/db."),
+]
+
+GLOBAL_FLAGS = "Anywhere on the line: --debug shows tracebacks, --verbose (-v) logs each step."
+
+
+def open_store(db: str | None, *, read_only: bool = False) -> Store:
+    """The store ``--db`` names (default: the user's results database); readers never create one."""
+    return Store(db if db is not None else default_db_path(), read_only=read_only)
+
+
+def finish_on_exit(pipeline: Pipeline, work: Callable[[], str | None]) -> str:
+    """Run ``work`` (it returns an outcome for ``Pipeline.finish``, or None) and mark the run however it ends."""
+    try:
+        outcome = work()
+    except KeyboardInterrupt:
+        pipeline.finish("interrupted")
+        raise
+    except BaseException:
+        pipeline.finish("error")
+        raise
+    return pipeline.finish(outcome)
+
+
+def empty_plan(pipeline: Pipeline, kinds: Sequence[str], *, sizes_flag: str | None = "--all-sizes") -> ConfigError:
+    """Why the plan has no job, naming the filter that emptied it."""
+    from ..pipeline import has_labels
+    from ..plan import plan_variants
+
+    lab = pipeline.lab
+    where = f"lab {lab.name!r}" + (f" ({lab.lab_file})" if lab.lab_file else "")
+    if "latency" not in kinds and not any(has_labels(m) for m in pipeline.models):
+        names = ", ".join(m.name for m in pipeline.models)
+        return ConfigError(
+            f"robustness needs a labelled eval set and no chosen model has one ({names})",
+            key="--kinds",
+            fix="add latency to --kinds, or choose a model with labels (--models)",
+        )
+    unfiltered = {
+        v.backend
+        for m in pipeline.models
+        for d in lab.devices
+        for v in plan_variants(m, d, pipeline.profile(d), backends=None)
+    }
+    if pipeline.backends is not None and not unfiltered & pipeline.backends:
+        asked = ", ".join(sorted(pipeline.backends))
+        runs = ", ".join(sorted(unfiltered)) or "none"
+        return ConfigError(
+            f"no device of {where} runs {asked}, so no job was planned",
+            key="--backends",
+            fix=f"use backends its devices run: {runs}",
+        )
+    if not unfiltered:
+        return ConfigError(
+            f"no device of {where} runs any backend of its platform, so no job was planned",
+            key="runtimes",
+            fix="check each device's platform: and runtimes: in the lab file (edgebench devices check --lab FILE)",
+        )
+    fix = f"pass {sizes_flag} to plan the catalog's input_sizes" if sizes_flag else "check input_sizes: in the catalog"
+    return ConfigError("the chosen models plan no variant at their own input size", key="input_sizes", fix=fix)
+
+
+def nothing_measured(skipped: Sequence[str], what: str = "job") -> ConfigError:
+    """Every job (or group) was skipped: an error naming the first reason, not a pass."""
+    first = skipped[0] if skipped else "no reason recorded"
+    fix = None if "fix:" in first else "check the lab: edgebench devices check --lab FILE"
+    return ConfigError(f"all {len(skipped)} {what}(s) were skipped, nothing was measured; the first: {first}", fix=fix)
+
+
+def skip_reasons(results: Sequence[JobResult]) -> list[str]:
+    return [f"{r.job_id}: {r.message}" for r in results if r.status == "skipped"]
