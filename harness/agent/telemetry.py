@@ -123,11 +123,6 @@ def _star_part(pattern: str, path: str) -> str:
     return os.path.basename(path)
 
 
-def _cpu_order(path: str) -> tuple[int, str]:
-    match = re.search(r"/cpu(\d+)/", path)
-    return (int(match.group(1)) if match else 1 << 30, path)
-
-
 class SysfsProbe:
     """Files matching one glob, each value x ``scale``; named by ``name_file`` or the matched component."""
 
@@ -139,7 +134,7 @@ class SysfsProbe:
     def start(self) -> None:
         """Resolve the glob and the sensor names once: the sampler thread then reads only the values."""
         spec = self.spec
-        for path in sorted(glob.glob(spec.path), key=_cpu_order):
+        for path in sorted(glob.glob(spec.path), key=facts.cpu_order):
             name = facts.read_text(os.path.join(os.path.dirname(path), spec.name_file)) if spec.name_file else None
             self._files.append((path, _slug(name or _star_part(spec.path, path))))
         if not self._files:
