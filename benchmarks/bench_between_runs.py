@@ -19,7 +19,9 @@ runner processes, each combined by ``harness.measure.repeats.between_runs`` (the
 runs' percentiles, with a Student-t interval from their spread). Each group's interval is checked
 against the pooled percentile of all twelve jobs and against that of the nine jobs outside the group,
 the runs it did not see. (With ``--repeats`` only the first process runs the eval pass; here every
-job does, so these runs are about a second further apart.)
+job does, so these runs are about a second further apart.) The same twelve jobs are also grouped
+across the run, (0, 4, 8), (1, 5, 9) and so on: what three repeats spread over the whole run, rather
+than back to back, would report, on the same samples.
 
 pytest-benchmark times the host summary (all percentiles, intervals and effective counts) of one job.
 """
@@ -80,16 +82,27 @@ def _job_row(result: JobResult, references: dict[float, float]) -> dict[str, Any
     return row
 
 
-def _repeat_groups(results: list[JobResult], references: dict[float, float]) -> list[dict[str, Any]]:
-    """Consecutive jobs taken REPEATS at a time as one repeated job: its between-run intervals, and what they hold."""
+def _consecutive(jobs: int) -> list[list[int]]:
+    """Groups of REPEATS jobs one after another, as ``--repeats`` runs them: (0, 1, 2), (3, 4, 5), ..."""
+    return [list(range(start, start + REPEATS)) for start in range(0, jobs - REPEATS + 1, REPEATS)]
+
+
+def _spread(jobs: int) -> list[list[int]]:
+    """Groups of REPEATS jobs spread across the whole run: (0, 4, 8), (1, 5, 9), ... for twelve jobs."""
+    stride = jobs // REPEATS
+    return [[first + k * stride for k in range(REPEATS)] for first in range(stride)]
+
+
+def _repeat_groups(
+    results: list[JobResult], references: dict[float, float], memberships: list[list[int]]
+) -> list[dict[str, Any]]:
+    """Each group of jobs read as one repeated job: its between-run intervals, and what they hold."""
     summaries = [r.latency for r in results if r.latency is not None]
     samples = [np.asarray(r.samples_ns) for r in results if r.samples_ns is not None]
     assert len(summaries) == len(samples) == len(results), "every job measured"
     groups = []
-    for start in range(0, len(results) - REPEATS + 1, REPEATS):
-        members = range(start, start + REPEATS)
-        inside = slice(start, start + REPEATS)
-        combined = between_runs(summaries[inside], np.concatenate(samples[inside])).summary
+    for members in memberships:
+        combined = between_runs([summaries[i] for i in members], np.concatenate([samples[i] for i in members])).summary
         rest = np.concatenate([s for i, s in enumerate(samples) if i not in members]).astype(np.float64) / 1e6
         row: dict[str, Any] = {"jobs": list(members)}
         for q, estimate in ((0.5, combined.p50), (0.95, combined.p95), (0.99, combined.p99)):
@@ -140,14 +153,17 @@ def test_how_far_one_jobs_interval_carries_to_the_next_job(benchmark: Any, tmp_p
     for label in ("p50", "p95", "p99"):
         numbers[f"{label}_holds_pooled"] = sum(row[label]["holds_pooled"] for row in rows)
         numbers[f"{label}_independent_holds_pooled"] = sum(row[label]["independent_holds_pooled"] for row in rows)
-    groups = _repeat_groups(results, references)
-    numbers["repeat_groups"] = groups
-    for label in ("p50", "p95", "p99"):
-        numbers[f"repeats{REPEATS}_{label}_holds_pooled"] = sum(g[label]["holds_pooled"] for g in groups)
-        numbers[f"repeats{REPEATS}_{label}_holds_others"] = sum(g[label]["holds_others"] for g in groups)
-        numbers[f"repeats{REPEATS}_{label}_median_half_width"] = statistics.median(
-            g[label]["half_width"] for g in groups
-        )
+    # "repeats3_*": consecutive groups, as --repeats 3 runs today; "spread3_*": the same jobs grouped
+    # across the whole run, what repeats spread over a run's passes would give.
+    for prefix, memberships in (("repeats", _consecutive(JOBS)), ("spread", _spread(JOBS))):
+        groups = _repeat_groups(results, references, memberships)
+        numbers[f"{prefix}_groups"] = groups
+        for label in ("p50", "p95", "p99"):
+            numbers[f"{prefix}{REPEATS}_{label}_holds_pooled"] = sum(g[label]["holds_pooled"] for g in groups)
+            numbers[f"{prefix}{REPEATS}_{label}_holds_others"] = sum(g[label]["holds_others"] for g in groups)
+            numbers[f"{prefix}{REPEATS}_{label}_median_half_width"] = statistics.median(
+                g[label]["half_width"] for g in groups
+            )
     save_numbers("between-runs-mobilenetv2-style", numbers)
 
     # The experiment is only read if every job measured what it was asked to.
