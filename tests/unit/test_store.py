@@ -66,24 +66,29 @@ def test_a_fresh_database_is_created_at_the_current_schema(tmp_path: Path) -> No
     assert version_of(f"sqlite:///{path}") == SCHEMA_VERSION
 
 
-def test_a_version_1_database_migrates_without_losing_rows(
-    tmp_path: Path, make_result: MakeResult, make_run: MakeRun
-) -> None:
-    path = tmp_path / "old.sqlite"
-    url = f"sqlite:///{path}"
+def _version_1_database(url: str, run: RunInfo, result: JobResult) -> None:
+    """A database as a version-1 edgebench left it, holding one run with one result (the store's own
+    writes use only version-1 tables, so they stand in for the old code's)."""
     engine = create_engine(url)
     with engine.begin() as conn:
         create_v1_tables(conn)
         conn.execute(schema_info.insert().values(id=1, version=1))
     engine.dispose()
     assert "device_health" not in inspect(create_engine(url)).get_table_names()
-    # Rows written by a version-1 edgebench: the store's own writes use only v1 tables.
     old = Store.__new__(Store)
     old.url, old.engine = url, create_engine(url)
-    old.start_run(make_run("oldrun000001"))
-    stored = make_result("oldrun000001")
-    old.add_result(stored)
+    old.start_run(run)
+    old.add_result(result)
     old.close()
+
+
+def test_a_version_1_database_migrates_without_losing_rows(
+    tmp_path: Path, make_result: MakeResult, make_run: MakeRun
+) -> None:
+    path = tmp_path / "old.sqlite"
+    url = f"sqlite:///{path}"
+    stored = make_result("oldrun000001")
+    _version_1_database(url, make_run("oldrun000001"), stored)
     assert version_of(url) == 1
 
     store = Store(path)
@@ -288,16 +293,7 @@ def test_a_reader_refuses_a_database_without_the_schema_table_and_leaves_it_alon
 def test_a_reader_neither_migrates_nor_writes(tmp_path: Path, make_result: MakeResult, make_run: MakeRun) -> None:
     path = tmp_path / "old.sqlite"
     url = f"sqlite:///{path}"
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        create_v1_tables(conn)
-        conn.execute(schema_info.insert().values(id=1, version=1))
-    engine.dispose()
-    old = Store.__new__(Store)
-    old.url, old.engine = url, create_engine(url)
-    old.start_run(make_run("oldrun000001"))
-    old.add_result(make_result("oldrun000001"))
-    old.close()
+    _version_1_database(url, make_run("oldrun000001"), make_result("oldrun000001"))
     reader = Store(path, read_only=True)
     try:
         assert reader.resolve_run("latest") == "oldrun000001"
