@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _PIPELINE = pytest.StashKey["Any"]()
 _REPORT = pytest.StashKey["Path | None"]()
 _REPORT_ERROR = pytest.StashKey[str]()
+_ALL_SKIPPED = pytest.StashKey[str]()  # the first skip reason, when every job of the run was skipped
 # One interleaved comparison per group and session, however many tests ask for it.
 _INTERLEAVED = pytest.StashKey["dict[str, _Interleaved]"]()
 
@@ -283,9 +284,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if pipeline is None:
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-    pipeline.finish("interrupted" if interrupted and pipeline.started else None)
+    status = pipeline.finish("interrupted" if interrupted and pipeline.started else None)
     if not pipeline.started:
         return
+    if status == "skipped" and session.exitstatus == pytest.ExitCode.OK:
+        # Every job skipped (devices offline, a missing key): pytest would call that a pass, and a
+        # nightly lab that measured nothing would go green. Exit as pytest does when nothing ran.
+        session.config.stash[_ALL_SKIPPED] = next((r.message for r in pipeline.results if r.message), "")
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
     from .report.render import write_report
 
     out = session.config.stash[_REPORT]
@@ -306,6 +312,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line("no job ran: no run recorded, no report written")
         return
     terminalreporter.write_line(f"run: {pipeline.run_id}")
+    if _ALL_SKIPPED in config.stash:
+        terminalreporter.write_line(
+            f"every job was skipped, nothing was measured (exit status 5): {config.stash[_ALL_SKIPPED]}"
+        )
     report = config.stash.get(_REPORT, None)
     if report is not None:
         terminalreporter.write_line(f"report: {report}")

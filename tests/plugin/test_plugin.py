@@ -399,6 +399,38 @@ def test_a_report_onto_the_database_is_a_usage_error(
     result.stderr.fnmatch_lines(["*edgebench: --report: report path * is the results database*"])
 
 
+def test_a_session_where_every_job_was_skipped_does_not_exit_0(
+    pytester: pytest.Pytester, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    """The lab's only device cannot be reached (its key file is missing), so every job is skipped with
+    the reason: the nightly CI must not read that as a pass. The run is recorded as skipped."""
+    import sys
+
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(
+        "schema_version: 1\nname: unreachable\ndevices:\n  - name: board\n    platform: generic-linux\n"
+        f"    host: 127.0.0.1\n    port: 1\n    user: nobody\n    identity: {tmp_path / 'no-such-key'}\n"
+        f"    known_hosts: {tmp_path / 'known_hosts'}\n    python: {sys.executable}\n    runtimes: [onnxruntime]\n"
+        "    threads: 1\n",
+        encoding="utf-8",
+    )
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(lab, tiny_catalog, out), "-rs")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines(
+        [f"every job was skipped, nothing was measured (exit status 5): *identity file {tmp_path / 'no-such-key'}*"]
+    )
+    _, rows = stored_results(out / "results.sqlite")
+    assert rows and {r["status"] for r in rows} == {"skipped"}
+    store = Store(out / "results.sqlite", read_only=True)
+    try:
+        assert [r["status"] for r in store.list_runs()] == ["skipped"]
+    finally:
+        store.close()
+
+
 def test_collect_only_records_no_run(
     pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
 ) -> None:
