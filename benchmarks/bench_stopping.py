@@ -43,7 +43,7 @@ from benchmarks.conftest import save_numbers
 from harness.catalog import load_catalog
 from harness.lab.inventory import Device, Lab
 from harness.measure.stability import StopRule, stop_decision
-from harness.measure.stats import half_width_ratio
+from harness.measure.stats import REPORTED_PERCENTILES, half_width_ratio
 from harness.pipeline import MeasureSettings, Pipeline
 from harness.records import Job, JobResult, Variant
 from harness.store import Store
@@ -132,7 +132,7 @@ def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) ->
     median_diff = harness_p50 / app_median - 1.0
     records = [r.flat() for _, r in runs]
     rule = StopRule(
-        percentiles=(0.99,),
+        percentiles=tuple(REPORTED_PERCENTILES[label] for label in SETTINGS.stop_on),
         min_iterations=SETTINGS.min_iterations,
         min_duration_s=SETTINGS.min_duration_s,
         max_duration_s=SETTINGS.max_duration_s,

@@ -12,6 +12,7 @@ host recomputes every step's percentile and the answer from the raw samples.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import threading
@@ -49,8 +50,12 @@ def _stream(
         k += 1
 
 
+@functools.lru_cache(maxsize=None)  # noqa: UP033 - functools.cache is Python 3.9+, the runner supports 3.8
 def valid_floor(q: float, confidence: float = 0.95) -> int:
-    """The fewest samples that give the q-quantile an order-statistic interval (368 for P99): VALID."""
+    """The fewest samples that give the q-quantile an order-statistic interval (368 for P99): VALID.
+
+    The host's ``min_samples_for_interval``, found here by search (the runner imports nothing from
+    harness); cached, since every step of a search asks for the same one."""
     n = 1
     while interval_ranks(n, q, confidence) is None:
         n += 1

@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..build.backends import BACKENDS, get_backend
+from ..build.backends import get_backend
 from ..catalog import load_catalog
-from ..errors import CapabilityMissing, ConfigError, EdgebenchError, UnknownNameError
+from ..errors import CapabilityMissing, ConfigError, EdgebenchError
 from ..lab.inventory import load_lab
 from .runs import GLOBAL_FLAGS, DbOpt, finish_on_exit, nothing_measured, open_store
 
@@ -50,14 +50,13 @@ def capacity(
     max_streams: Annotated[int, typer.Option("--max-streams", min=1, help="Upper end of the search.")] = 64,
 ) -> int:
     """Raise concurrent streams until P99 exceeds the frame interval (1000/F ms); report streams per device."""
-    from ..pipeline import Pipeline, measure_settings
+    from ..pipeline import Pipeline, backends_flag, measure_settings
     from ..records import Job, Variant
     from ..scenarios import fps_key, run_capacity
 
     rates = parse_fps(fps)
     # An unknown backend or precision is an error listing the known ones, before any run is recorded.
-    if backend not in BACKENDS:
-        raise UnknownNameError("backend", backend, list(BACKENDS), key="--backend")
+    backends_flag(backend, flag="--backend")
     known = get_backend(backend).precisions
     if precision not in known:
         raise ConfigError(

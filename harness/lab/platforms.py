@@ -139,9 +139,10 @@ class PlatformProfile(Strict):
                     "unknown backend '{name}'; known: {known}",
                     {"name": name, "known": known, "at": (name,), "fix": "name one of the known backends"},
                 )
-            supported = ", ".join(get_backend(name).precisions)
+            known_precisions = get_backend(name).precisions
+            supported = ", ".join(known_precisions)
             for precision in precisions:
-                if precision not in get_backend(name).precisions:
+                if precision not in known_precisions:
                     raise PydanticCustomError(
                         "unknown_precision",
                         "backend '{name}' does not support precision '{precision}'; supported: {supported}",
