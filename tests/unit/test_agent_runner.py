@@ -216,8 +216,8 @@ def test_min_iterations_is_a_floor_the_time_cap_does_not_cut() -> None:
 def test_samples_precise_enough_when_the_cap_is_reached_are_reported_as_converged() -> None:
     """A slow model whose 400-call floor outlasts the time cap, with its P50 well within target at
     that point: the stop reason says it converged, as the host's stop_decision says of the same
-    samples, not that the clock ran out. (P50 alone, at 50%: a sleep's rare slow wake-up must not
-    decide what this checks.)"""
+    samples, not that the clock ran out. (P50 alone, at 50%: a rare preempted call must not decide
+    what this checks.)"""
     import time
 
     from harness.agent.loop import timed_loop
@@ -225,7 +225,12 @@ def test_samples_precise_enough_when_the_cap_is_reached_are_reported_as_converge
     from harness.measure.stability import StopRule, stop_decision
 
     stop = StopSpec(percentiles=(0.5,), min_iterations=400, min_duration_s=0.0, max_duration_s=0.05, max_half_width=0.5)
-    samples, reason, elapsed = timed_loop(lambda: time.sleep(0.0005), stop)
+    def call() -> None:  # a steady 0.5 ms: a busy wait, since a sleep wakes late by whole ms under load
+        until = time.perf_counter() + 0.0005
+        while time.perf_counter() < until:
+            pass
+
+    samples, reason, elapsed = timed_loop(call, stop)
     assert (reason, len(samples)) == ("converged", 400) and elapsed >= 0.05
     rule = StopRule((0.5,), 0.5, min_iterations=400, min_duration_s=0.0, max_duration_s=0.05)
     assert stop_decision(np.asarray(samples), elapsed, rule) == "converged"
