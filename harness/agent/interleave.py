@@ -17,14 +17,24 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .loop import Watch, converged, latency_input, no_gc, perf_ns, warm_up
+from .loop import Watch, converged, latency_input, no_gc, perf_ns, poller, warm_up
 from .protocol import InterleaveSpec, StopSpec
+from .thermal import Sampler
 
 
 def rounds(
-    runs: Sequence[Callable[[], None]], stop: StopSpec, block: int, block_warmup: int, seed: int
+    runs: Sequence[Callable[[], None]],
+    stop: StopSpec,
+    block: int,
+    block_warmup: int,
+    seed: int,
+    sampler: Sampler | None = None,
 ) -> tuple[list[list[int]], str, int, float]:
-    """Time every run in shuffled rounds until all converge or a cap hits; (samples, reason, rounds, seconds)."""
+    """Time every run in shuffled rounds until all converge or a cap hits; (samples, reason, rounds, seconds).
+
+    ``sampler`` takes its readings between calls when they are due, never inside a timed one.
+    """
+    poll, due = poller(sampler)
     rng = random.Random(seed)
     samples: list[list[int]] = [[] for _ in runs]
     order = list(range(len(runs)))
@@ -45,7 +55,10 @@ def rounds(
             for _ in range(size):
                 t0 = perf_ns()
                 run()
-                append(perf_ns() - t0)
+                t1 = perf_ns()
+                append(t1 - t0)
+                if t1 >= due:
+                    due = poll(t1)
         count += 1
         n = min(len(s) for s in samples)
         elapsed = time.monotonic() - started
@@ -79,11 +92,16 @@ def interleave(sessions: Sequence[tuple[Any, float]], spec: InterleaveSpec) -> d
             session = sessions[i][0]
             t0 = perf_ns()
             session.run_bound()
-            record["first_inference_ms"] = (perf_ns() - t0) / 1e6
-            record["warmup_iterations"], record["warmup_stable"] = warm_up(session.run_bound, spec.warmup)
+            t1 = perf_ns()
+            record["first_inference_ms"] = (t1 - t0) / 1e6
+            watch.sampler.poll(t1)
+            warmed = warm_up(session.run_bound, spec.warmup, watch.sampler)
+            record["warmup_iterations"], record["warmup_stable"] = warmed
         runs = [session.run_bound for session, _ in sessions]
         with no_gc():
-            samples, reason, count, duration = rounds(runs, spec.stop, spec.block, spec.block_warmup, spec.seed)
+            samples, reason, count, duration = rounds(
+                runs, spec.stop, spec.block, spec.block_warmup, spec.seed, watch.sampler
+            )
     finally:
         watched = watch.finish()
     for i, record in enumerate(variants):

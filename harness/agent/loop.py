@@ -89,8 +89,19 @@ def converged(samples: list[int], stop: StopSpec, dependence: bool = True) -> bo
     return True
 
 
-def warm_up(run: Callable[[], None], spec: WarmupSpec) -> tuple[int, bool]:
-    """Run windows until the last ``windows`` window medians agree within tolerance; return (count, stable)."""
+def poller(sampler: thermal.Sampler | None) -> tuple[Callable[[int], int], int]:
+    """(poll, first due time) for the loops: a sampler's, or one never due when there is none."""
+    if sampler is None:
+        return (lambda now_ns: thermal.NEVER_NS), thermal.NEVER_NS
+    return sampler.poll, sampler.next_ns
+
+
+def warm_up(run: Callable[[], None], spec: WarmupSpec, sampler: thermal.Sampler | None = None) -> tuple[int, bool]:
+    """Run windows until the last ``windows`` window medians agree within tolerance; return (count, stable).
+
+    ``sampler`` takes its readings between calls when they are due (``thermal``).
+    """
+    poll, due = poller(sampler)
     medians: list[float] = []
     count = 0
     while count < spec.max_iterations:
@@ -98,7 +109,10 @@ def warm_up(run: Callable[[], None], spec: WarmupSpec) -> tuple[int, bool]:
         for _ in range(spec.window):
             t0 = perf_ns()
             run()
-            window.append(perf_ns() - t0)
+            t1 = perf_ns()
+            window.append(t1 - t0)
+            if t1 >= due:
+                due = poll(t1)
         count += spec.window
         medians.append(float(np.median(window)))
         if count >= spec.min_iterations and len(medians) >= spec.windows:
@@ -108,16 +122,25 @@ def warm_up(run: Callable[[], None], spec: WarmupSpec) -> tuple[int, bool]:
     return count, False
 
 
-def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str, float]:
-    """Time ``run`` call by call; return raw samples (ns), why it stopped and the wall time."""
+def timed_loop(
+    run: Callable[[], None], stop: StopSpec, sampler: thermal.Sampler | None = None
+) -> tuple[list[int], str, float]:
+    """Time ``run`` call by call; return raw samples (ns), why it stopped and the wall time.
+
+    ``sampler`` takes its readings between calls when they are due, never inside a timed one.
+    """
     samples: list[int] = []
     append = samples.append
+    poll, due = poller(sampler)
     started = time.monotonic()
     if stop.iterations is not None:
         for _ in range(stop.iterations):
             t0 = perf_ns()
             run()
-            append(perf_ns() - t0)
+            t1 = perf_ns()
+            append(t1 - t0)
+            if t1 >= due:
+                due = poll(t1)
         return samples, "fixed_count", time.monotonic() - started
     next_check = stop.min_iterations
     # The effective count costs an FFT per percentile (70 ms each at 3e5 samples). While bursts keep a
@@ -132,7 +155,10 @@ def timed_loop(run: Callable[[], None], stop: StopSpec) -> tuple[list[int], str,
         for _ in range(chunk):
             t0 = perf_ns()
             run()
-            append(perf_ns() - t0)
+            t1 = perf_ns()
+            append(t1 - t0)
+            if t1 >= due:
+                due = poll(t1)
         elapsed = time.monotonic() - started
         at_cap = len(samples) >= stop.max_iterations or elapsed >= stop.max_duration_s
         # Convergence is checked before the caps, as the host's stop_decision does: samples that are
@@ -214,11 +240,12 @@ class Watch:
         # The "before" reading is the reference for every rise and drop: it must hold the tools' values.
         self.probes.wait_for_first_records(timeout_s=3.0)
         self.before = thermal.reading(self.origin, self.probes)
-        self.sampler = thermal.Sampler(spec.interval_s, self.origin, self.probes).__enter__()
+        # Polled by the loops between calls from here on (the cold first call, warm-up, the timed loop).
+        self.sampler = thermal.Sampler(spec.interval_s, self.origin, self.probes)
 
     def finish(self) -> dict[str, Any]:
         """Stop sampling, time the calibration again and return the raw record (facts, not conclusions)."""
-        self.sampler.__exit__()
+        self.sampler.close()
         # The runtime's worker threads spin-wait for a while after the last call (ONNX Runtime's
         # allow_spinning, OpenVINO's CPU streams): let them go idle, or the busy loop competes with them
         # and the "after" timing reads as throttling.
@@ -256,10 +283,12 @@ def measure(session: Any, job: JobSpec, load_ms: float) -> dict[str, Any]:
     try:
         t0 = perf_ns()
         session.run_bound()
-        first_ms = (perf_ns() - t0) / 1e6
+        t1 = perf_ns()
+        first_ms = (t1 - t0) / 1e6
+        watch.sampler.poll(t1)
         with no_gc():
-            warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup)
-            samples, stop_reason, duration = timed_loop(session.run_bound, job.stop)
+            warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup, watch.sampler)
+            samples, stop_reason, duration = timed_loop(session.run_bound, job.stop, watch.sampler)
     finally:
         watched = watch.finish()
     outputs: dict[str, np.ndarray] = {}

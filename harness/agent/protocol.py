@@ -62,7 +62,7 @@ PARSER_NAMES = ("tegrastats", "powermetrics")
 class ThermalSpec:
     """Clock and temperature sampling around the timed loop, and the calibration workload.
 
-    ``interval_s`` 0 turns the background sampler off; ``calibration_reps`` 0 skips the calibration
+    ``interval_s`` 0 turns the sampler (read between calls) off; ``calibration_reps`` 0 skips the calibration
     workload (a fixed busy loop timed before warm-up and after the timed loop, sized on the device to
     about ``calibration_ms`` per repetition). ``readers`` are the platform profile's telemetry
     sources; none means the built-in ones (Linux thermal zones, cpufreq, the Coral Apex sensor).

@@ -3,8 +3,9 @@
 The host sends the device's platform profile readers (``devices/platforms/*.yaml``) in the job
 spec; this module turns each into a probe the sampler reads. A sysfs probe reads its files at every
 sample. A command probe starts the vendor's streaming tool once, before the calibration workload,
-reads its output on a thread and hands the sampler the newest complete record, parsed here into
-numbers: temperatures in C, clocks in MHz, power in mW. Nothing here judges the numbers.
+reads its output on a thread and hands the sampler the newest complete record, which the sampler
+parses (between timed calls, not on that thread) into numbers: temperatures in C, clocks in MHz,
+power in mW. Nothing here judges the numbers.
 
 The parsers are written by hand because no maintained parser exists that a device with only the
 standard library can import (jetson-stats wraps tegrastats in a service with its own dependencies;
@@ -132,7 +133,7 @@ class SysfsProbe:
         self._files: list[tuple[str, str]] = []  # (value file, sensor name)
 
     def start(self) -> None:
-        """Resolve the glob and the sensor names once: the sampler thread then reads only the values."""
+        """Resolve the glob and the sensor names once: each reading then reads only the values."""
         spec = self.spec
         for path in sorted(glob.glob(spec.path), key=facts.cpu_order):
             name = facts.read_text(os.path.join(os.path.dirname(path), spec.name_file)) if spec.name_file else None
@@ -182,7 +183,8 @@ class CommandProbe:
         self.parse = PARSERS[spec.parser]
         self.error: str | None = None
         self.records = 0
-        self._latest: dict[str, Any] | None = None
+        self._latest: str | None = None  # the newest complete record, as printed
+        self._parsed: tuple[str, dict[str, Any]] | None = None  # (record, its reading): parsed once
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
         self._thread: threading.Thread | None = None
@@ -214,11 +216,12 @@ class CommandProbe:
         self._stderr_thread.start()
 
     def _publish(self, text: str) -> None:
+        # Only kept here: parsing waits for the sampler, which reads between timed calls, so this thread
+        # (woken by every record while the loop runs) does as little as it can.
         if not text.strip():
             return
-        reading = self.parse(text)
         with self._lock:
-            self._latest = reading
+            self._latest = text
             self.records += 1
 
     def _pump(self) -> None:
@@ -246,9 +249,12 @@ class CommandProbe:
 
     def read(self, out: dict[str, Any]) -> None:
         with self._lock:
-            latest = self._latest
-        if latest is None:
+            text = self._latest
+        if text is None:
             return
+        if self._parsed is None or self._parsed[0] is not text:
+            self._parsed = (text, self.parse(text))
+        latest = self._parsed[1]
         out["cpu_freq_mhz"] = latest["cpu_freq_mhz"] or out["cpu_freq_mhz"]
         for field in ("temperatures_c", "clocks_mhz", "power_mw"):
             out.setdefault(field, {}).update(latest.get(field) or {})

@@ -54,7 +54,7 @@ def test_a_latency_result_reports_thermals_throttling_and_where_it_ran(
     calibration = result.facts["calibration"]
     assert calibration["iterations"] > 0
     assert len(calibration["before_ns"]) == len(calibration["after_ns"]) == 3
-    assert result.facts["thermal"]["during"], "the sampler thread took readings while the loop ran"
+    assert result.facts["thermal"]["during"], "the sampler took readings between the loop's calls"
     assert result.facts["cpu_affinity"], "the CPUs the runner was allowed on are recorded"
 
     row = json_results(edgebench_env, capsys)[0]

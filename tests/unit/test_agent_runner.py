@@ -236,6 +236,52 @@ def test_samples_precise_enough_when_the_cap_is_reached_are_reported_as_converge
     assert stop_decision(np.asarray(samples), elapsed, rule) == "converged"
 
 
+@pytest.mark.parametrize("loop", ["warm-up", "timed-loop", "rounds"])
+def test_thermal_readings_are_taken_between_calls_never_inside_a_timed_one(loop: str) -> None:
+    """A reading takes CPU time (0.6 ms on the 2-CPU reference VM): one landing inside a timed call
+    makes that call slow and fattens the tail the stop rule waits on. Here each reading takes 1 ms
+    and is due every 5 ms, against calls of 0.5 ms: every reading must fall between two calls, and
+    the readings must still come at the interval through warm-up, the timed loop and interleaved rounds."""
+    import time
+
+    from harness.agent.interleave import rounds
+    from harness.agent.loop import timed_loop, warm_up
+    from harness.agent.protocol import StopSpec, WarmupSpec
+    from harness.agent.thermal import Sampler
+
+    def spin(seconds: float) -> None:  # busy waits: a sleep would hand the CPU to a reading thread anyway
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            pass
+
+    calls: list[tuple[float, float]] = []
+    readings: list[tuple[float, float]] = []
+
+    class SlowProbe:
+        def read(self, out: dict[str, Any]) -> dict[str, Any]:
+            started = time.perf_counter()
+            spin(0.001)
+            readings.append((started, time.perf_counter()))
+            return out
+
+    def call() -> None:
+        started = time.perf_counter()
+        spin(0.0005)
+        calls.append((started, time.perf_counter()))
+
+    sampler = Sampler(0.005, time.monotonic(), SlowProbe())  # type: ignore[arg-type]  # a stand-in Probes
+    if loop == "warm-up":  # windows never agree: warm-up runs to its 600-call cap
+        warm_up(call, WarmupSpec(window=10, windows=3, tolerance=-1.0, min_iterations=10, max_iterations=600), sampler)
+    elif loop == "timed-loop":
+        timed_loop(call, StopSpec(iterations=600), sampler)
+    else:
+        rounds([call, call], StopSpec(iterations=300), block=10, block_warmup=0, seed=1, sampler=sampler)
+    span = calls[-1][1] - calls[0][0]
+    assert len(readings) >= span / 0.006 * 0.5, (len(readings), span)  # due every 5 ms, each 1 ms long
+    inside = [r for r in readings if any(c0 < r[1] and r[0] < c1 for c0, c1 in calls)]
+    assert not inside, f"{len(inside)} of {len(readings)} readings overlapped a timed call"
+
+
 @pytest.mark.parametrize("behind_a_shell", [False, True], ids=["direct-child", "behind-a-shell"])
 def test_a_runner_whose_host_is_killed_stops_by_itself(device: Device, tmp_path: Path, behind_a_shell: bool) -> None:
     """The host starts a 60 s run in its own session (as the local transport does) and is SIGKILLed:
