@@ -158,6 +158,9 @@ def test_time_to_a_valid_p99_vs_benchmark_app(benchmark: Any, tmp_path: Path) ->
             "harness_unstable_reasons": [r["unstable_reasons"] for r in records],
             "harness_stop_reason": [r["stop_reason"] for r in records],
             "harness_loop_s": [r["duration_s"] for r in records],
+            # The rest of each job's wall time: runner start, load, warm-up, calibration, eval pass, host.
+            "harness_outside_loop_s": [wall - r["duration_s"] for (wall, _), r in zip(runs, records, strict=True)],
+            "harness_warmup_iterations": [r["warmup_iterations"] for r in records],
             "harness_throttled": [r["throttled"] for r in records],
             "harness_competing_load": [r["competing_load"] for r in records],
             "harness_foreign_cpu": [r["foreign_cpu"] for r in records],

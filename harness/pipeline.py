@@ -80,6 +80,7 @@ class MeasureSettings:
     iterations: int | None = None  # a fixed count instead of the adaptive stop rule
     warmup_window: int = 20
     warmup_max_iterations: int = 1000
+    warmup_max_duration_s: float = 3.0  # warm-up time cap, once three windows have run
     eval_batch: int = 32
     thermal_interval_s: float = 0.5  # clocks/temperatures sampled during the loop; 0 = off
     calibration_reps: int = 7  # calibration workload repetitions before and after; 0 = off
@@ -103,7 +104,11 @@ class MeasureSettings:
             stop = {"iterations": self.iterations}
         spec: dict[str, Any] = {
             "stop": stop,
-            "warmup": {"window": self.warmup_window, "max_iterations": self.warmup_max_iterations},
+            "warmup": {
+                "window": self.warmup_window,
+                "max_iterations": self.warmup_max_iterations,
+                "max_duration_s": self.warmup_max_duration_s,
+            },
             "eval_batch": self.eval_batch,
             "thermal": {"interval_s": self.thermal_interval_s, "calibration_reps": self.calibration_reps},
             "batch": self.batch,
@@ -128,6 +133,7 @@ _FINITE_FIELDS = {
     "max_duration_s": "8.0 (the time cap must be finite)",
     "max_half_width": "0.05",
     "thermal_interval_s": "0.5 (0 turns sampling off)",
+    "warmup_max_duration_s": "3.0",
     "cooldown_s": "5.0",
 }
 

@@ -19,11 +19,18 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class WarmupSpec:
+    """Warm-up until the last ``windows`` window medians agree within ``tolerance``, capped.
+
+    The caps are a call count and ``max_duration_s``; the time cap ends warm-up only once ``windows``
+    windows have run, so a slow model's warm-up can still be judged (a floor the cap does not cut).
+    """
+
     window: int = 20
     windows: int = 3
     tolerance: float = 0.02
     min_iterations: int = 10
     max_iterations: int = 1000
+    max_duration_s: float = 3.0
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Measure(Strict):
     iterations: StrictInt | None = Field(default=None, ge=1, description="a fixed count instead of the stop rule")
     warmup_window: StrictInt | None = Field(default=None, ge=1)
     warmup_max_iterations: StrictInt | None = Field(default=None, ge=1)
+    warmup_max_duration_s: StrictFloat | None = Field(default=None, gt=0, description="warm-up time cap")
     batch: StrictInt | None = Field(default=None, ge=1, description="rows of the latency input per timed call")
     repeats: StrictInt | None = Field(default=None, ge=1, description="runner processes per latency job: 1, or 3+")
     stop_on: tuple[str, ...] | None = Field(default=None, description="percentiles the stop rule pins: p50..p99")

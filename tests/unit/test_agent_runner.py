@@ -236,6 +236,36 @@ def test_samples_precise_enough_when_the_cap_is_reached_are_reported_as_converge
     assert stop_decision(np.asarray(samples), elapsed, rule) == "converged"
 
 
+@pytest.mark.parametrize(
+    ("call_s", "expected"),
+    [(0.001, "the time cap ends it"), (0.02, "three windows run first")],
+    ids=["fast-model", "slow-model"],
+)
+def test_a_warm_up_that_never_settles_stops_at_its_time_cap_after_three_windows(call_s: float, expected: str) -> None:
+    """A warm model on a machine whose speed wanders (window medians never agree) would warm up to
+    max_iterations. The time cap ends it, reported as not stable, but never before three windows have
+    run: a slow model's warm-up still gets judged."""
+    import time
+
+    from harness.agent.loop import warm_up
+    from harness.agent.protocol import WarmupSpec
+
+    def call() -> None:  # a busy wait: a sleep wakes late by whole ms under load
+        until = time.perf_counter() + call_s
+        while time.perf_counter() < until:
+            pass
+
+    never = WarmupSpec(window=5, tolerance=-1.0, min_iterations=5, max_iterations=100_000, max_duration_s=0.1)
+    started = time.monotonic()
+    count, stable = warm_up(call, never)
+    elapsed = time.monotonic() - started
+    assert not stable and count % 5 == 0
+    if expected == "the time cap ends it":
+        assert 0.1 <= elapsed < 1.0 and count < 100_000, (count, elapsed)
+    else:  # 15 calls of 20 ms outlast the 0.1 s cap: all three windows run, then it stops
+        assert count == 15, count
+
+
 @pytest.mark.parametrize("loop", ["warm-up", "timed-loop", "rounds"])
 def test_thermal_readings_are_taken_between_calls_never_inside_a_timed_one(loop: str) -> None:
     """A reading takes CPU time (0.6 ms on the 2-CPU reference VM): one landing inside a timed call

@@ -112,6 +112,19 @@ def test_the_measure_block_sets_the_stop_rule_and_unset_keys_keep_their_defaults
     }
 
 
+def test_the_measure_block_sets_the_warm_up_caps_the_runner_gets(tmp_path: Path) -> None:
+    from harness.agent.protocol import WarmupSpec
+    from harness.pipeline import MeasureSettings, measure_settings
+
+    lab = load_lab(_measure_lab(tmp_path, "warmup_max_duration_s: 1.5\nwarmup_max_iterations: 300\n"))
+    warmup = measure_settings(lab).spec()["warmup"]
+    assert warmup == {"window": 20, "max_iterations": 300, "max_duration_s": 1.5}
+    assert MeasureSettings().spec()["warmup"]["max_duration_s"] == WarmupSpec().max_duration_s == 3.0
+    with pytest.raises(ConfigError) as info:
+        load_lab(_measure_lab(tmp_path, "warmup_max_duration_s: 0\n"))
+    assert "warmup_max_duration_s" in info.value.one_line()
+
+
 def test_the_stop_rule_pins_the_percentiles_the_lab_or_the_flag_names(tmp_path: Path) -> None:
     from harness.pipeline import measure_settings, stop_on_flag
 
