@@ -17,15 +17,9 @@ import pytest
 from harness.catalog import load_catalog, load_entry
 from harness.errors import ConfigError
 from harness.zoo.datasets import DATASETS
+from tests.helpers import line_number
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-
-
-def line_number(path: Path, startswith: str) -> int:
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip().startswith(startswith):
-            return number
-    raise AssertionError(f"{startswith!r} not in {path}")
 
 
 def catalog_error(directory: Path, pattern: str = "*") -> ConfigError:

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import edgebench
+
 TINY_JOB = "tiny-cnn/onnxruntime-fp32-t1/local"
 
 
@@ -23,18 +25,6 @@ def latency_record(records: list[dict[str, Any]], job_id: str = TINY_JOB) -> dic
     found = [r for r in records if r["job_id"] == job_id and r.get("kind", "latency") == "latency"]
     assert len(found) == 1, [r["job_id"] for r in records]
     return found[0]
-
-
-def edgebench_path() -> str:
-    found = shutil.which("edgebench")
-    assert found, "the edgebench console script is not installed (pip install -e .)"
-    return found
-
-
-def cli(*args: str | Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [edgebench_path(), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
-    )
 
 
 @dataclass(frozen=True)
@@ -83,7 +73,7 @@ def ran(
 
     def run(root: Path) -> dict[str, Any]:
         ws = make_workspace(root, tiny_onnx, tiny_catalog_yaml(), local_lab_text(root / "device"))
-        proc = cli(
+        proc = edgebench(
             "run", "--lab", ws.lab, "--catalog", ws.catalog, "--db", ws.db, "--report", ws.report, "--quick",
             env=ws.env,
         )
@@ -113,7 +103,7 @@ def test_run_leaves_the_user_directories_alone(ran: Ran) -> None:
 
 
 def test_results_json_has_the_promised_fields_and_valid_intervals(ran: Ran, record_fields: tuple[str, ...]) -> None:
-    proc = cli("results", "--db", ran.ws.db, "--format", "json", env=ran.ws.env)
+    proc = edgebench("results", "--db", ran.ws.db, "--format", "json", env=ran.ws.env)
     assert proc.returncode == 0, proc.stderr
     records = json.loads(proc.stdout)
     assert isinstance(records, list) and len(records) >= 1
@@ -138,8 +128,8 @@ def test_results_json_has_the_promised_fields_and_valid_intervals(ran: Ran, reco
 
 
 def test_results_csv_parses_and_agrees_with_json(ran: Ran, record_fields: tuple[str, ...]) -> None:
-    as_csv = cli("results", "--db", ran.ws.db, "--format", "csv", env=ran.ws.env)
-    as_json = cli("results", "--db", ran.ws.db, "--run", "latest", "--format", "json", env=ran.ws.env)
+    as_csv = edgebench("results", "--db", ran.ws.db, "--format", "csv", env=ran.ws.env)
+    as_json = edgebench("results", "--db", ran.ws.db, "--run", "latest", "--format", "json", env=ran.ws.env)
     assert as_csv.returncode == 0, as_csv.stderr
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     records = json.loads(as_json.stdout)
@@ -155,18 +145,18 @@ def test_results_csv_parses_and_agrees_with_json(ran: Ran, record_fields: tuple[
 
 
 def test_results_by_run_id_prefix_and_the_list_of_runs(ran: Ran) -> None:
-    runs = json.loads(cli("results", "--db", ran.ws.db, "--runs", "--format", "json", env=ran.ws.env).stdout)
+    runs = json.loads(edgebench("results", "--db", ran.ws.db, "--runs", "--format", "json", env=ran.ws.env).stdout)
     assert len(runs) == 1 and runs[0]["status"] == "passed" and runs[0]["lab_name"] == "testlab"
     run_id = runs[0]["id"]
-    by_prefix = cli("results", "--db", ran.ws.db, "--run", run_id[:5], "--format", "json", env=ran.ws.env)
+    by_prefix = edgebench("results", "--db", ran.ws.db, "--run", run_id[:5], "--format", "json", env=ran.ws.env)
     assert {r["run_id"] for r in json.loads(by_prefix.stdout)} == {run_id}
-    table = cli("results", "--db", ran.ws.db, env=ran.ws.env)
+    table = edgebench("results", "--db", ran.ws.db, env=ran.ws.env)
     assert table.returncode == 0 and "VALID" in table.stdout
 
 
 def test_report_writes_the_file_it_names(ran: Ran) -> None:
     out = ran.ws.root / "elsewhere" / "r.html"
-    proc = cli("report", "--db", ran.ws.db, "--out", out, env=ran.ws.env)
+    proc = edgebench("report", "--db", ran.ws.db, "--out", out, env=ran.ws.env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"report: {out.resolve()}"
     html = out.read_text(encoding="utf-8")
@@ -174,7 +164,7 @@ def test_report_writes_the_file_it_names(ran: Ran) -> None:
 
 
 def test_results_of_an_unknown_run_is_exit_2_in_one_line(ran: Ran) -> None:
-    proc = cli("results", "--db", ran.ws.db, "--run", "zzzz", env=ran.ws.env)
+    proc = edgebench("results", "--db", ran.ws.db, "--run", "zzzz", env=ran.ws.env)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "edgebench: error: --run: run 'zzzz' not found; fix: pass 'latest' or a run id from 'edgebench results --runs'"
@@ -192,7 +182,7 @@ def test_results_of_an_unknown_run_is_exit_2_in_one_line(ran: Ran) -> None:
 def test_a_command_line_mistake_is_exit_2_in_one_line(
     tmp_path: Path, subprocess_env: dict[str, str], args: list[str], expected: str
 ) -> None:
-    proc = cli(*args, env=subprocess_env)
+    proc = edgebench(*args, env=subprocess_env)
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgebench: error: ") and expected in lines[0], proc.stderr
@@ -200,7 +190,7 @@ def test_a_command_line_mistake_is_exit_2_in_one_line(
 
 
 def test_no_arguments_prints_help(subprocess_env: dict[str, str]) -> None:
-    proc = cli(env=subprocess_env)
+    proc = edgebench(env=subprocess_env)
     assert proc.returncode == 0
     assert "Usage: edgebench" in proc.stdout and "run" in proc.stdout
 
@@ -213,7 +203,7 @@ def test_a_broken_budget_fails_the_run_with_exit_1(
 ) -> None:
     entry = tiny_catalog_yaml(budgets="budgets:\n  p99_ms: 0.000001\n")
     ws = make_workspace(tmp_path, tiny_onnx, entry, local_lab_text(tmp_path / "device"))
-    proc = cli(
+    proc = edgebench(
         "run", "--lab", ws.lab, "--catalog", ws.catalog, "--db", ws.db, "--report", ws.report, "--quick",
         env=ws.env,
     )
@@ -224,5 +214,5 @@ def test_a_broken_budget_fails_the_run_with_exit_1(
     assert any(line.endswith("(failed)") for line in proc.stdout.splitlines())
     # A failed gate still stores the evidence and writes the report.
     assert ws.report.is_file()
-    record = latency_record(json.loads(cli("results", "--db", ws.db, "--format", "json", env=ws.env).stdout))
+    record = latency_record(json.loads(edgebench("results", "--db", ws.db, "--format", "json", env=ws.env).stdout))
     assert record["status"] == "failed" and "P99" in record["message"] and record["valid"] is True

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,18 +21,11 @@ from harness.errors import ConfigError
 from harness.lab.loopback import check_out, lab_up, state_dir
 from harness.records import JobResult
 from harness.store import RunInfo, Store
+from tests.helpers import edgebench, foreign_sqlite
 
 MakeResult = Callable[..., JobResult]
 MakeRun = Callable[..., RunInfo]
 JOB = "tiny-cnn/onnxruntime-fp32-t1/local"
-
-
-def edgebench(
-    *args: str | Path, env: dict[str, str], cwd: Path, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    found = shutil.which("edgebench")
-    assert found, "the edgebench console script is not installed (pip install -e .)"
-    return subprocess.run([found, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str], *fragments: str) -> str:
@@ -69,16 +61,6 @@ def seeded_db(path: Path, make_run: MakeRun, make_result: MakeResult) -> str:
     finally:
         store.close()
     return "run000000001"
-
-
-def foreign_sqlite(path: Path) -> bytes:
-    """Someone else's SQLite database; its bytes, to show it is left as it was."""
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-    conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
-    conn.commit()
-    conn.close()
-    return path.read_bytes()
 
 
 def runs_of(db: Path) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import textwrap
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from harness.catalog import load_catalog, load_entry
 from harness.config import read_yaml
 from harness.errors import ConfigError
 from harness.lab.inventory import load_lab
+from tests.helpers import edgebench_exe, line_number
 
 # --- catalog -------------------------------------------------------------------------------------------
 
@@ -31,13 +31,6 @@ def entry_error(path: Path) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         load_entry(path)
     return info.value
-
-
-def line_number(path: Path, startswith: str) -> int:
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip().startswith(startswith):
-            return number
-    raise AssertionError(f"{startswith!r} not in {path}")
 
 
 def assert_points_at(error: ConfigError, path: Path, line: int, key: str) -> None:
@@ -338,12 +331,6 @@ def test_bookkeeping_fields_are_unknown_keys(
 # --- through the command line ------------------------------------------------------------------------
 
 
-def edgebench() -> str:
-    found = shutil.which("edgebench")
-    assert found, "the edgebench console script is not installed (pip install -e .)"
-    return found
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -366,7 +353,7 @@ def test_cli_reports_a_bad_lab_in_one_line_with_exit_2(
     elif text is not None:
         lab.write_text(text, encoding="utf-8")
     proc = subprocess.run(
-        [edgebench(), "run", "--lab", str(lab), "--catalog", str(tiny_catalog), "--db", str(tmp_path / "db")],
+        [edgebench_exe(), "run", "--lab", str(lab), "--catalog", str(tiny_catalog), "--db", str(tmp_path / "db")],
         capture_output=True,
         text=True,
         env=subprocess_env,
@@ -392,7 +379,7 @@ def test_cli_reports_a_bad_catalog_entry_in_one_line_with_exit_2(
     entry = tiny_catalog / "tiny-cnn.yaml"
     entry.write_text(tiny_catalog_yaml().replace("num_classes: 10", "num_classes: ten"), encoding="utf-8")
     proc = subprocess.run(
-        [edgebench(), "run", "--lab", str(local_lab), "--catalog", str(tiny_catalog)],
+        [edgebench_exe(), "run", "--lab", str(local_lab), "--catalog", str(tiny_catalog)],
         capture_output=True,
         text=True,
         env=subprocess_env,
@@ -410,7 +397,7 @@ def test_debug_shows_the_traceback(tmp_path: Path, tiny_catalog: Path, subproces
     lab = tmp_path / "bad-lab.yaml"
     lab.write_text(textwrap.dedent(DUPLICATE), encoding="utf-8")
     proc = subprocess.run(
-        [edgebench(), "run", "--lab", str(lab), "--catalog", str(tiny_catalog), "--debug"],
+        [edgebench_exe(), "run", "--lab", str(lab), "--catalog", str(tiny_catalog), "--debug"],
         capture_output=True,
         text=True,
         env=subprocess_env,

@@ -25,6 +25,7 @@ from harness.store.schema import (
     schema_info,
 )
 from harness.store.schema import _v1 as create_v1_tables
+from tests.helpers import foreign_sqlite
 
 MakeResult = Callable[..., JobResult]
 MakeRun = Callable[..., RunInfo]
@@ -262,17 +263,6 @@ def test_an_unwritable_location_is_a_store_error(tmp_path: Path) -> None:
         Store(blocker / "results.sqlite")
 
 
-def _foreign(path: Path) -> bytes:
-    import sqlite3
-
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE notes (body TEXT)")
-    conn.execute("INSERT INTO notes VALUES ('keep me')")
-    conn.commit()
-    conn.close()
-    return path.read_bytes()
-
-
 def test_a_reader_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "a" / "b" / "missing.sqlite"
     with pytest.raises(ConfigError, match=rf"--db: results database {missing} not found; fix: "):
@@ -282,7 +272,7 @@ def test_a_reader_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
 
 def test_a_reader_refuses_a_database_without_the_schema_table_and_leaves_it_alone(tmp_path: Path) -> None:
     other = tmp_path / "other.sqlite"
-    kept = _foreign(other)
+    kept = foreign_sqlite(other)
     for read_only in (True, False):
         with pytest.raises(ConfigError, match=r"is not an edgebench results database .*schema_info"):
             Store(other, read_only=read_only)
