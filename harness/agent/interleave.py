@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .loop import Watch, converged, latency_input, no_gc, perf_ns, poller, warm_up
+from .loop import Watch, converged, latency_input, no_gc, perf_ns, time_calls, warm_up
 from .protocol import InterleaveSpec, StopSpec
 from .thermal import Sampler
 
@@ -34,7 +34,6 @@ def rounds(
 
     ``sampler`` takes its readings between calls when they are due, never inside a timed one.
     """
-    poll, due = poller(sampler)
     rng = random.Random(seed)
     samples: list[list[int]] = [[] for _ in runs]
     order = list(range(len(runs)))
@@ -49,16 +48,9 @@ def rounds(
             size = block if target is None else min(block, target - len(out))
             if size <= 0:
                 continue
-            append = out.append
             for _ in range(block_warmup):
                 run()
-            for _ in range(size):
-                t0 = perf_ns()
-                run()
-                t1 = perf_ns()
-                append(t1 - t0)
-                if t1 >= due:
-                    due = poll(t1)
+            time_calls(run, size, out.append, sampler)
         count += 1
         n = min(len(s) for s in samples)
         elapsed = time.monotonic() - started

@@ -89,11 +89,22 @@ def converged(samples: list[int], stop: StopSpec, dependence: bool = True) -> bo
     return True
 
 
-def poller(sampler: thermal.Sampler | None) -> tuple[Callable[[int], int], int]:
-    """(poll, first due time) for the loops: a sampler's, or one never due when there is none."""
-    if sampler is None:
-        return (lambda now_ns: thermal.NEVER_NS), thermal.NEVER_NS
-    return sampler.poll, sampler.next_ns
+def time_calls(
+    run: Callable[[], None], count: int, append: Callable[[int], None], sampler: thermal.Sampler | None
+) -> None:
+    """Time ``count`` calls of ``run``, appending each one's nanoseconds; take due readings between calls.
+
+    The one timing loop every measuring loop runs. Per call it costs one integer comparison beyond the
+    clock reads; ``sampler`` keeps when its next reading is due (never, without one).
+    """
+    due = thermal.NEVER_NS if sampler is None else sampler.next_ns
+    for _ in range(count):
+        t0 = perf_ns()
+        run()
+        t1 = perf_ns()
+        append(t1 - t0)
+        if t1 >= due and sampler is not None:
+            due = sampler.poll(t1)
 
 
 def warm_up(run: Callable[[], None], spec: WarmupSpec, sampler: thermal.Sampler | None = None) -> tuple[int, bool]:
@@ -102,19 +113,12 @@ def warm_up(run: Callable[[], None], spec: WarmupSpec, sampler: thermal.Sampler 
     Capped at ``max_iterations`` calls and, once ``windows`` windows have run, at ``max_duration_s``.
     ``sampler`` takes its readings between calls when they are due (``thermal``).
     """
-    poll, due = poller(sampler)
     medians: list[float] = []
     count = 0
     started = time.monotonic()
     while count < spec.max_iterations:
         window: list[int] = []
-        for _ in range(spec.window):
-            t0 = perf_ns()
-            run()
-            t1 = perf_ns()
-            window.append(t1 - t0)
-            if t1 >= due:
-                due = poll(t1)
+        time_calls(run, spec.window, window.append, sampler)
         count += spec.window
         medians.append(float(np.median(window)))
         if count >= spec.min_iterations and len(medians) >= spec.windows:
@@ -136,17 +140,9 @@ def timed_loop(
     ``sampler`` takes its readings between calls when they are due, never inside a timed one.
     """
     samples: list[int] = []
-    append = samples.append
-    poll, due = poller(sampler)
     started = time.monotonic()
     if stop.iterations is not None:
-        for _ in range(stop.iterations):
-            t0 = perf_ns()
-            run()
-            t1 = perf_ns()
-            append(t1 - t0)
-            if t1 >= due:
-                due = poll(t1)
+        time_calls(run, stop.iterations, samples.append, sampler)
         return samples, "fixed_count", time.monotonic() - started
     next_check = stop.min_iterations
     # The effective count costs an FFT per percentile (70 ms each at 3e5 samples). While bursts keep a
@@ -158,13 +154,7 @@ def timed_loop(
         # model's 400 calls may outlast max_duration_s, but fewer would leave its P99 INVALID. The job
         # timeout bounds the floor. Never run past max_iterations: the next check may be far ahead.
         chunk = max(min(next_check, stop.max_iterations) - len(samples), 1)
-        for _ in range(chunk):
-            t0 = perf_ns()
-            run()
-            t1 = perf_ns()
-            append(t1 - t0)
-            if t1 >= due:
-                due = poll(t1)
+        time_calls(run, chunk, samples.append, sampler)
         elapsed = time.monotonic() - started
         at_cap = len(samples) >= stop.max_iterations or elapsed >= stop.max_duration_s
         # Convergence is checked before the caps, as the host's stop_decision does: samples that are

@@ -17,7 +17,7 @@ import pytest
 from harness.catalog import load_catalog, load_entry
 from harness.errors import ConfigError
 from harness.zoo.datasets import DATASETS
-from tests.helpers import line_number
+from tests.bad_input import line_number
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

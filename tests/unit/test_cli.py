@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import edgebench
+from tests.command_line import edgebench
 
 TINY_JOB = "tiny-cnn/onnxruntime-fp32-t1/local"
 

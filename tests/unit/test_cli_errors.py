@@ -21,7 +21,8 @@ from harness.errors import ConfigError
 from harness.lab.loopback import check_out, lab_up, state_dir
 from harness.records import JobResult
 from harness.store import RunInfo, Store
-from tests.helpers import edgebench, foreign_sqlite
+from tests.bad_input import foreign_sqlite
+from tests.command_line import edgebench
 
 MakeResult = Callable[..., JobResult]
 MakeRun = Callable[..., RunInfo]

@@ -16,7 +16,8 @@ from harness.catalog import load_catalog, load_entry
 from harness.config import read_yaml
 from harness.errors import ConfigError
 from harness.lab.inventory import load_lab
-from tests.helpers import edgebench_exe, line_number
+from tests.bad_input import line_number
+from tests.command_line import edgebench_exe
 
 # --- catalog -------------------------------------------------------------------------------------------
 

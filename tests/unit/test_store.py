@@ -25,7 +25,7 @@ from harness.store.schema import (
     schema_info,
 )
 from harness.store.schema import _v1 as create_v1_tables
-from tests.helpers import foreign_sqlite
+from tests.bad_input import foreign_sqlite
 
 MakeResult = Callable[..., JobResult]
 MakeRun = Callable[..., RunInfo]

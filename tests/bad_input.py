@@ -1,27 +1,9 @@
-"""Helpers several test modules share: the installed command line, a YAML line's number, a foreign database."""
+"""What the bad-input tests check errors against: the line a YAML key sits on, a database that is not ours."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
-
-
-def edgebench_exe() -> str:
-    """The installed ``edgebench`` console script (the command a user runs)."""
-    found = shutil.which("edgebench")
-    assert found, "the edgebench console script is not installed (pip install -e .)"
-    return found
-
-
-def edgebench(
-    *args: str | Path, env: dict[str, str], cwd: Path | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Run ``edgebench ARGS`` in a fresh process, capturing its text output."""
-    return subprocess.run(
-        [edgebench_exe(), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
-    )
 
 
 def line_number(path: Path, startswith: str) -> int:
