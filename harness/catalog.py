@@ -296,8 +296,16 @@ def load_catalog(directory: Path, pattern: str = "*") -> list[ModelEntry]:
 # --- factories, checked without importing them -------------------------------------------------------
 
 
+class _NoModule(Exception):
+    """Import would not find this module (nor, for a dotted name, one of its packages)."""
+
+
 def _module_file(module_name: str) -> Path | None:
-    """The source file of a module, found the way import would, without running any package code."""
+    """The source file of a module, found the way import would, without running any package code.
+
+    None when the module exists but its source cannot be read here (an extension, a zip); _NoModule
+    when import would not find it at all.
+    """
     parts = module_name.split(".")
     try:
         spec = importlib.util.find_spec(parts[0])  # a top-level name: found, not imported
@@ -305,10 +313,12 @@ def _module_file(module_name: str) -> Path | None:
         return None
     for depth in range(1, len(parts)):
         if spec is None or spec.submodule_search_locations is None:
-            return None
+            raise _NoModule
         name = ".".join(parts[: depth + 1])
         spec = importlib.machinery.PathFinder.find_spec(name, list(spec.submodule_search_locations))
-    if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader) or spec.origin is None:
+    if spec is None:
+        raise _NoModule
+    if not isinstance(spec.loader, importlib.machinery.SourceFileLoader) or spec.origin is None:
         return None
     return Path(spec.origin)
 
@@ -344,7 +354,8 @@ def _missing_factory(factory: str) -> tuple[str, str] | None:
     """(message, fix) when "pkg.module:fn" surely names nothing; None when it exists or cannot be told here.
 
     The factory's module usually imports torch, so it is read, not imported: only a module whose source
-    is found, parses, and binds no such name counts as a miss. Anything else is left to the build.
+    is found, parses, and binds no such name counts as a miss, besides a module import would not find.
+    Anything else is left to the build.
     """
     module_name, _, attr = factory.partition(":")
     module = sys.modules.get(module_name)
@@ -353,7 +364,10 @@ def _missing_factory(factory: str) -> tuple[str, str] | None:
             return None
         defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
     else:
-        path = _module_file(module_name)
+        try:
+            path = _module_file(module_name)
+        except _NoModule:
+            return f"no module named {module_name!r}", "install the package that provides it, or fix the module path"
         if path is None:
             return None
         try:

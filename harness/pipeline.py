@@ -330,7 +330,9 @@ class Pipeline:
 
     lab: Lab
     models: Sequence[ModelEntry]
-    store: Store
+    # None while planning: a command opens (and so creates) the results database only once its plan
+    # has a job, so an input that plans nothing leaves no empty database behind.
+    store: Store | None = None
     settings: MeasureSettings = field(default_factory=MeasureSettings)
     artifacts: ArtifactCache = field(default_factory=ArtifactCache)
     project_dir: Path = field(default_factory=Path.cwd)
@@ -358,7 +360,7 @@ class Pipeline:
         if self.started:
             return
         self.started_at = now()
-        self.store.start_run(
+        self.results_store().start_run(
             RunInfo(
                 id=self.run_id,
                 started_at=self.started_at,
@@ -371,6 +373,12 @@ class Pipeline:
             )
         )
         self.started = True
+
+    def results_store(self) -> Store:
+        """The store results go to; a run cannot start before the command has opened one."""
+        if self.store is None:
+            raise RuntimeError("Pipeline.store is not set: open the results database before the first job")
+        return self.store
 
     @property
     def _workdir(self) -> Path:
@@ -493,7 +501,7 @@ class Pipeline:
             result = replace(base, status="error", message=exc.one_line(), finished_at=now())
         except EdgebenchError as exc:
             result = replace(base, status="error", message=exc.one_line(), finished_at=now())
-        self.store.add_result(result)
+        self.results_store().add_result(result)
         self.results.append(result)
         self._done[(job.id, job.kind)] = result
         if self.on_result:
@@ -807,7 +815,7 @@ class Pipeline:
             status = "passed" if self.started else "not-started"
         try:
             if self.started and not self._finished:
-                self.store.finish_run(self.run_id, now(), status)
+                self.results_store().finish_run(self.run_id, now(), status)
                 self._finished = True
         finally:
             try:

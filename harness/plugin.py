@@ -297,7 +297,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out = session.config.stash[_REPORT]
     assert out is not None
     try:
-        write_report(pipeline.store, pipeline.run_id, out, flag="--report")
+        write_report(pipeline.results_store(), pipeline.run_id, out, flag="--report")
     except EdgebenchError as exc:
         session.config.stash[_REPORT] = None
         session.config.stash[_REPORT_ERROR] = exc.one_line()
@@ -321,4 +321,4 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"report: {report}")
     else:
         terminalreporter.write_line(f"report not written: {config.stash.get(_REPORT_ERROR, 'unknown reason')}")
-    terminalreporter.write_line(f"database: {pipeline.store.location}")
+    terminalreporter.write_line(f"database: {pipeline.results_store().location}")

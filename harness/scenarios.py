@@ -204,7 +204,7 @@ def _timing(pipeline: Pipeline, job: Job) -> dict[str, Any]:
 
 
 def _record(pipeline: Pipeline, result: JobResult) -> JobResult:
-    pipeline.store.add_result(result)
+    pipeline.results_store().add_result(result)
     pipeline.results.append(result)
     if pipeline.on_result:
         pipeline.on_result(result)

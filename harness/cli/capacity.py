@@ -15,7 +15,7 @@ from ..build.backends import get_backend
 from ..catalog import load_catalog
 from ..errors import CapabilityMissing, ConfigError, EdgebenchError
 from ..lab.inventory import load_lab
-from .runs import GLOBAL_FLAGS, DbOpt, finish_on_exit, nothing_measured, open_store
+from .runs import GLOBAL_FLAGS, DbOpt, check_measured, finish_on_exit, open_store
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -102,10 +102,7 @@ def capacity(
         print(
             f"run: {pipeline.run_id} ({status}); per-step P99: edgebench results --run {pipeline.run_id} --format json"
         )
-    if status == "skipped":
-        raise nothing_measured(skipped, "capacity job")
-    if errors:
-        raise EdgebenchError(f"the capacity search failed for {len(errors)} model x device(s); the first: {errors[0]}")
+    check_measured(status, skipped, errors, what="capacity job", failed="the capacity search")
     return 0
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from ..catalog import load_catalog
 from ..errors import CapabilityMissing, EdgebenchError, ToolchainMissing
 from ..lab.inventory import load_lab
-from .runs import GLOBAL_FLAGS, DbOpt, empty_plan, finish_on_exit, nothing_measured, open_store
+from .runs import GLOBAL_FLAGS, DbOpt, check_measured, empty_plan, finish_on_exit, open_store
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -40,11 +40,9 @@ def interleave(
     entries = load_catalog(catalog, models)
     settings = measure_settings(lab_config)
     chosen_backends = backends_flag(backends)
-    store = open_store(db)
     pipeline = Pipeline(
         lab_config,
         entries,
-        store,
         settings=settings,
         backends=chosen_backends,
         native_size_only=True,
@@ -54,10 +52,12 @@ def interleave(
     skipped: list[str] = []
     errors: list[str] = []
 
+    planned = pipeline.plan(["latency"])
+    if not planned:
+        raise empty_plan(pipeline, ["latency"], sizes_flag=None)
+    pipeline.store = open_store(db)
+
     def work() -> str | None:
-        planned = pipeline.plan(["latency"])
-        if not planned:
-            raise empty_plan(pipeline, ["latency"], sizes_flag=None)
         measured = 0
         for group in interleave_groups(planned):
             jobs, unbuilt = buildable(pipeline, group.jobs)  # a variant this host cannot build is shown skipped
@@ -100,11 +100,7 @@ def interleave(
     console.print(table)
     if pipeline.started:
         print(f"run: {pipeline.run_id} ({status})")
-    if status == "skipped":
-        raise nothing_measured(skipped, "variant")
-    if errors:
-        groups = f"{len(errors)} model x device group(s)"
-        raise EdgebenchError(f"the interleaved comparison failed for {groups}; the first: {errors[0]}")
+    check_measured(status, skipped, errors, what="variant", failed="the interleaved comparison")
     return 0
 
 

@@ -120,11 +120,9 @@ def run(
     chosen_backends = backends_flag(backends)
     target = db if db is not None else default_db_path()
     out = check_report_target(report or default_report_path(), database_path(target), flag="--report")
-    store = open_store(db)
     pipeline = Pipeline(
         lab_config,
         entries,
-        store,
         catalog=load_catalog(catalog),
         backends=chosen_backends,
         native_size_only=not all_sizes,
@@ -133,10 +131,12 @@ def run(
         on_result=_print_result,
     )
 
+    jobs = pipeline.plan(chosen)
+    if not jobs:
+        raise empty_plan(pipeline, chosen)
+    pipeline.store = store = open_store(db)
+
     def work() -> None:
-        jobs = pipeline.plan(chosen)
-        if not jobs:
-            raise empty_plan(pipeline, chosen)
         console.print(f"run {pipeline.run_id}: {len(jobs)} job(s) on {len(lab_config.devices)} device(s)")
         for job in jobs:
             pipeline.run_job(job)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EdgebenchError
 from ..paths import default_db_path
 from ..store import Store
 
@@ -91,6 +91,17 @@ def nothing_measured(skipped: Sequence[str], what: str = "job") -> ConfigError:
     first = skipped[0] if skipped else "no reason recorded"
     fix = None if "fix:" in first else "check the lab: edgebench devices check --lab FILE"
     return ConfigError(f"all {len(skipped)} {what}(s) were skipped, nothing was measured; the first: {first}", fix=fix)
+
+
+def check_measured(status: str, skipped: Sequence[str], errors: Sequence[str], *, what: str, failed: str) -> None:
+    """The end of a command that measures groups: all skipped is an error, and so is any failed group.
+
+    ``what`` names a skipped unit ("variant"); ``failed`` says what failed ("the capacity search").
+    """
+    if status == "skipped":
+        raise nothing_measured(skipped, what)
+    if errors:
+        raise EdgebenchError(f"{failed} failed for {len(errors)} model x device(s); the first: {errors[0]}")
 
 
 def skip_reasons(results: Sequence[JobResult]) -> list[str]:

@@ -319,7 +319,7 @@ def test_interleaved_variants_carry_the_aa_check_beside_their_results(
         # What each variant ran with, as a latency result says it.
         assert flat["runtime_config"]["intra_op_threads"] == job.variant.threads
         assert flat["variant_options"] == {} and flat["cpu_affinity"]
-    stored = pipeline.store.results(pipeline.run_id)
+    stored = pipeline.results_store().results(pipeline.run_id)
     assert [r["kind"] for r in stored] == ["interleaved", "interleaved"]
 
 

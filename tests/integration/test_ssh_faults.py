@@ -86,7 +86,7 @@ def test_device_down_at_start_skips_with_reason(make_lab: Callable[..., Loopback
     assert "connection refused" in results["loop-1"].message
     assert "fix:" in results["loop-1"].message
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
 
 
 def test_sshd_killed_mid_run(make_lab: Callable[..., LoopbackLab], run_lab: RunLab) -> None:
@@ -105,7 +105,7 @@ def test_sshd_killed_mid_run(make_lab: Callable[..., LoopbackLab], run_lab: RunL
     assert results["loop-1"].status == "error"
     assert "connection was lost" in results["loop-1"].message
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
     # The device is marked failed: its next job in this run skips instead of trying again.
     job = next(j for j in pipeline.plan() if j.id == results["loop-1"].job_id)
     again = pipeline.run_job(job)
@@ -139,7 +139,7 @@ def test_a_stalled_connection_hits_the_timeout_and_the_runner_is_killed(
     assert "stalled" in message and "killed over a new connection" in message
     assert wait_for_processes(runner_of(loop, "loop-1"), gone=True, timeout_s=2) == []
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
 
 
 def test_a_hanging_runner_is_killed_on_the_device(
@@ -156,7 +156,7 @@ def test_a_hanging_runner_is_killed_on_the_device(
     assert wait_for_processes(runner_of(loop, "loop-1"), gone=True, timeout_s=2) == []
     assert wait_for_processes(marker, gone=True, timeout_s=2) == []
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
 
 
 def test_a_crashing_runner_reports_the_tail_of_its_stderr(
@@ -170,7 +170,7 @@ def test_a_crashing_runner_reports_the_tail_of_its_stderr(
     assert "(exit -6)" in message  # SIGABRT, reported as subprocess does for the local device
     assert "illegal instruction in the conv kernel (simulated)" in message
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
 
 
 def test_a_runtime_missing_on_the_device_skips_with_reason(
@@ -182,7 +182,7 @@ def test_a_runtime_missing_on_the_device_skips_with_reason(
     assert "runtime 'onnxruntime' is not installed" in results["loop-1"].message
     assert "cannot open shared object file (simulated)" in results["loop-1"].message
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_a_full_disk_says_so_and_leaves_no_partial_file(
     assert "fix: free space on the device" in message
     assert not [p for p in cache.rglob("*") if p.name.startswith(".tmp-")]
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
 
 
 def test_a_corrupted_cache_file_is_detected_and_uploaded_again(
@@ -254,7 +254,7 @@ def test_a_changed_host_key_is_refused(make_lab: Callable[..., LoopbackLab], run
     assert f"ssh-keygen -R '[127.0.0.1]:{loop.server('loop-1').port}'" in message
     assert loop.state.known_hosts.read_text() == known_hosts  # refused, never replaced
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
 
 
 def test_a_wrong_key_is_a_clear_authentication_error(
@@ -269,4 +269,4 @@ def test_a_wrong_key_is_a_clear_authentication_error(
     assert "authentication failed" in message and str(stranger) in message
     assert f"ssh-copy-id -i {stranger}.pub -p {loop.server('loop-1').port}" in message
     assert_carried_on(results)
-    assert_nothing_valid_stored(pipeline.store, pipeline, "loop-1")
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")

@@ -157,9 +157,9 @@ def test_three_devices_run_and_store_their_facts_and_a_second_run_uploads_nothin
     for name, result in results.items():
         assert result.status in ("passed", "failed"), result.message
         assert result.latency is not None and result.latency.valid
-        stored = [r for r in first.store.results(first.run_id) if r["device"] == name]
+        stored = [r for r in first.results_store().results(first.run_id) if r["device"] == name]
         assert len(stored) == 1 and stored[0]["n"] == result.latency.n
-    facts = first.store.device_facts(first.run_id)
+    facts = first.results_store().device_facts(first.run_id)
     assert sorted(facts) == ["loop-1", "loop-2", "loop-3"]
     for device_facts in facts.values():
         assert device_facts["kernel"] == os.uname().release

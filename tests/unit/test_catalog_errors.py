@@ -153,6 +153,21 @@ def test_a_factory_function_that_does_not_exist_is_refused_listing_the_modules_f
     assert "mobilenet_v2_style" in text
 
 
+@pytest.mark.parametrize("module", ["harness.zoo.no_such_module", "no_such_package.models"])
+def test_a_factory_module_that_does_not_exist_is_refused_at_load_not_at_build(
+    tiny_catalog: Path, tiny_catalog_yaml: Callable[..., str], module: str
+) -> None:
+    entry = tiny_catalog / "tiny-cnn.yaml"
+    source = f'source: {{kind: torch, factory: "{module}:build"}}'
+    entry.write_text(tiny_catalog_yaml().replace("source: {kind: onnx, path: tiny.onnx}", source), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_entry(entry)
+    assert info.value.one_line() == (
+        f"{entry}:{line_number(entry, 'source')}: source.factory: no module named {module!r}; "
+        "fix: install the package that provides it, or fix the module path"
+    )
+
+
 def test_checking_factories_imports_no_model_code(tmp_path: Path) -> None:
     """The factory modules import torch; loading the catalog reads them instead, and stays quick."""
     probe = (

@@ -283,8 +283,18 @@ def test_a_plan_emptied_by_a_filter_is_exit_2_naming_it(
     proc = edgebench(*args, *flags, env=env, cwd=tmp_path)
     one_error_line(proc, *expected)
     assert "(passed)" not in proc.stdout
-    assert not db.exists() or runs_of(db) == [], "no run recorded"
+    assert not db.exists(), "an input that plans nothing creates no results database"
     assert not (tmp_path / "r.html").exists() and leftover_tmp(env) == []
+
+
+def test_interleave_with_an_emptied_plan_creates_no_database(
+    tmp_path: Path, env: dict[str, str], local_lab: Path, tiny_catalog: Path
+) -> None:
+    db = tmp_path / "i.sqlite"
+    args: list[str | Path] = ["interleave", "--lab", local_lab, "--catalog", tiny_catalog, "--db", db]
+    proc = edgebench(*args, "--backends", "tensorrt", env=env, cwd=tmp_path)
+    one_error_line(proc, "--backends:", "runs tensorrt", "no job was planned")
+    assert "run:" not in proc.stdout and not db.exists()
 
 
 def ssh_lab(tmp_path: Path, key: str = "identity", missing: Path | None = None) -> Path:
