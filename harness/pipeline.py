@@ -517,7 +517,7 @@ class Pipeline:
             last = attempts[-1]
             if job.kind != "latency" or not last.throttled or len(attempts) > self.settings.throttle_retries:
                 metrics = {**result.metrics, **throttle_metrics(result.metrics, attempts), "batch": self.settings.batch}
-                why = [*last.reasons, *([last.contention] if last.contention else [])]
+                why = [*last.reasons, *(c for c in (last.contention, last.quota) if c)]
                 # Only a latency job's numbers depend on a quiet machine; robustness counts answers.
                 message = f"{result.message} (unstable: {why[0]})" if why and job.kind == "latency" else result.message
                 return replace(result, metrics=metrics, message=message)
@@ -693,6 +693,10 @@ class Pipeline:
             "warmup_stable": all(bool(r["warmup_stable"]) for r in raws),
             "duration_s": sum(float(r["duration_s"]) for r in raws),
         }
+        cpu_s = [r["facts"].get("loop_cpu_s") for r in raws]
+        if all(c is not None for c in cpu_s) and metrics["duration_s"] > 0:
+            # CPUs the runtime's threads had during the timed loops (threads that spin-wait count as busy).
+            metrics["cpu_parallelism"] = round(sum(cpu_s) / metrics["duration_s"], 3)
         if job.kind == "latency" and self.settings.iterations is None:
             metrics["stop_on"] = list(self.settings.stop_on)  # what "converged" pinned down
         if repeated:

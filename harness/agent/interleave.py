@@ -90,7 +90,7 @@ def interleave(sessions: Sequence[tuple[Any, float]], spec: InterleaveSpec) -> d
             warmed = warm_up(session.run_bound, spec.warmup, watch.sampler)
             record["warmup_iterations"], record["warmup_stable"] = warmed
         runs = [session.run_bound for session, _ in sessions]
-        with no_gc():
+        with no_gc(), watch.timed_loop():
             samples, reason, count, duration = rounds(
                 runs, spec.stop, spec.block, spec.block_warmup, spec.seed, watch.sampler
             )

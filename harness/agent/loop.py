@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import thermal
+from . import cgroup, thermal
 from .dependence import effective_sizes, scale_ranks
 from .protocol import InputSpec, JobSpec, StopSpec, ThermalSpec, WarmupSpec
 from .telemetry import Probes
@@ -222,7 +222,7 @@ def no_gc() -> Iterator[None]:
 
 
 class Watch:
-    """Thermal state and the calibration workload before, during and after a measurement."""
+    """Thermal state and the calibration workload before, during and after a measurement; the timed loop's CPU."""
 
     def __init__(self, spec: ThermalSpec) -> None:
         self.spec = spec
@@ -238,6 +238,22 @@ class Watch:
         self.before = thermal.reading(self.origin, self.probes)
         # Polled by the loops between calls from here on (the cold first call, warm-up, the timed loop).
         self.sampler = thermal.Sampler(spec.interval_s, self.origin, self.probes)
+        self.group = cgroup.locate()
+        self.loop: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def timed_loop(self) -> Iterator[None]:
+        """Account the timed loop: its process CPU time and any stalls a control group's CPU quota caused.
+
+        The CPU time covers every thread of this process, so over the loop's wall time it says how many
+        CPUs the runtime's threads really had.
+        """
+        quota_before = cgroup.snapshot(self.group)
+        cpu_started = time.process_time()
+        yield
+        self.loop["loop_cpu_s"] = time.process_time() - cpu_started
+        if quota_before:
+            self.loop["cpu_quota"] = cgroup.throttling(quota_before, cgroup.snapshot(self.group))
 
     def finish(self) -> dict[str, Any]:
         """Stop sampling, time the calibration again and return the raw record (facts, not conclusions)."""
@@ -265,6 +281,7 @@ class Watch:
                 "before_ns": self.calibration_before,
                 "after_ns": calibration_after,
             },
+            **self.loop,
         }
 
 
@@ -284,7 +301,8 @@ def measure(session: Any, job: JobSpec, load_ms: float) -> dict[str, Any]:
         watch.sampler.poll(t1)
         with no_gc():
             warmup_count, warmup_stable = warm_up(session.run_bound, job.warmup, watch.sampler)
-            samples, stop_reason, duration = timed_loop(session.run_bound, job.stop, watch.sampler)
+            with watch.timed_loop():
+                samples, stop_reason, duration = timed_loop(session.run_bound, job.stop, watch.sampler)
     finally:
         watched = watch.finish()
     outputs: dict[str, np.ndarray] = {}

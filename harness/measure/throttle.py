@@ -15,10 +15,12 @@ that changed under the measurement:
 The readings come from the platform profile's readers (sysfs files, tegrastats, powermetrics);
 their mean power per rail is summarised beside the verdict, as evidence, not as a sign.
 
-and one sign of contention, kept apart: other processes used more than ``max_foreign_cpu`` of all
-CPU time on average while the loop ran. A throttled job is cooled down and retried (cooling helps a
-hot device); a contended one is marked unstable and not retried, since waiting does not remove another
-tenant's load and retrying on a shared machine would only multiply the run time.
+and two signs of contention, kept apart: other processes used more than ``max_foreign_cpu`` of all
+CPU time on average while the loop ran; or the control group's CPU quota (a container's CPU limit)
+stalled the runner in any period of the timed loop (``harness.agent.cgroup``), so some calls include
+the wait for the next period. A throttled job is cooled down and retried (cooling helps a hot
+device); a contended one is marked unstable and not retried, since waiting does not remove another
+tenant's load or a limit, and retrying on a shared machine would only multiply the run time.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class ThrottleVerdict:
     throttled: bool
     reasons: tuple[str, ...]  # why it counts as throttled: clocks, temperatures, calibration
     contention: str | None  # why it counts as contended by other processes (None: it does not)
+    quota: str | None  # how a control group's CPU quota stalled the timed loop (None: it did not)
+    quota_cpus: float | None  # the tightest CPU quota over the runner's control groups (None: no limit)
     calibration_slowdown: float | None  # after / before - 1 of the calibration workload's fastest repetition
     calibration_ns: float | None  # nanoseconds per calibration loop iteration before the run
     freq_drop: float | None
@@ -152,6 +156,21 @@ def _max_temperatures(readings: Sequence[Mapping[str, Any]]) -> dict[str, float]
     return out
 
 
+def _quota_stalls(levels: Sequence[Mapping[str, Any]]) -> str | None:
+    """The sentence for the limited control group that stalled the timed loop most often, if any did."""
+    stalled = [level for level in levels if int(level.get("throttled_periods") or 0) > 0]
+    if not stalled:
+        return None
+    worst = max(stalled, key=lambda level: int(level["throttled_periods"]))
+    cpus = float(worst["quota_cpus"])
+    return (
+        f"CPU quota: control group {worst['group']} may use {cpus:g} CPU(s), and the kernel stalled the "
+        f"runner in {worst['throttled_periods']} of {worst['periods']} scheduling periods "
+        f"({float(worst['throttled_s']):.2f} s in all) during the timed loop; run without the limit "
+        f"(docker --cpus, a Kubernetes CPU limit) or with at most {max(int(cpus), 1)} thread(s)"
+    )
+
+
 def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleLimits()) -> ThrottleVerdict:
     """Judge one run from its facts' ``thermal`` and ``calibration`` records (absent: not throttled).
 
@@ -212,6 +231,9 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
             f"(limit {limits.max_foreign_cpu * 100:g}%)"
         )
 
+    limited = facts.get("cpu_quota") or []
+    quota = _quota_stalls(limited)
+
     summary = {
         "before": {"temperatures_c": start, "cpu_freq_mhz": _freqs(before)},
         "after": {"temperatures_c": _temperature_state(after), "cpu_freq_mhz": _freqs(after)},
@@ -226,6 +248,8 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
         throttled=bool(reasons),
         reasons=tuple(reasons),
         contention=contention,
+        quota=quota,
+        quota_cpus=min((float(level["quota_cpus"]) for level in limited), default=None),
         calibration_slowdown=slowdown,
         calibration_ns=cal_before,
         freq_drop=drop,
@@ -251,11 +275,13 @@ def assess_runs(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleLimit
     shown = next((v for v in verdicts if v.throttled), None) or next((v for v in verdicts if v.contention), verdicts[0])
     k = len(verdicts)
     contention = [f"run {i} of {k}: {v.contention}" for i, v in enumerate(verdicts, 1) if v.contention]
+    quota = [f"run {i} of {k}: {v.quota}" for i, v in enumerate(verdicts, 1) if v.quota]
     return replace(
         shown,
         throttled=any(v.throttled for v in verdicts),
         reasons=tuple(f"run {i} of {k}: {r}" for i, v in enumerate(verdicts, 1) for r in v.reasons),
         contention="; ".join(contention) or None,
+        quota="; ".join(quota) or None,
     )
 
 
@@ -276,11 +302,13 @@ def throttle_metrics(metrics: Mapping[str, Any], attempts: Sequence[ThrottleVerd
         "temp_rise_c": last.temp_rise_c,
         "foreign_cpu": last.foreign_cpu,
         "competing_load": last.contention,
+        "cpu_quota_cpus": last.quota_cpus,
+        "cpu_quota_stalls": last.quota,
         "thermal": dict(last.thermal),
         "power_mw": dict(last.power_mw) or None,
         "telemetry_errors": list(last.telemetry_errors),
     }
-    reasons = [f"throttled: {r}" for r in last.reasons] + ([last.contention] if last.contention else [])
+    reasons = [f"throttled: {r}" for r in last.reasons] + [c for c in (last.contention, last.quota) if c]
     if reasons:
         out["unstable"] = True
         out["unstable_reasons"] = [*metrics.get("unstable_reasons", []), *reasons]
