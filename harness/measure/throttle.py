@@ -163,11 +163,13 @@ def _quota_stalls(levels: Sequence[Mapping[str, Any]]) -> str | None:
         return None
     worst = max(stalled, key=lambda level: int(level["throttled_periods"]))
     cpus = float(worst["quota_cpus"])
+    # Under one CPU even a single busy thread meets the limit; above, fewer threads can stay within it.
+    fewer = f" or with at most {int(cpus)} thread(s)" if cpus >= 1 else ": below 1 CPU every busy thread is stalled"
     return (
         f"CPU quota: control group {worst['group']} may use {cpus:g} CPU(s), and the kernel stalled the "
         f"runner in {worst['throttled_periods']} of {worst['periods']} scheduling periods "
         f"({float(worst['throttled_s']):.2f} s in all) during the timed loop; run without the limit "
-        f"(docker --cpus, a Kubernetes CPU limit) or with at most {max(int(cpus), 1)} thread(s)"
+        f"(docker --cpus, a Kubernetes CPU limit){fewer}"
     )
 
 
