@@ -333,6 +333,8 @@ class Pipeline:
     # None while planning: a command opens (and so creates) the results database only once its plan
     # has a job, so an input that plans nothing leaves no empty database behind.
     store: Store | None = None
+    # Opens the store at the first job instead (the pytest plugin: a session that runs no job creates none).
+    open_store: Callable[[], Store] | None = None
     settings: MeasureSettings = field(default_factory=MeasureSettings)
     artifacts: ArtifactCache = field(default_factory=ArtifactCache)
     project_dir: Path = field(default_factory=Path.cwd)
@@ -376,6 +378,8 @@ class Pipeline:
 
     def results_store(self) -> Store:
         """The store results go to; a run cannot start before the command has opened one."""
+        if self.store is None and self.open_store is not None:
+            self.store = self.open_store()
         if self.store is None:
             raise RuntimeError("Pipeline.store is not set: open the results database before the first job")
         return self.store

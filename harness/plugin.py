@@ -112,7 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from .paths import default_db_path, default_report_path
     from .pipeline import Pipeline, backends_flag, measure_settings, stop_on_flag
     from .report.render import check_report_target
-    from .store import Store, database_path
+    from .store import Store, check_new_database, database_path
 
     try:
         lab = load_lab(Path(lab_file))
@@ -132,13 +132,20 @@ def pytest_configure(config: pytest.Config) -> None:
         report = config.getoption("--report")
         out = check_report_target(Path(report) if report else default_report_path(), database_path(db), flag="--report")
         catalog = load_catalog(Path(config.getoption("--catalog")))
-        store = Store(db)  # after every check: no empty database
+        # An existing database or a server is opened now, so a wrong --db is a usage error before any
+        # test runs; a new SQLite file is created at the first job, so --co or a session that runs no
+        # job leaves none behind.
+        new_file = database_path(db)
+        store = None if new_file is not None and not new_file.exists() else Store(db)
+        if store is None and new_file is not None:
+            check_new_database(new_file)
     except EdgebenchError as exc:
         raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
     config.stash[_PIPELINE] = Pipeline(
         lab,
         models,
         store,
+        open_store=lambda: Store(db),
         settings=settings,
         command="pytest",
         catalog=catalog,

@@ -1,5 +1,5 @@
 """Results storage: schema and queries in SQLAlchemy Core (SQLite by default, PostgreSQL for a shared lab)."""
 
-from .db import RunInfo, Store, database_path
+from .db import RunInfo, Store, check_new_database, database_path
 
-__all__ = ["RunInfo", "Store", "database_path"]
+__all__ = ["RunInfo", "Store", "check_new_database", "database_path"]

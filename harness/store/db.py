@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import zlib
 from collections.abc import Iterator, Mapping
@@ -66,6 +67,16 @@ def _parse_target(target: str | Path) -> tuple[str, Path | None, str]:
 def database_path(target: str | Path) -> Path | None:
     """The SQLite file ``--db`` names (None for a server URL), without opening anything."""
     return _parse_target(target)[1]
+
+
+def check_new_database(path: Path) -> None:
+    """Refuse a new SQLite path that could not be created, without creating it or its directory."""
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is None or not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"cannot create the results database {path}: {ancestor} is not a writable directory",
+            fix="pass --db a path in a writable directory",
+        )
 
 
 def _make_parent(path: Path) -> None:

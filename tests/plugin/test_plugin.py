@@ -301,6 +301,22 @@ def test_a_bad_lab_is_a_usage_error_naming_the_file(
     assert not (tmp_path / "out" / "results.sqlite").exists()
 
 
+def test_a_new_database_that_cannot_be_created_is_a_usage_error_before_any_test(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    """The database is created at the first job, but whether it can be is checked up front."""
+    pytester.makepyfile(test_suite=SUITE)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the database's directory would go\n")
+    db = blocker / "results.sqlite"
+    result = run_inner(pytester, "--lab", str(local_lab), "--catalog", str(tiny_catalog), "--db", str(db), "--quick")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*edgebench: cannot create the results database {db}: {blocker} is not a writable directory; fix: *"]
+    )
+    assert blocker.read_text() == "a file where the database's directory would go\n"
+
+
 def test_a_missing_lab_file_is_a_usage_error(pytester: pytest.Pytester, tiny_catalog: Path, tmp_path: Path) -> None:
     pytester.makepyfile(test_suite=SUITE)
     missing = tmp_path / "nowhere.yaml"
@@ -439,7 +455,7 @@ def test_collect_only_records_no_run(
     result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "--co", "-q")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*test_suite.py::test_latency[[]tiny-cnn/onnxruntime-fp32-t1/local[]]*"])
-    assert_no_run(out / "results.sqlite")
+    assert not (out / "results.sqlite").exists(), "a session that runs no job creates no database"
     assert not (out / "report.html").exists()
 
 
