@@ -100,17 +100,16 @@ def _stat(text: str | None) -> dict[str, int]:
 
 
 def _quota_cpus(version: int, group: str) -> float | None:
-    """CPUs' worth of time the group may use per period; None when it has no limit."""
+    """CPUs' worth of time the group may use per period; None when it has no limit (or no readable one)."""
     if version == 1:
-        quota, period = _read(os.path.join(group, "cpu.cfs_quota_us")), _read(os.path.join(group, "cpu.cfs_period_us"))
-        if quota is None or period is None or int(quota) <= 0 or int(period) <= 0:
-            return None
-        return int(quota) / int(period)
-    text = _read(os.path.join(group, "cpu.max"))
-    fields = (text or "").split()
-    if len(fields) != 2 or fields[0] == "max" or int(fields[1]) <= 0:
+        fields = [_read(os.path.join(group, name)) or "" for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+    else:
+        fields = (_read(os.path.join(group, "cpu.max")) or "").split()  # "max 100000" or "50000 100000"
+    try:
+        quota, period = (int(f) for f in fields)
+    except ValueError:  # "max", a missing file, anything else: no limit to report
         return None
-    return int(fields[0]) / int(fields[1])
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def snapshot(found: tuple[int, str, str] | None) -> list[dict[str, Any]]:
