@@ -698,9 +698,10 @@ class Pipeline:
             "duration_s": sum(float(r["duration_s"]) for r in raws),
         }
         cpu_s = [r["facts"].get("loop_cpu_s") for r in raws]
-        if all(c is not None for c in cpu_s) and metrics["duration_s"] > 0:
+        wall_s = [r["facts"].get("loop_wall_s") for r in raws]
+        if all(c is not None for c in cpu_s + wall_s) and sum(wall_s) > 0:
             # CPUs the runtime's threads had during the timed loops (threads that spin-wait count as busy).
-            metrics["cpu_parallelism"] = round(sum(cpu_s) / metrics["duration_s"], 3)
+            metrics["cpu_parallelism"] = round(sum(cpu_s) / sum(wall_s), 3)
         if job.kind == "latency" and self.settings.iterations is None:
             metrics["stop_on"] = list(self.settings.stop_on)  # what "converged" pinned down
         if repeated:

@@ -136,9 +136,11 @@ def pytest_configure(config: pytest.Config) -> None:
         # test runs; a new SQLite file is created at the first job, so --co or a session that runs no
         # job leaves none behind.
         new_file = database_path(db)
-        store = None if new_file is not None and not new_file.exists() else Store(db)
-        if store is None and new_file is not None:
+        if new_file is not None and not new_file.exists():
             check_new_database(new_file)
+            store = None
+        else:
+            store = Store(db)
     except EdgebenchError as exc:
         raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
     config.stash[_PIPELINE] = Pipeline(

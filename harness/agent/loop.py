@@ -249,9 +249,11 @@ class Watch:
         CPUs the runtime's threads really had.
         """
         quota_before = cgroup.snapshot(self.group)
-        cpu_started = time.process_time()
+        cpu_started, wall_started = time.process_time(), time.monotonic()
         yield
+        # The same window for both: the loop's own duration_s leaves out its last convergence check.
         self.loop["loop_cpu_s"] = time.process_time() - cpu_started
+        self.loop["loop_wall_s"] = time.monotonic() - wall_started
         if quota_before:
             self.loop["cpu_quota"] = cgroup.throttling(quota_before, cgroup.snapshot(self.group))
 
