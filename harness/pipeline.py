@@ -330,10 +330,9 @@ class Pipeline:
 
     lab: Lab
     models: Sequence[ModelEntry]
-    # None while planning: a command opens (and so creates) the results database only once its plan
-    # has a job, so an input that plans nothing leaves no empty database behind.
+    # Or ``open_store``, called at the first need: a front end plans first and opens (so creates) the
+    # results database only once there is a job, so an input that plans nothing leaves none behind.
     store: Store | None = None
-    # Opens the store at the first job instead (the pytest plugin: a session that runs no job creates none).
     open_store: Callable[[], Store] | None = None
     settings: MeasureSettings = field(default_factory=MeasureSettings)
     artifacts: ArtifactCache = field(default_factory=ArtifactCache)
@@ -377,11 +376,11 @@ class Pipeline:
         self.started = True
 
     def results_store(self) -> Store:
-        """The store results go to; a run cannot start before the command has opened one."""
+        """The store results go to, opened now if it is not yet (a front end calls this to check ``--db`` early)."""
         if self.store is None and self.open_store is not None:
             self.store = self.open_store()
         if self.store is None:
-            raise RuntimeError("Pipeline.store is not set: open the results database before the first job")
+            raise RuntimeError("Pipeline has neither store nor open_store: it has nowhere to record results")
         return self.store
 
     @property
@@ -521,7 +520,7 @@ class Pipeline:
             last = attempts[-1]
             if job.kind != "latency" or not last.throttled or len(attempts) > self.settings.throttle_retries:
                 metrics = {**result.metrics, **throttle_metrics(result.metrics, attempts), "batch": self.settings.batch}
-                why = [*last.reasons, *(c for c in (last.contention, last.quota) if c)]
+                why = [*last.reasons, *last.contended]
                 # Only a latency job's numbers depend on a quiet machine; robustness counts answers.
                 message = f"{result.message} (unstable: {why[0]})" if why and job.kind == "latency" else result.message
                 return replace(result, metrics=metrics, message=message)

@@ -138,22 +138,21 @@ def pytest_configure(config: pytest.Config) -> None:
         new_file = database_path(db)
         if new_file is not None and not new_file.exists():
             check_new_database(new_file)
-            store = None
-        else:
-            store = Store(db)
+        pipeline = Pipeline(
+            lab,
+            models,
+            open_store=lambda: Store(db),
+            settings=settings,
+            command="pytest",
+            catalog=catalog,
+            backends=backends,
+            native_size_only=config.getoption("--native-size"),
+        )
+        if new_file is None or new_file.exists():
+            pipeline.results_store()
     except EdgebenchError as exc:
         raise pytest.UsageError(f"edgebench: {exc.one_line()}") from None
-    config.stash[_PIPELINE] = Pipeline(
-        lab,
-        models,
-        store,
-        open_store=lambda: Store(db),
-        settings=settings,
-        command="pytest",
-        catalog=catalog,
-        backends=backends,
-        native_size_only=config.getoption("--native-size"),
-    )
+    config.stash[_PIPELINE] = pipeline
     config.stash[_REPORT] = out
 
 

@@ -51,6 +51,7 @@ def find_group(cgroup: str, mountinfo: str) -> tuple[int, str, str] | None:
             continue
         if parts[0] == "0" and parts[1] == "":
             path_v2 = parts[2]
+            continue
         for controller in parts[1].split(","):
             paths_v1[controller] = parts[2]
     mounts = _mounts(mountinfo)
@@ -59,9 +60,7 @@ def find_group(cgroup: str, mountinfo: str) -> tuple[int, str, str] | None:
             return 1, _join(point, root, paths_v1["cpu"]), point
     for fstype, root, point, _ in mounts:
         if fstype == "cgroup2" and path_v2 is not None:
-            group = _join(point, root, path_v2)
-            if os.path.exists(os.path.join(group, "cpu.max")) or os.path.exists(os.path.join(point, "cpu.stat")):
-                return 2, group, point
+            return 2, _join(point, root, path_v2), point  # without the cpu controller: no cpu.max, no quota
     return None
 
 

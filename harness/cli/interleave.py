@@ -43,6 +43,7 @@ def interleave(
     pipeline = Pipeline(
         lab_config,
         entries,
+        open_store=lambda: open_store(db),
         settings=settings,
         backends=chosen_backends,
         native_size_only=True,
@@ -55,7 +56,7 @@ def interleave(
     planned = pipeline.plan(["latency"])
     if not planned:
         raise empty_plan(pipeline, ["latency"], sizes_flag=None)
-    pipeline.store = open_store(db)
+    pipeline.results_store()  # a wrong --db is refused now, before any device work
 
     def work() -> str | None:
         measured = 0

@@ -123,6 +123,7 @@ def run(
     pipeline = Pipeline(
         lab_config,
         entries,
+        open_store=lambda: open_store(db),
         catalog=load_catalog(catalog),
         backends=chosen_backends,
         native_size_only=not all_sizes,
@@ -134,7 +135,7 @@ def run(
     jobs = pipeline.plan(chosen)
     if not jobs:
         raise empty_plan(pipeline, chosen)
-    pipeline.store = store = open_store(db)
+    store = pipeline.results_store()
 
     def work() -> None:
         console.print(f"run {pipeline.run_id}: {len(jobs)} job(s) on {len(lab_config.devices)} device(s)")

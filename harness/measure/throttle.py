@@ -77,6 +77,11 @@ class ThrottleVerdict:
     power_mw: Mapping[str, float]  # mean per rail during the run (empty where the platform reports none)
     telemetry_errors: tuple[str, ...]  # profile readers that could not be read
 
+    @property
+    def contended(self) -> tuple[str, ...]:
+        """The contention sentences (other processes, a CPU quota): unstable, but not retried."""
+        return tuple(c for c in (self.contention, self.quota) if c)
+
 
 def calibration_per_iteration_ns(calibration: Mapping[str, Any], key: str = "before_ns") -> float | None:
     """Fastest repetition of the calibration loop, per iteration, in nanoseconds (None when not run).
@@ -310,7 +315,7 @@ def throttle_metrics(metrics: Mapping[str, Any], attempts: Sequence[ThrottleVerd
         "power_mw": dict(last.power_mw) or None,
         "telemetry_errors": list(last.telemetry_errors),
     }
-    reasons = [f"throttled: {r}" for r in last.reasons] + [c for c in (last.contention, last.quota) if c]
+    reasons = [f"throttled: {r}" for r in last.reasons] + list(last.contended)
     if reasons:
         out["unstable"] = True
         out["unstable_reasons"] = [*metrics.get("unstable_reasons", []), *reasons]
