@@ -21,7 +21,8 @@ against the pooled percentile of all twelve jobs and against that of the nine jo
 the runs it did not see. (With ``--repeats`` only the first process runs the eval pass; here every
 job does, so these runs are about a second further apart.) The same twelve jobs are also grouped
 across the run, (0, 4, 8), (1, 5, 9) and so on: what three repeats spread over the whole run, rather
-than back to back, would report, on the same samples.
+than back to back, would report, on the same samples. Each group also records the runs ``--repeats``
+would name as at another level (``level_shifts``: a P50 1.25x the group's median or more, or 0.8x or less).
 
 pytest-benchmark times the host summary (all percentiles, intervals and effective counts) of one job.
 """
@@ -37,7 +38,7 @@ import numpy as np
 from benchmarks.conftest import save_numbers
 from harness.catalog import load_catalog
 from harness.lab.inventory import Device, Lab
-from harness.measure.repeats import between_runs
+from harness.measure.repeats import between_runs, level_shifts
 from harness.measure.stats import PercentileEstimate, half_width_ratio, order_statistic_interval, summarize
 from harness.pipeline import MeasureSettings, Pipeline
 from harness.records import Job, JobResult, Variant
@@ -104,7 +105,8 @@ def _repeat_groups(
     for members in memberships:
         combined = between_runs([summaries[i] for i in members], np.concatenate([samples[i] for i in members])).summary
         rest = np.concatenate([s for i, s in enumerate(samples) if i not in members]).astype(np.float64) / 1e6
-        row: dict[str, Any] = {"jobs": list(members)}
+        # What --repeats would mark unstable: a run at another level from the group's others.
+        row: dict[str, Any] = {"jobs": list(members), "level_shifts": level_shifts([summaries[i] for i in members])}
         for q, estimate in ((0.5, combined.p50), (0.95, combined.p95), (0.99, combined.p99)):
             others = float(np.quantile(rest, q))
             row[f"p{round(q * 100)}"] = {
@@ -146,6 +148,8 @@ def test_how_far_one_jobs_interval_carries_to_the_next_job(benchmark: Any, tmp_p
         "pooled_ms": {f"p{round(q * 100)}": v for q, v in references.items()},
         "job_p50_cv_across_jobs": statistics.stdev(p50s) / statistics.mean(p50s),
         "job_p50_range_ms": [min(p50s), max(p50s)],
+        # Each job's P50 over the twelve's median: a job at another level for its whole process stands out.
+        "job_p50_over_median": [p / statistics.median(p50s) for p in p50s],
         "median_p50_half_width": statistics.median(h for h in half_widths if h is not None),
         "host_summary_ms": benchmark.stats.stats.median * 1e3,
         "jobs_detail": rows,
@@ -164,6 +168,7 @@ def test_how_far_one_jobs_interval_carries_to_the_next_job(benchmark: Any, tmp_p
             numbers[f"{prefix}{REPEATS}_{label}_median_half_width"] = statistics.median(
                 g[label]["half_width"] for g in groups
             )
+        numbers[f"{prefix}{REPEATS}_level_shift_groups"] = sum(bool(g["level_shifts"]) for g in groups)
     save_numbers("between-runs-mobilenetv2-style", numbers)
 
     # The experiment is only read if every job measured what it was asked to.

@@ -15,6 +15,7 @@ from .catalog import Budgets
 from .gate.budgets import check_latency
 from .measure.corruptions import ALL_CORRUPTIONS, SEVERITIES
 from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_outputs
+from .measure.repeats import level_shifts
 from .measure.robustness import cell_from_logits, robustness_delta, robustness_report
 from .measure.stability import assess_stability
 from .measure.stats import LatencySummary
@@ -42,9 +43,14 @@ def latency_checks(
 
 
 def repeated_stability(runs: Sequence[tuple[np.ndarray, LatencySummary]]) -> Metrics:
-    """Stability over several runs: the worst run's CV, drift and outlier share, every run's reasons by number."""
+    """Stability over several runs: the worst run's CV, drift and outlier share, every run's reasons by number.
+
+    A run at another level from the others (``level_shifts``) is a reason too: the host changed speed
+    between runner processes.
+    """
     each = [stability_metrics(samples, summary) for samples, summary in runs]
     reasons = [f"run {i} of {len(each)}: {r}" for i, m in enumerate(each, 1) for r in m.get("unstable_reasons", [])]
+    reasons += level_shifts([summary for _, summary in runs])
     measured = [m for m in each if m]  # a run of one call has no spread to judge
     if not measured:
         return {}

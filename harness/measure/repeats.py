@@ -36,10 +36,15 @@ from scipy.stats import t as student_t
 
 from .stats import REPORTED_PERCENTILES, LatencySummary, PercentileEstimate, as_samples_ns
 
-__all__ = ["MIN_REPEATS", "RepeatedRuns", "between_runs", "check_repeats"]
+__all__ = ["LEVEL_SHIFT", "MIN_REPEATS", "RepeatedRuns", "between_runs", "check_repeats", "level_shifts"]
 
 MIN_REPEATS = 3
 _NS_PER_MS = 1e6
+# A run whose P50 is this many times the runs' median P50 (or below its inverse) ran at another speed from
+# the other runner processes. Twelve back-to-back jobs of MobileNetV2-style on the reference VM
+# (bench_between_runs, 2026-12-01): nine P50s within 0.89-1.07x of the twelve's median, three at
+# 1.42-1.53x. The between-run CV away from such states is 2.3-4.1%, so 1.25 is about six of those apart.
+LEVEL_SHIFT = 1.25
 
 
 def check_repeats(repeats: int) -> str | None:
@@ -65,6 +70,26 @@ class RepeatedRuns:
             out[f"repeat_{name}_effective_n"] = [getattr(r, name).effective_n for r in self.runs]
             out[f"repeat_{name}_cv"] = float(np.std(values, ddof=1) / np.mean(values))
         return out
+
+
+def level_shifts(runs: Sequence[LatencySummary]) -> list[str]:
+    """Unstable reasons for the runs whose P50 is LEVEL_SHIFT or more away from the runs' median P50.
+
+    Within-run checks cannot see such a run: it is steady, just steady at another level. The median is
+    the middle run's for three runs, so a single odd run is named whichever way it is off.
+    """
+    p50s = [r.p50.value_ms for r in runs]
+    middle = float(np.median(p50s))
+    reasons = []
+    for i, value in enumerate(p50s, 1):
+        ratio = value / middle if middle > 0 else 1.0
+        if ratio >= LEVEL_SHIFT or ratio <= 1.0 / LEVEL_SHIFT:
+            reasons.append(
+                f"run {i} of {len(p50s)}: P50 {value:.4g} ms is {ratio:.2f}x the runs' median {middle:.4g} ms "
+                "(the device ran at another speed in that runner process; rerun, or compare variants "
+                "in interleaved rounds)"
+            )
+    return reasons
 
 
 def _combined(name: str, runs: Sequence[LatencySummary], confidence: float) -> PercentileEstimate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,29 @@ def test_stability_is_judged_run_by_run_and_each_reason_names_its_run() -> None:
     assert {r.split(":")[0] for r in metrics["unstable_reasons"]} == {"run 2 of 3"}, "the steady runs are not blamed"
     assert any("drift" in r for r in metrics["unstable_reasons"])
     assert metrics["drift"] == pytest.approx(0.15, abs=0.02), "the worst run's drift"
+
+
+def test_a_run_steady_at_another_level_is_marked_unstable_naming_it_and_close_runs_are_not() -> None:
+    # The reference VM's slow state: one runner process at about 1.45x for its whole life (steady, so no
+    # within-run check sees it), beside two at the usual level (bench_between_runs, 2026-12-01).
+    runs = [_run(12.8, seed=10), _run(13.3, seed=11), _run(19.0, seed=12)]
+    each = [summarize(r) for r in runs]
+    summary = between_runs(each, np.concatenate(runs)).summary
+    metrics, _ = latency_checks(summary, np.concatenate(runs), Budgets(), list(zip(runs, each, strict=True)))
+    assert metrics["unstable"]
+    (reason,) = metrics["unstable_reasons"]
+    shape = r"run 3 of 3: P50 1[89]\.\d\d ms is 1\.4\dx the runs' median 13\.\d\d ms \(.*interleaved rounds\)"
+    assert re.fullmatch(shape, reason), reason
+    # Two runs slow and one fast: the median is a slow run's, and the fast one is named.
+    runs = [_run(18.5, seed=13), _run(12.5, seed=14), _run(17.6, seed=15)]
+    each = [summarize(r) for r in runs]
+    metrics, _ = latency_checks(summary, np.concatenate(runs), Budgets(), list(zip(runs, each, strict=True)))
+    assert [r.split(":")[0] for r in metrics["unstable_reasons"]] == ["run 2 of 3"]
+    # The spread measured between ordinary runs (about 0.9-1.1x) is not a level shift.
+    runs = [_run(level, seed=20 + i) for i, level in enumerate((11.1, 12.3, 13.3, 12.1))]
+    each = [summarize(r) for r in runs]
+    metrics, _ = latency_checks(summary, np.concatenate(runs), Budgets(), list(zip(runs, each, strict=True)))
+    assert not metrics["unstable"], metrics["unstable_reasons"]
 
 
 def test_fewer_than_three_runs_or_mismatched_samples_are_refused() -> None:

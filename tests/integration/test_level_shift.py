@@ -1,0 +1,110 @@
+"""A repeated job whose one runner process ran at another speed is marked unstable, and that run is named.
+
+On the reference VM a runner process sometimes runs at 1.4-1.8x for all of its calls, steady, with its
+calibration loop at the usual speed and no other process busy: nothing inside the run shows it, only a
+comparison with the job's other runs. Here the device's ``python:`` is a wrapper that starts the second
+runner process with a busy Python thread beside it. The runtime releases the GIL for each call and
+must wait for it afterwards, so every call of that process is slower, for real, while the machine has no
+other load, no CPU limit and no clock change to find.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from markupsafe import escape as html_escape
+
+from harness.cli import main
+
+pytestmark = [pytest.mark.slow]
+
+BUSY_SECOND_RUN = """\
+import runpy, sys, threading
+
+def busy():
+    x = 0
+    while True:
+        x += 1
+
+# The runner waits up to one switch interval for the GIL after each call: 20 us instead of 5 ms makes
+# the tiny model's calls a few times slower, not hundreds of times.
+sys.setswitchinterval(2e-5)
+threading.Thread(target=busy, daemon=True).start()
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _python_slow_on_second_run(tmp_path: Path) -> Path:
+    """An interpreter wrapper: the second runner process (``... run``) gets a busy thread beside it."""
+    busy = tmp_path / "busy_second_run.py"
+    busy.write_text(BUSY_SECOND_RUN, encoding="utf-8")
+    count = tmp_path / "runner-count"
+    wrapper = tmp_path / "python-slow-second"
+    wrapper.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            last=""; for a in "$@"; do last=$a; done
+            if [ "$last" = run ]; then
+              n=$(cat {count} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {count}
+              if [ $n = 2 ]; then exec {sys.executable} {busy} "$@"; fi
+            fi
+            exec {sys.executable} "$@"
+            """
+        ),
+        encoding="utf-8",
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def _records(tmp_path: Path, catalog: Path, capsys: pytest.CaptureFixture[str]) -> tuple[list[dict[str, Any]], str]:
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(
+        textwrap.dedent(
+            f"""\
+            schema_version: 1
+            name: level-shift
+            measure: {{iterations: 400, repeats: 3, calibration_reps: 2, throttle_retries: 0}}
+            devices:
+              - name: local
+                platform: generic-linux
+                transport: local
+                python: {_python_slow_on_second_run(tmp_path)}
+                runtimes: [onnxruntime]
+                cache_dir: {tmp_path / "device"}
+                threads: 1
+            """
+        ),
+        encoding="utf-8",
+    )
+    db, report = tmp_path / "runs.sqlite", tmp_path / "report.html"
+    argv = ["run", "--lab", str(lab), "--catalog", str(catalog), "--db", str(db), "--kinds", "latency"]
+    assert main([*argv, "--backends", "onnxruntime", "--report", str(report)]) == 0
+    capsys.readouterr()
+    assert main(["results", "--db", str(db), "--format", "json"]) == 0
+    rows: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    return rows, report.read_text(encoding="utf-8")
+
+
+def test_the_run_at_another_speed_is_named_and_the_job_marked_unstable(
+    edgebench_env: Path, tiny_catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows, html = _records(tmp_path, tiny_catalog, capsys)
+    # The wrapper slowed the second runner process of the first job measured, whichever variant that is.
+    measured = [r for r in rows if r.get("repeat_p50_ms")]
+    assert measured, [(r["variant"], r["status"]) for r in rows]
+    row = max(measured, key=lambda r: r["repeat_p50_ms"][1] / max(r["repeat_p50_ms"][0], r["repeat_p50_ms"][2]))
+    first, second, third = row["repeat_p50_ms"]
+    assert second > 1.25 * max(first, third), f"the busy thread did not slow the second run: {row['repeat_p50_ms']}"
+    assert row["unstable"] is True
+    shifts = [r for r in row["unstable_reasons"] if "x the runs' median" in r]
+    assert len(shifts) == 1 and shifts[0].startswith(f"run 2 of 3: P50 {second:.4g} ms is "), shifts
+    assert "rerun, or compare variants in interleaved rounds" in shifts[0]
+    assert html_escape(shifts[0]) in html, "the report says which run and why"
