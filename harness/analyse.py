@@ -32,8 +32,8 @@ def latency_checks(
 ) -> tuple[Metrics, tuple[str, ...]]:
     """Stability metrics and latency budget failures (an INVALID percentile is a failure too).
 
-    ``runs`` are a repeated job's runs (samples, summary): each is judged for stability on its own,
-    since the level change between two processes is what the between-run interval already measures.
+    ``runs`` are a repeated job's runs (samples, summary): each is judged for stability on its own, and
+    a run at another level from the others is a reason of its own (``repeated_stability``).
     """
     failures = list(check_latency(summary, budgets))
     if not summary.valid:
@@ -98,6 +98,20 @@ def oversubscription(threads: int | None, options: Mapping[str, Any], cpu_affini
         f"{demand} runtime threads on {len(cpu_affinity)} allowed CPU(s) {cpu_affinity}: "
         "give the device more cpus: or the variant fewer threads"
     )
+
+
+def cpu_parallelism(facts: Sequence[Mapping[str, Any]]) -> float | None:
+    """CPUs the runtime's threads had during the timed loops: process CPU time over wall time, or None.
+
+    ``facts`` are the runner processes' facts (``loop_cpu_s``, ``loop_wall_s``); threads that spin-wait
+    count as busy. None when any process did not record both (an older runner).
+    """
+    if not facts or any(f.get("loop_cpu_s") is None or f.get("loop_wall_s") is None for f in facts):
+        return None
+    wall_s = sum(float(f["loop_wall_s"]) for f in facts)
+    if wall_s <= 0:
+        return None
+    return round(sum(float(f["loop_cpu_s"]) for f in facts) / wall_s, 3)
 
 
 def provenance_metrics(

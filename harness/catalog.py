@@ -132,7 +132,7 @@ class DataRef(Strict):
 
 
 class Budgets(Strict):
-    """Default release budgets for this model; any may be overridden by suites/budgets.yaml."""
+    """Release budgets for this model (a missing one is not checked)."""
 
     p50_ms: StrictFloat | None = Field(default=None, gt=0)
     p95_ms: StrictFloat | None = Field(default=None, gt=0)

@@ -2,7 +2,8 @@
 
 pydantic validates; PyYAML's node tree knows where every key sits. This module joins the two so a
 user reads ``devices/lab.yaml:12: devices[1].port: Input should be a valid integer (got 'twenty-two');
-fix: ...`` and no traceback. Unknown keys are errors, never warnings (STYLE.md rule 4).
+fix: ...`` and no traceback. Unknown keys are errors, never warnings: a misspelt key must not
+silently keep its default.
 """
 
 from __future__ import annotations

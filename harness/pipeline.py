@@ -28,6 +28,7 @@ import numpy as np
 from . import __version__
 from .analyse import (
     corruption_keys,
+    cpu_parallelism,
     latency_checks,
     parity_checks,
     production_checks,
@@ -696,11 +697,9 @@ class Pipeline:
             "warmup_stable": all(bool(r["warmup_stable"]) for r in raws),
             "duration_s": sum(float(r["duration_s"]) for r in raws),
         }
-        cpu_s = [r["facts"].get("loop_cpu_s") for r in raws]
-        wall_s = [r["facts"].get("loop_wall_s") for r in raws]
-        if all(c is not None for c in cpu_s + wall_s) and sum(wall_s) > 0:
-            # CPUs the runtime's threads had during the timed loops (threads that spin-wait count as busy).
-            metrics["cpu_parallelism"] = round(sum(cpu_s) / sum(wall_s), 3)
+        parallelism = cpu_parallelism([r["facts"] for r in raws])
+        if parallelism is not None:
+            metrics["cpu_parallelism"] = parallelism
         if job.kind == "latency" and self.settings.iterations is None:
             metrics["stop_on"] = list(self.settings.stop_on)  # what "converged" pinned down
         if repeated:

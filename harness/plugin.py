@@ -67,12 +67,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--quick", action="store_true", help="shorter timed loops (P99 still VALID)")
     group.addoption("--backends", metavar="LIST", help="comma-separated backends (default: all the platform runs)")
     group.addoption(
-        "--native-size", action="store_true", help="only each model's catalog input shape, not its input_sizes"
+        "--all-sizes", action="store_true", help="also every extra input size in the catalog (input_sizes)"
     )
     group.addoption("--min-duration", metavar="S", type=float, help="seconds each timed loop runs at least")
     group.addoption("--max-duration", metavar="S", type=float, help="time cap of each timed loop, seconds")
     group.addoption(
-        "--half-width", metavar="F", type=float, help="target interval half-width of P50/P95/P99, e.g. 0.02"
+        "--half-width",
+        metavar="F",
+        type=float,
+        help="target interval half-width of the --stop-on percentiles (default P50/P95/P99), e.g. 0.02",
     )
     group.addoption("--batch", metavar="N", type=int, help="rows of the latency input per timed call")
     group.addoption(
@@ -146,7 +149,7 @@ def pytest_configure(config: pytest.Config) -> None:
             command="pytest",
             catalog=catalog,
             backends=backends,
-            native_size_only=config.getoption("--native-size"),
+            native_size_only=not config.getoption("--all-sizes"),  # as `edgebench run` plans by default
         )
         if new_file is None or new_file.exists():
             pipeline.results_store()

@@ -7,12 +7,13 @@ drawn here with the same statistics as a single job.
 Interleaving and the A/A self-check. Variants of one device run in one runner process, in rounds of
 blocks shuffled every round, so drift lands on all of them alike. But variants sharing a process can
 disturb each other: two OpenVINO CPU compiled models of the same IR in one process measured 1.95x
-apart in 3 of 8 trials on the reference machine (design.md). So every interleaved run carries an A/A
-copy of its first variant (the same artifact loaded again as another variant). When the copy's P50
-is not within 1% of the original's, the in-process numbers are not trusted: the harness falls back
-to separate runner processes in alternating order (A B ... B A), pools each variant's samples, and
-records ``interleave_mode: separate_processes`` with the failed ``aa_check`` beside the results, so
-a reader sees both that the fallback happened and why.
+apart in 3 of 8 trials on the reference machine (starting measurements, docs/measurements.md). So
+every interleaved run carries an A/A copy of its first variant (the same artifact loaded again as
+another variant). When the copy's P50 is not within 1% of the original's, the in-process numbers
+are not trusted: the harness falls back to separate runner processes in alternating order
+(A B ... B A), pools each variant's samples, and records ``interleave_mode: separate_processes``
+with the failed ``aa_check`` beside the results, so a reader sees both that the fallback happened
+and why.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .analyse import provenance_metrics, stability_metrics
+from .analyse import cpu_parallelism, provenance_metrics, stability_metrics
 from .errors import CapabilityMissing, ConfigError, RunnerError, ToolchainMissing
 from .measure.stats import LatencySummary, summarize
 from .measure.throttle import assess_throttle, throttle_metrics
@@ -345,7 +346,7 @@ def run_interleaved(
     if check is None or check["ok"]:
         samples = {j.id: [np.asarray(by_name[j.id]["samples_ns"], dtype=np.int64)] for j in jobs}
         reasons = {j.id: [str(raw["stop_reason"])] for j in jobs}
-        facts = [raw["facts"]]
+        facts = {j.id: [raw["facts"]] for j in jobs}  # one loop timed every variant
         mode = "in_process"
     else:
         samples, reasons, facts = _separate_processes(pipeline, runner, prepared, seed, fallback_processes)
@@ -355,7 +356,8 @@ def run_interleaved(
     for p in prepared:
         pooled = np.concatenate(samples[p.job.id])
         summary = summarize(pooled)
-        attempt = assess_throttle(facts[-1], pipeline.settings.throttle)
+        own = facts[p.job.id]  # the processes that timed this variant; the last one's facts are recorded
+        attempt = assess_throttle(own[-1], pipeline.settings.throttle)
         metrics: dict[str, Any] = {
             "interleave_mode": mode,
             "aa_check": check,
@@ -368,9 +370,12 @@ def run_interleaved(
             "seed": seed,
             "warmup_iterations": by_name[p.job.id]["warmup_iterations"],
         }
+        parallelism = cpu_parallelism(own)
+        if parallelism is not None:
+            metrics["cpu_parallelism"] = parallelism
         metrics.update(stability_metrics(pooled, summary))
         runtime = by_name[p.job.id]["runtime"]
-        metrics.update(provenance_metrics(p.job.variant, runtime, facts[-1], metrics))
+        metrics.update(provenance_metrics(p.job.variant, runtime, own[-1], metrics))
         if check is not None and not check["ok"]:
             metrics["unstable_reasons"] = [
                 *metrics.get("unstable_reasons", []),
@@ -385,7 +390,7 @@ def run_interleaved(
             "interleaved",
             started,
             message,
-            {**facts[-1], "runtime": runtime},
+            {**own[-1], "runtime": runtime},
             metrics,
             str(runtime.get("runtime", p.job.variant.backend)),
             summary,
@@ -397,14 +402,14 @@ def run_interleaved(
 
 def _separate_processes(
     pipeline: Pipeline, runner: _Runner, prepared: Sequence[_Prepared], seed: int, processes: int
-) -> tuple[dict[str, list[np.ndarray]], dict[str, list[str]], list[dict[str, Any]]]:
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[str]], dict[str, list[dict[str, Any]]]]:
     """Each variant alone in a fresh runner process, in alternating order (A B C, C B A, ...).
 
-    Returns each variant's samples and stop reasons per process, and every process's facts.
+    Returns each variant's samples, stop reasons and facts, one per process, in the order timed.
     """
     samples: dict[str, list[np.ndarray]] = {p.job.id: [] for p in prepared}
     reasons: dict[str, list[str]] = {p.job.id: [] for p in prepared}
-    facts: list[dict[str, Any]] = []
+    facts: dict[str, list[dict[str, Any]]] = {p.job.id: [] for p in prepared}
     for i in range(processes):
         order = list(prepared) if i % 2 == 0 else list(reversed(prepared))
         for p in order:
@@ -412,7 +417,7 @@ def _separate_processes(
             raw = runner.call("interleave", spec)
             samples[p.job.id].append(np.asarray(raw["variants"][0]["samples_ns"], dtype=np.int64))
             reasons[p.job.id].append(str(raw["stop_reason"]))
-            facts.append(raw["facts"])
+            facts[p.job.id].append(raw["facts"])
     return samples, reasons, facts
 
 

@@ -57,11 +57,27 @@ def find_group(cgroup: str, mountinfo: str) -> tuple[int, str, str] | None:
     mounts = _mounts(mountinfo)
     for fstype, root, point, options in mounts:
         if fstype == "cgroup" and "cpu" in options and "cpu" in paths_v1:
-            return 1, _join(point, root, paths_v1["cpu"]), point
+            return _under_mount(1, point, _join(point, root, paths_v1["cpu"]))
     for fstype, root, point, _ in mounts:
         if fstype == "cgroup2" and path_v2 is not None:
-            return 2, _join(point, root, path_v2), point  # without the cpu controller: no cpu.max, no quota
+            # Without the cpu controller there is no cpu.max: no quota.
+            return _under_mount(2, point, _join(point, root, path_v2))
     return None
+
+
+def _under_mount(version: int, point: str, group: str) -> tuple[int, str, str] | None:
+    """The group found, or None when its directory is not one the mount shows.
+
+    A process in a group outside its cgroup namespace's root sees a path like ``/../sibling`` in
+    /proc/self/cgroup: that group's files are not under the mount, so its quota is unknown, as when
+    they cannot be read.
+    """
+    return (version, group, point) if _within(group, point) else None
+
+
+def _within(group: str, point: str) -> bool:
+    group, point = os.path.normpath(group), os.path.normpath(point)
+    return group == point or group.startswith(point.rstrip("/") + "/")
 
 
 def _join(point: str, root: str, path: str) -> str:
@@ -116,6 +132,9 @@ def snapshot(found: tuple[int, str, str] | None) -> list[dict[str, Any]]:
     if found is None:
         return []
     version, group, point = found
+    if not _within(group, point):  # the walk up would never meet the mount point: nothing known
+        return []
+    group, point = os.path.normpath(group), os.path.normpath(point)
     levels = []
     while True:
         quota = _quota_cpus(version, group)
@@ -131,9 +150,10 @@ def snapshot(found: tuple[int, str, str] | None) -> list[dict[str, Any]]:
                     "throttled_s": throttled_s,
                 }
             )
-        if os.path.normpath(group) == os.path.normpath(point):
+        parent = os.path.dirname(group)
+        if group == point or parent == group:  # at the mount point, or at "/" (which is its own parent)
             return levels
-        group = os.path.dirname(group)
+        group = parent
 
 
 def locate() -> tuple[int, str, str] | None:

@@ -3,8 +3,9 @@
 Google Benchmark's random interleaving: whatever drifts during a run (clocks, temperature, a
 neighbour's load) lands on every variant alike instead of on whichever ran last. On the reference
 machine two copies of one model timed this way agree within 0.1-0.3%, where separate processes
-scatter by a CV of about 2.7% (design.md). Each block starts with a few untimed calls so one
-variant's warm caches or still-spinning worker threads are not charged to the next.
+scatter by a CV of about 2.7% (starting measurements, docs/measurements.md). Each block starts with
+a few untimed calls so one variant's warm caches or still-spinning worker threads are not charged to
+the next.
 
 The runner only times; whether the variants can share a process at all (the A/A self-check) is
 judged on the host from these samples.

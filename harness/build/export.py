@@ -53,7 +53,13 @@ def load_factory(entry: ModelEntry) -> Callable[..., Any]:
         ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ConfigError(f"{module_name} has no callable {attr!r}", file=entry.catalog_file, key="source.factory")
+        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ConfigError(
+            f"{module_name} has no callable {attr!r}",
+            file=entry.catalog_file,
+            key="source.factory",
+            fix=f"use one of its functions: {', '.join(defined)}" if defined else "name a function the module defines",
+        )
     return fn  # type: ignore[no-any-return]
 
 
@@ -132,7 +138,11 @@ def check_onnx(path: Path, input_shape: tuple[int, ...], *, where: Path | None =
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
-        raise BuildError(f"{path} has {len(inputs)} inputs; edgebench benchmarks single-input vision models")
+        message = f"{path} has {len(inputs)} inputs; edgebench benchmarks single-input vision models"
+        fix = "point source.path at a model with one image input (export it with the other inputs as constants)"
+        if where is not None:  # the catalog's own ONNX file: its entry names it
+            raise ConfigError(message, file=where, key="source.path", fix=fix)
+        raise BuildError(message, fix=fix)
     dims = inputs[0].type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(declared) != len(input_shape) or any(
@@ -189,6 +199,7 @@ def reference_onnx(entry: ModelEntry, *, size: int | None = None, cache: Artifac
                 f"{entry.source.factory} returned {type(model).__name__}, not a torch.nn.Module",
                 file=entry.catalog_file,
                 key="source.factory",
+                fix="point source.factory at a function that returns a torch.nn.Module (it is called with source.args)",
             )
         model.eval()
         out = tmp / f"{entry.name}.onnx"

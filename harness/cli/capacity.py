@@ -15,7 +15,7 @@ from ..build.backends import get_backend
 from ..catalog import load_catalog
 from ..errors import CapabilityMissing, ConfigError, EdgebenchError
 from ..lab.inventory import load_lab
-from .runs import GLOBAL_FLAGS, DbOpt, check_measured, finish_on_exit, open_store
+from .runs import GLOBAL_FLAGS, DbOpt, check_measured, empty_plan, finish_on_exit, open_store
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -65,9 +65,20 @@ def capacity(
     lab_config = load_lab(lab)
     entries = load_catalog(catalog, models)
     settings = measure_settings(lab_config)
-    store = open_store(db)
     command = "edgebench " + shlex.join(sys.argv[1:])
-    pipeline = Pipeline(lab_config, entries, store, settings=settings, command=command)
+    pipeline = Pipeline(
+        lab_config,
+        entries,
+        open_store=lambda: open_store(db),
+        settings=settings,
+        command=command,
+        backends={backend},
+    )
+    # Like run and interleave: a lab none of whose devices runs the backend is an error before any
+    # database is opened or created.
+    if not pipeline.plan(["latency"]):
+        raise empty_plan(pipeline, ["latency"], sizes_flag=None, backends_flag="--backend")
+    pipeline.results_store()  # a wrong --db is refused now, before any device work
     table = Table("model", "device", *(f"streams @ {r:g} FPS" for r in rates), "status")
     skipped: list[str] = []
     errors: list[str] = []

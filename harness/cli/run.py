@@ -83,7 +83,12 @@ def run(
     ] = None,
     half_width: Annotated[
         float | None,
-        typer.Option("--half-width", min=0.0001, max=0.9999, help="Target P50/P95/P99 interval half-width, e.g. 0.02."),
+        typer.Option(
+            "--half-width",
+            min=0.0001,
+            max=0.9999,
+            help="Target interval half-width of the --stop-on percentiles (default P50/P95/P99), e.g. 0.02.",
+        ),
     ] = None,
     batch: Annotated[int | None, typer.Option("--batch", min=1, help="Rows of the latency input per call.")] = None,
     repeats: Annotated[

@@ -48,8 +48,14 @@ def finish_on_exit(pipeline: Pipeline, work: Callable[[], str | None]) -> str:
     return pipeline.finish(outcome)
 
 
-def empty_plan(pipeline: Pipeline, kinds: Sequence[str], *, sizes_flag: str | None = "--all-sizes") -> ConfigError:
-    """Why the plan has no job, naming the filter that emptied it."""
+def empty_plan(
+    pipeline: Pipeline,
+    kinds: Sequence[str],
+    *,
+    sizes_flag: str | None = "--all-sizes",
+    backends_flag: str = "--backends",
+) -> ConfigError:
+    """Why the plan has no job, naming the filter that emptied it (``backends_flag``: how the command spells it)."""
     from ..pipeline import has_labels
     from ..plan import plan_variants
 
@@ -73,7 +79,7 @@ def empty_plan(pipeline: Pipeline, kinds: Sequence[str], *, sizes_flag: str | No
         runs = ", ".join(sorted(unfiltered)) or "none"
         return ConfigError(
             f"no device of {where} runs {asked}, so no job was planned",
-            key="--backends",
+            key=backends_flag,
             fix=f"use backends its devices run: {runs}",
         )
     if not unfiltered:
@@ -101,7 +107,14 @@ def check_measured(status: str, skipped: Sequence[str], errors: Sequence[str], *
     if status == "skipped":
         raise nothing_measured(skipped, what)
     if errors:
-        raise EdgebenchError(f"{failed} failed for {len(errors)} model x device(s); the first: {errors[0]}")
+        # The first error's own fix, when it has one, is the most precise advice there is.
+        fix = (
+            None
+            if "fix:" in errors[0]
+            else "read each model x device's error in the table above, and check the devices: "
+            "edgebench devices check --lab FILE"
+        )
+        raise EdgebenchError(f"{failed} failed for {len(errors)} model x device(s); the first: {errors[0]}", fix=fix)
 
 
 def skip_reasons(results: Sequence[JobResult]) -> list[str]:

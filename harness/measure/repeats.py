@@ -43,7 +43,7 @@ _NS_PER_MS = 1e6
 # A run whose P50 is this many times the runs' median P50 (or below its inverse) ran at another speed from
 # the other runner processes. Twelve back-to-back jobs of MobileNetV2-style on the reference VM
 # (bench_between_runs, 2026-12-01): nine P50s within 0.89-1.07x of the twelve's median, three at
-# 1.42-1.53x. The between-run CV away from such states is 2.3-4.1%, so 1.25 is about six of those apart.
+# 1.42-1.53x. The between-run CV away from such states is 2.3-4.1%, so 1.25 is six to eleven of those apart.
 LEVEL_SHIFT = 1.25
 
 

@@ -180,7 +180,7 @@ def warmup_stable(window_medians: Sequence[float], tolerance: float = 0.02, wind
     """True when the last ``windows`` window medians agree within ``tolerance`` (max/min - 1).
 
     Triton's perf_analyzer calls a measurement stable when its last 3 windows agree within 10%. We
-    report latency changes of a few percent (in-process repeats agree within 0.1-0.3%, design.md), so
+    report latency changes of a few percent (in-process repeats agree within 0.1-0.3%, docs/measurements.md), so
     a 10% band would end warm-up while clocks and caches are still settling; we use 2%.
     """
     if windows < 1:

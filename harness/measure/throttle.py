@@ -279,7 +279,7 @@ def assess_runs(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleLimit
     verdicts = [assess_throttle(f, limits) for f in runs]
     if len(verdicts) == 1:
         return verdicts[0]
-    shown = next((v for v in verdicts if v.throttled), None) or next((v for v in verdicts if v.contention), verdicts[0])
+    shown = next((v for v in verdicts if v.throttled), None) or next((v for v in verdicts if v.contended), verdicts[0])
     k = len(verdicts)
     contention = [f"run {i} of {k}: {v.contention}" for i, v in enumerate(verdicts, 1) if v.contention]
     quota = [f"run {i} of {k}: {v.quota}" for i, v in enumerate(verdicts, 1) if v.quota]

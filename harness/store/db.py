@@ -125,7 +125,10 @@ class Store:
             else:
                 self.engine = create_engine(self.url)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise ConfigError(f"cannot use database {self.location}: {exc}", key="--db") from None
+            fix = "pass --db a SQLite file path or a postgresql://user@host/db URL"
+            if isinstance(exc, ImportError) and self.url.startswith("postgresql"):
+                fix = "install the PostgreSQL driver (pip install 'edgebench[postgres]'), or pass --db a SQLite path"
+            raise ConfigError(f"cannot use database {self.location}: {exc}", key="--db", fix=fix) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:

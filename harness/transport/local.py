@@ -10,12 +10,27 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import CommandTimeout, TransportError
 from .protocol import CommandResult
+
+
+def _start_fix(program: str) -> str:
+    """How to make a program start here; a python* one is the interpreter the device's python: key names.
+
+    The transport is given argv, not the device: the program's name is what tells the interpreter
+    from the other programs it starts (sh, taskset).
+    """
+    if Path(program).name.startswith("python"):
+        return (
+            "set the device's python: in the lab file to an interpreter that exists and is executable, "
+            f"or remove python: to use this one ({sys.executable})"
+        )
+    return f"install {Path(program).name} on this machine, or put its directory on PATH"
 
 
 class LocalTransport:
@@ -46,7 +61,9 @@ class LocalTransport:
                 start_new_session=True,  # its own process group, so a timeout kills the whole tree
             )
         except OSError as exc:
-            raise TransportError(f"cannot start {argv[0]!r}: {exc.strerror}", device=self.device) from None
+            raise TransportError(
+                f"cannot start {argv[0]!r}: {exc.strerror}", device=self.device, fix=_start_fix(argv[0])
+            ) from None
         try:
             out, err = proc.communicate(stdin, timeout=timeout_s)
         except subprocess.TimeoutExpired:

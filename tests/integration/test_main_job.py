@@ -23,7 +23,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 LAB = PROJECT / "devices" / "local.yaml"
 
 
-def test_main_job_on_the_default_lab_trains_measures_and_reports(tmp_path: Path) -> None:
+def test_the_main_job_command_for_digits_cnn_on_onnxruntime_trains_measures_and_reports(tmp_path: Path) -> None:
     edgebench = shutil.which("edgebench")
     assert edgebench, "the edgebench console script is not installed (pip install -e .)"
     home = tmp_path / "home"

@@ -319,6 +319,10 @@ def test_interleaved_variants_carry_the_aa_check_beside_their_results(
         # What each variant ran with, as a latency result says it.
         assert flat["runtime_config"]["intra_op_threads"] == job.variant.threads
         assert flat["variant_options"] == {} and flat["cpu_affinity"]
+    # One loop timed both variants, so both report the CPUs it had (the 2-thread variant's pool may
+    # spin-wait while the other runs): at most the two CPUs here.
+    parallelism = {results[j.id].flat()["cpu_parallelism"] for j in jobs}
+    assert len(parallelism) == 1 and 0.5 < parallelism.pop() <= 2.1
     stored = pipeline.results_store().results(pipeline.run_id)
     assert [r["kind"] for r in stored] == ["interleaved", "interleaved"]
 
@@ -339,6 +343,8 @@ def test_a_failed_aa_check_falls_back_to_separate_processes_and_says_so(
         assert r.latency is not None and r.latency.n == 800  # two processes' samples pooled
         assert flat["unstable"] is True
         assert any("A/A self-check failed" in reason for reason in flat["unstable_reasons"])
+        # Each variant's own two processes: the 1-thread one has no pool to spin, so one CPU's worth.
+        assert 0.5 < flat["cpu_parallelism"] <= (1.3 if r.job_id.endswith("-t1/local") else 2.1), r.job_id
 
 
 def test_capacity_finds_the_streams_a_device_serves_and_keeps_every_step(

@@ -459,6 +459,21 @@ def test_collect_only_records_no_run(
     assert not (out / "report.html").exists()
 
 
+def test_a_session_plans_the_catalog_input_size_as_edgebench_run_does_and_all_sizes_adds_the_rest(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    entry = tiny_catalog / "tiny-cnn.yaml"
+    entry.write_text(entry.read_text(encoding="utf-8") + "input_sizes: [16, 12]\n", encoding="utf-8")
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    native = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "--co", "-q")
+    assert native.ret == pytest.ExitCode.OK
+    native.stdout.fnmatch_lines(["*test_latency[[]tiny-cnn/onnxruntime-fp32-t1/local[]]*"])
+    assert "12px" not in native.stdout.str(), "the extra sizes are opt-in, as with edgebench run"
+    every = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "--co", "-q", "--all-sizes")
+    every.stdout.fnmatch_lines(["*test_latency[[]tiny-cnn/onnxruntime-fp32-12px-t1/local[]]*"])
+
+
 def test_options_appear_in_help(pytester: pytest.Pytester) -> None:
     result = run_inner(pytester, "--help")
     result.stdout.fnmatch_lines(

@@ -7,7 +7,9 @@ kernel's quota is in tests/integration/test_cpu_quota.py.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 from harness.agent import cgroup
 from harness.measure.throttle import assess_throttle, throttle_metrics
@@ -77,6 +79,51 @@ def test_v1_counts_throttled_time_in_nanoseconds_and_minus_one_means_no_quota(tm
     (level,) = cgroup.snapshot((1, str(group), str(tmp_path)))
     assert level["group"] == "/job" and level["quota_cpus"] == 0.5
     assert level["throttled_periods"] == 5 and level["throttled_s"] == 0.13
+
+
+def levels_within(seconds: float, cgroups: str, mounts: str) -> list[dict[str, Any]]:
+    """The levels snapshot() reads for the group find_group() names, failing if that takes longer than ``seconds``.
+
+    A thread bounds the call: a walk that never ends would otherwise hang the test run instead of failing it.
+    """
+    out: list[list[dict[str, Any]]] = []
+    worker = threading.Thread(
+        target=lambda: out.append(cgroup.snapshot(cgroup.find_group(cgroups, mounts))), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=seconds)
+    assert not worker.is_alive(), f"reading the cgroup still running after {seconds} s: the walk up does not end"
+    return out[0]
+
+
+def test_a_v2_group_outside_the_cgroup_namespace_is_unknown_not_a_hang(tmp_path: Path) -> None:
+    # In a cgroup namespace whose root is not the process's group, the kernel shows a path from that
+    # root: "/../sibling". The sibling's limit lies outside the mount, so nothing is known about it.
+    point, sibling = tmp_path / "ns" / "cgroup", tmp_path / "ns" / "sibling"
+    point.mkdir(parents=True)
+    sibling.mkdir()
+    for directory in (point, sibling):
+        (directory / "cpu.max").write_text("50000 100000\n")
+        (directory / "cpu.stat").write_text(V2_STAT.format(p=10, t=4, us=1000))
+    mounts = mountinfo(("cgroup2", "/", str(point), "rw,nsdelegate"))
+    assert cgroup.find_group("0::/../sibling\n", mounts) is None
+    assert levels_within(5.0, "0::/../sibling\n", mounts) == []
+    # Handed such a group directly, the walk still ends, and with nothing read outside the mount.
+    assert cgroup.snapshot((2, str(sibling), str(point))) == []
+
+
+def test_a_v1_group_outside_the_cgroup_namespace_is_unknown_not_a_hang(tmp_path: Path) -> None:
+    point = tmp_path / "cpu"
+    point.mkdir()
+    (point / "cpu.cfs_quota_us").write_text("50000\n")
+    (point / "cpu.cfs_period_us").write_text("100000\n")
+    cgroups = "12:cpu,cpuacct:/../../ci/job7\n4:memory:/\n0::/\n"
+    mounts = mountinfo(("cgroup2", "/", str(tmp_path / "unified"), "rw"), ("cgroup", "/", str(point), "rw,cpu,cpuacct"))
+    assert cgroup.find_group(cgroups, mounts) is None, "not the unified hierarchy: it holds no CPU limit here"
+    assert levels_within(5.0, cgroups, mounts) == []
+    # A path that names the mount's own directory by a way round ("/../cpu") is still inside it.
+    (level,) = levels_within(5.0, "12:cpu,cpuacct:/../cpu\n", mounts)
+    assert level["group"] == "/" and level["quota_cpus"] == 0.5
 
 
 def quota_facts(throttled: int) -> dict[str, object]:

@@ -297,6 +297,16 @@ def test_interleave_with_an_emptied_plan_creates_no_database(
     assert "run:" not in proc.stdout and not db.exists()
 
 
+def test_capacity_on_a_lab_that_runs_not_the_backend_creates_no_database(
+    tmp_path: Path, env: dict[str, str], local_lab: Path, tiny_catalog: Path
+) -> None:
+    db = tmp_path / "c.sqlite"
+    args: list[str | Path] = ["capacity", "--lab", local_lab, "--catalog", tiny_catalog, "--db", db]
+    proc = edgebench(*args, "--backend", "tensorrt", env=env, cwd=tmp_path)
+    one_error_line(proc, "--backend:", "runs tensorrt", "no job was planned", "fix: use backends its devices run")
+    assert "run:" not in proc.stdout and not db.exists()
+
+
 def ssh_lab(tmp_path: Path, key: str = "identity", missing: Path | None = None) -> Path:
     """A one-device SSH lab whose identity (or ssh_config) file does not exist."""
     missing = missing or tmp_path / "no-such-key"

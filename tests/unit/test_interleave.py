@@ -193,7 +193,7 @@ def test_a_steps_frames_are_pooled_in_the_order_they_were_due() -> None:
     assert changes >= len(slow) // 2, f"{changes} alternations in {len(slow)} frames"
 
 
-def test_the_device_search_doubles_then_bisects(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_device_search_doubles_then_bisects_over_a_stand_in_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """The search order alone, with a stand-in step that passes up to 5 streams: real steps take seconds
     each and their pass/fail depends on the machine (tests/integration/test_measure_local.py runs them)."""
     tried: list[int] = []

@@ -101,11 +101,13 @@ def test_a_run_steady_at_another_level_is_marked_unstable_naming_it_and_close_ru
     # Two runs slow and one fast: the median is a slow run's, and the fast one is named.
     runs = [_run(18.5, seed=13), _run(12.5, seed=14), _run(17.6, seed=15)]
     each = [summarize(r) for r in runs]
+    summary = between_runs(each, np.concatenate(runs)).summary
     metrics, _ = latency_checks(summary, np.concatenate(runs), Budgets(), list(zip(runs, each, strict=True)))
     assert [r.split(":")[0] for r in metrics["unstable_reasons"]] == ["run 2 of 3"]
     # The spread measured between ordinary runs (about 0.9-1.1x) is not a level shift.
     runs = [_run(level, seed=20 + i) for i, level in enumerate((11.1, 12.3, 13.3, 12.1))]
     each = [summarize(r) for r in runs]
+    summary = between_runs(each, np.concatenate(runs)).summary
     metrics, _ = latency_checks(summary, np.concatenate(runs), Budgets(), list(zip(runs, each, strict=True)))
     assert not metrics["unstable"], metrics["unstable_reasons"]
 

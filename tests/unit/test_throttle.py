@@ -13,7 +13,7 @@ from harness.agent.telemetry import Probes
 from harness.catalog import load_catalog
 from harness.lab.inventory import load_lab
 from harness.lab.platforms import load_platform
-from harness.measure.throttle import ThrottleLimits, ThrottleVerdict, assess_throttle, throttle_metrics
+from harness.measure.throttle import ThrottleLimits, ThrottleVerdict, assess_runs, assess_throttle, throttle_metrics
 from harness.pipeline import MeasureSettings, Pipeline
 from harness.records import JobResult
 from harness.store import Store
@@ -131,6 +131,22 @@ def test_limits_are_the_callers_and_nonsense_is_refused() -> None:
     assert not assess_throttle(facts(after_ns=[12_500] * 7), ThrottleLimits(max_slowdown=0.3)).throttled
     with pytest.raises(ValueError, match="max_slowdown"):
         ThrottleLimits(max_slowdown=0.0)
+
+
+def test_a_repeated_job_one_run_of_which_a_quota_stalled_shows_that_runs_figures_and_says_which() -> None:
+    quiet = facts()
+    stalled = {
+        **facts(after_ns=[10_500] * 7),  # 5% slower: under the limit, but tells this run's figures apart
+        "cpu_quota": [
+            {"group": "/ci/job7", "quota_cpus": 2.0, "periods": 80, "throttled_periods": 31, "throttled_s": 0.9}
+        ],
+    }
+    verdict = assess_runs({**quiet, "repeat_facts": [stalled, quiet]})
+    alone = assess_throttle(stalled)
+    assert not verdict.throttled and verdict.contention is None
+    assert alone.quota is not None and verdict.quota == f"run 2 of 3: {alone.quota}"
+    assert verdict.contended == (verdict.quota,)
+    assert verdict.quota_cpus == 2.0 and verdict.calibration_slowdown == pytest.approx(0.05), "run 2's figures"
 
 
 def test_a_result_still_throttled_after_its_retries_is_marked_unstable_with_every_reason() -> None:

@@ -84,9 +84,30 @@ def test_parse_trtexec_performance_summary() -> None:
     assert failed.tensorrt_version == "8.6.1" and failed.passed is False and failed.latency_ms == {}
 
 
-def test_bad_build_option_is_a_config_error(tiny_onnx: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="workspace_mb=0 must be a positive integer"):
-        _bundle(tiny_onnx, tmp_path, "fp16", workspace_mb=0)
+@pytest.mark.parametrize(
+    ("key", "value", "accepted", "example"),
+    [
+        ("workspace_mb", 0, ">= 1", 1024),
+        ("max_batch", 2.5, ">= 1", 8),
+        ("builder_optimization_level", 6, "0..5", 3),
+        ("builder_optimization_level", True, "0..5", 3),
+    ],
+    ids=["workspace-zero", "batch-fraction", "level-too-high", "level-bool"],
+)
+def test_bad_build_option_names_its_lab_key_the_accepted_range_and_an_example(
+    tiny_onnx: Path, tmp_path: Path, key: str, value: object, accepted: str, example: int
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _bundle(tiny_onnx, tmp_path, "fp16", **{key: value})
+    assert info.value.one_line() == (
+        f"options.tensorrt.{key}: tensorrt option {key}={value!r} must be a whole number {accepted}; "
+        f"fix: set it under the device's options: tensorrt: in the lab file, e.g. {key}: {example}"
+    )
+
+
+def test_builder_optimization_level_zero_is_accepted(tiny_onnx: Path, tmp_path: Path) -> None:
+    bundle = zipfile.ZipFile(_bundle(tiny_onnx, tmp_path, "fp16", builder_optimization_level=0))
+    assert json.loads(bundle.read("build.json"))["builder_optimization_level"] == 0
 
 
 class _FakeCuda:

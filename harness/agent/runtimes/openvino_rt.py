@@ -2,8 +2,9 @@
 
 The timed call is a bare ``infer()`` on a request whose input tensor shares the bound array's memory
 (set once): ``infer({0: x})`` copies inputs and outputs every call, which cost 4-11% on the reference
-machine (design.md). The model is compiled at batch 1, the latency input's shape; the eval pass runs
-its images one by one through a second request of the same compiled model.
+machine (starting measurements, docs/measurements.md). The model is compiled at batch 1, the
+latency input's shape; the eval pass runs its images one by one through a second request of the
+same compiled model.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The IR is an .xml graph plus a .bin of weights; both travel as one uncompressed zip that the runner
 reads into memory (no unpacking on the device). FP32 runs with INFERENCE_PRECISION_HINT=f32: on a CPU
-with AMX or AVX512-BF16 the plugin otherwise runs an FP32 model in bf16 (design.md, measured here).
+with AMX or AVX512-BF16 the plugin otherwise runs an FP32 model in bf16 (starting measurements,
+docs/measurements.md).
 """
 
 from __future__ import annotations

@@ -28,6 +28,13 @@ from .protocol import CompileRequest
 BUILD_SCHEMA = 1
 DEFAULT_WORKSPACE_MB = 1024
 DEFAULT_MAX_BATCH = 32  # the runner's eval batch; latency runs at batch 1
+# Build options that take a whole number: (smallest, largest or None, the example a fix shows).
+# TensorRT's builder optimisation levels run from 0 (quickest build) to 5; it defaults to 3.
+_WHOLE_NUMBER_OPTIONS: dict[str, tuple[int, int | None, int]] = {
+    "workspace_mb": (1, None, DEFAULT_WORKSPACE_MB),
+    "max_batch": (1, None, 8),
+    "builder_optimization_level": (0, 5, 3),
+}
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -172,11 +179,21 @@ class TensorRtBackend:
         onnx = request.onnx
         check_onnx(onnx.path, onnx.input_shape)
         opts = request.options
-        for key in ("workspace_mb", "max_batch", "builder_optimization_level"):
-            if key in opts and not (isinstance(opts[key], int) and opts[key] >= (0 if "level" in key else 1)):
-                raise ConfigError(
-                    f"tensorrt option {key}={opts[key]!r} must be a positive integer", key=f"options.{key}"
-                )
+        for key, (low, high, example) in _WHOLE_NUMBER_OPTIONS.items():
+            value = opts.get(key)
+            if value is None:
+                continue
+            # bool is an int to Python: `true` must not pass for builder_optimization_level 1.
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if whole and value >= low and (high is None or value <= high):
+                continue
+            accepted = f"{low}..{high}" if high is not None else f">= {low}"
+            # The backend sees the variant's options, not the lab: the key is the path inside a device entry.
+            raise ConfigError(
+                f"tensorrt option {key}={value!r} must be a whole number {accepted}",
+                key=f"options.tensorrt.{key}",
+                fix=f"set it under the device's options: tensorrt: in the lab file, e.g. {key}: {example}",
+            )
         config = build_config(
             request.precision,
             onnx.input_name,
