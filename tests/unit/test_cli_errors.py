@@ -287,23 +287,14 @@ def test_a_plan_emptied_by_a_filter_is_exit_2_naming_it(
     assert not (tmp_path / "r.html").exists() and leftover_tmp(env) == []
 
 
-def test_interleave_with_an_emptied_plan_creates_no_database(
-    tmp_path: Path, env: dict[str, str], local_lab: Path, tiny_catalog: Path
+@pytest.mark.parametrize(("command", "flag"), [("interleave", "--backends"), ("capacity", "--backend")])
+def test_interleave_or_capacity_with_a_backend_no_device_runs_creates_no_database(
+    tmp_path: Path, env: dict[str, str], local_lab: Path, tiny_catalog: Path, command: str, flag: str
 ) -> None:
     db = tmp_path / "i.sqlite"
-    args: list[str | Path] = ["interleave", "--lab", local_lab, "--catalog", tiny_catalog, "--db", db]
-    proc = edgebench(*args, "--backends", "tensorrt", env=env, cwd=tmp_path)
-    one_error_line(proc, "--backends:", "runs tensorrt", "no job was planned")
-    assert "run:" not in proc.stdout and not db.exists()
-
-
-def test_capacity_on_a_lab_that_runs_not_the_backend_creates_no_database(
-    tmp_path: Path, env: dict[str, str], local_lab: Path, tiny_catalog: Path
-) -> None:
-    db = tmp_path / "c.sqlite"
-    args: list[str | Path] = ["capacity", "--lab", local_lab, "--catalog", tiny_catalog, "--db", db]
-    proc = edgebench(*args, "--backend", "tensorrt", env=env, cwd=tmp_path)
-    one_error_line(proc, "--backend:", "runs tensorrt", "no job was planned", "fix: use backends its devices run")
+    args: list[str | Path] = [command, "--lab", local_lab, "--catalog", tiny_catalog, "--db", db]
+    proc = edgebench(*args, flag, "tensorrt", env=env, cwd=tmp_path)
+    one_error_line(proc, f"{flag}:", "runs tensorrt", "no job was planned", "fix: use backends its devices run")
     assert "run:" not in proc.stdout and not db.exists()
 
 
