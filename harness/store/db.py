@@ -18,7 +18,17 @@ from sqlalchemy import Connection, Engine, create_engine, delete, desc, event, i
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..errors import ConfigError, StoreError
-from .schema import SCHEMA_VERSION, current_version, device_health, metrics, migrate, results, runs, samples
+from .schema import (
+    SCHEMA_VERSION,
+    current_version,
+    device_health,
+    metadata,
+    metrics,
+    migrate,
+    results,
+    runs,
+    samples,
+)
 
 if TYPE_CHECKING:  # records pulls in scipy; the CLI starts faster without it
     from ..records import JobResult
@@ -136,10 +146,11 @@ class Store:
                 old = current_version(conn)
                 if old == 0 and (read_only or self._foreign(conn)):
                     wrote = "pass the database 'edgebench run' wrote (see its 'database:' line)"
+                    new = ", or a new file name for a new one" if self.path else ", or a database of its own"
                     raise ConfigError(
                         f"{self.location} is not an edgebench results database (it has no schema_info table)",
                         key="--db",
-                        fix=wrote if read_only else wrote + ", or a new file name for a new one",
+                        fix=wrote if read_only else wrote + new,
                     )
                 if old <= SCHEMA_VERSION and not read_only:
                     migrate(conn)
@@ -190,11 +201,16 @@ class Store:
             _make_parent(self.path)
 
     def _foreign(self, conn: Connection) -> bool:
-        """A SQLite file that holds other tables but not edgebench's: someone else's database.
+        """Someone else's database: a SQLite file with other tables, or a server database that has
+        tables of edgebench's names (``runs``, ``results``, ...) but no schema_info.
 
-        Only for SQLite: a PostgreSQL database is often shared by several applications.
+        A PostgreSQL database is often shared by several applications, so other tables are fine there;
+        one of these names is another application's table, which edgebench must not write into.
         """
-        return conn.dialect.name == "sqlite" and bool(inspect(conn).get_table_names())
+        names = set(inspect(conn).get_table_names())
+        if conn.dialect.name == "sqlite":
+            return bool(names)
+        return bool(names & set(metadata.tables))
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

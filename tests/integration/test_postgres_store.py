@@ -246,6 +246,29 @@ def test_resolve_run_latest_and_by_prefix(store: Store, make_run: MakeRun) -> No
         store.resolve_run("a%")
 
 
+def test_a_shared_database_with_another_applications_runs_table_is_refused_and_left_alone(database: str) -> None:
+    engine = create_engine(database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE runs (id integer PRIMARY KEY, payload text)")
+        conn.exec_driver_sql("INSERT INTO runs VALUES (1, 'theirs')")
+        conn.exec_driver_sql("CREATE TABLE invoices (id integer PRIMARY KEY)")
+    with pytest.raises(ConfigError) as info:
+        Store(database)
+    assert "is not an edgebench results database" in info.value.one_line()
+    assert info.value.one_line().endswith("or a database of its own")
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        assert conn.exec_driver_sql("SELECT payload FROM runs").scalar_one() == "theirs"
+    engine.dispose()
+    assert tables == {"runs", "invoices"}, "nothing was created beside the other application's tables"
+    # Other applications' tables alone are fine: a database is often shared.
+    other = create_engine(database)
+    with other.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE runs")
+    other.dispose()
+    Store(database).close()
+
+
 def test_an_unreachable_server_is_a_store_error(postgres: str) -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/nothing"
     with pytest.raises(StoreError, match="cannot open or migrate the results database"):
