@@ -14,8 +14,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from harness.measure.stats import summarize
 from harness.records import JobResult
 from harness.report.render import write_report
 from harness.store import RunInfo, Store
@@ -28,6 +30,12 @@ VALID_JOB = "tiny-cnn/onnxruntime-fp32/local"
 INVALID_JOB = "small-cnn/onnxruntime-fp32/local"
 OTHER_DEVICE_JOB = "tiny-cnn/onnxruntime-fp32/nuc"
 INTERLEAVED_JOB = "tiny-cnn/onnxruntime-int8/local"
+# Twice as fast as VALID_JOB's FP32 on the same device, but it fails parity.
+PARITY_FAILING_JOB = "tiny-cnn/onnxruntime-int8/local"
+PARITY_FAILURE = "top-1 drop 4.10 pp exceeds the budget of 1.00 pp"
+# The Edge TPU runs no FP32: its speed-up is against LiteRT FP32 on the same device.
+LITERT_JOB = "tiny-cnn/litert-fp32/coral"
+EDGETPU_JOB = "tiny-cnn/edgetpu-int8/coral"
 THROTTLE_REASON = "throttled: gpu rose 21.0 C during the run (limit 15 C): not at thermal steady state"
 UNSTABLE: dict[str, Any] = {
     "unstable": True,
@@ -47,6 +55,13 @@ CAPACITY: dict[str, Any] = {
     "streams_at_15fps": 8,
     "streams_at_15fps_capped": True,
 }
+
+
+def scaled(result: JobResult, factor: float, precision: str = "int8") -> JobResult:
+    """``result`` with every call ``factor`` times as long, as another precision."""
+    assert result.samples_ns is not None
+    samples = np.ceil(result.samples_ns * factor).astype(np.int64)
+    return replace(result, precision=precision, latency=summarize(samples), samples_ns=samples)
 
 
 def chromium_binary() -> str:
@@ -138,7 +153,7 @@ def rendered(
     make_result: Callable[..., JobResult],
     make_run: Callable[..., RunInfo],
 ) -> Rendered:
-    """The report of a three-job run, rendered by Chromium once per session (one screenshot writer)."""
+    """The report of a six-job run, rendered by Chromium once per session (one screenshot writer)."""
 
     def render(root: Path) -> dict[str, Any]:
         store = Store(root / "results.sqlite")
@@ -149,6 +164,11 @@ def rendered(
         reasons = "; ".join(small.latency.invalid_reasons)
         store.add_result(replace(small, status="failed", message=f"statistics INVALID: {reasons}"))
         store.add_result(make_result(RUN_ID, OTHER_DEVICE_JOB, n=1000, seed=2, metrics=UNSTABLE))
+        int8 = scaled(make_result(RUN_ID, PARITY_FAILING_JOB, n=2000), 0.5)
+        parity = {"parity": (PARITY_FAILURE,)}
+        store.add_result(replace(int8, status="failed", message=PARITY_FAILURE, failures=parity))
+        store.add_result(make_result(RUN_ID, LITERT_JOB, n=2000, seed=5))
+        store.add_result(scaled(make_result(RUN_ID, EDGETPU_JOB, n=2000, seed=5), 0.25))
         for job, ratio in ((VALID_JOB, 1.004), (INTERLEAVED_JOB, 1.004)):
             store.add_result(
                 replace(
@@ -191,7 +211,7 @@ def job_row(rendered: Rendered, job: str) -> Row:
 
 def test_every_job_has_a_row_in_the_matrix(rendered: Rendered) -> None:
     jobs = [r.attrs["data-job"] for r in rendered.rows if r.section == "matrix" and "data-job" in r.attrs]
-    assert jobs == [VALID_JOB, INVALID_JOB, OTHER_DEVICE_JOB]
+    assert jobs == [VALID_JOB, INVALID_JOB, OTHER_DEVICE_JOB, PARITY_FAILING_JOB, LITERT_JOB, EDGETPU_JOB]
     header = next(r for r in rendered.rows if r.section == "matrix")
     for title in ("model", "device", "n", "P50 ms", "P95 ms", "P99 ms", "statistics", "status"):
         assert title in header.cells
@@ -221,24 +241,47 @@ def test_valid_and_invalid_are_told_apart_with_the_reason(rendered: Rendered) ->
     assert invalid_row.cells[header.index("status")].startswith("failed statistics INVALID")
 
 
-def test_the_realtime_table_lists_the_valid_results_per_device(rendered: Rendered) -> None:
+def test_the_realtime_table_names_the_fastest_passing_variant_per_device(rendered: Rendered) -> None:
     rows = [r for r in rendered.rows if r.section == "realtime"]
     header, body = rows[0].cells, rows[1:]
-    assert header[:4] == ["model", "device", "fastest variant", "P99 ms"]
-    assert header[4:] == ["30 FPS", "60 FPS"]
-    # The INVALID job has no row: a tail latency without an interval is no basis for a yes.
-    assert [(r.cells[0], r.cells[1]) for r in body] == [("tiny-cnn", "local"), ("tiny-cnn", "nuc")]
-    local = body[0].cells
-    assert local[2] == "onnxruntime fp32 3x16x16"
-    assert local[3] == ms(rendered.records[VALID_JOB]["p99_ms"])
-    assert local[4:] == ["yes", "yes"], "a 2.4 ms model meets 30 and 60 FPS"
+    assert header == ["model", "input", "device", "fastest passing variant", "P99 ms", "30 FPS", "60 FPS"]
+    assert [(r.cells[0], r.cells[1], r.cells[2]) for r in body] == [
+        ("small-cnn", "3x16x16", "local"),
+        ("tiny-cnn", "3x16x16", "coral"),
+        ("tiny-cnn", "3x16x16", "local"),
+        ("tiny-cnn", "3x16x16", "nuc"),
+    ]
+    # small-cnn's only job is INVALID: a tail latency without an interval is no basis for a yes, and
+    # the table says no variant passed rather than leaving the model out.
+    assert body[0].cells[3:] == ["no variant passed its checks (see the jobs below)", "-", "no", "no"]
+    assert "data-job" not in body[0].attrs
+    body = body[1:]
+    assert body[0].cells[3] == "edgetpu int8, 1 thread"
+    # The twice-as-fast INT8 fails parity: the FP32 answers for this device.
+    local = body[1]
+    assert local.attrs["data-job"] == VALID_JOB
+    assert local.cells[3] == "onnxruntime fp32, 1 thread"
+    record = rendered.records[VALID_JOB]
+    assert local.cells[4] == f"{ms(record['p99_ms'])} up to {ms(record['p99_ci_ms'][1])}"
+    assert local.cells[5:] == ["yes", "yes"], "a 2.4 ms model meets 30 and 60 FPS"
     # A yes from an unstable run is flagged where the PM reads it, not only in the quality table.
-    assert body[1].cells[2] == "onnxruntime fp32 3x16x16 (unstable: see below)"
+    assert body[2].cells[3] == "onnxruntime fp32, 1 thread (unstable: see below)"
+
+
+def test_int8_speed_ups_are_against_the_fp32_reference_on_the_same_device(rendered: Rendered) -> None:
+    header, body = section_rows(rendered, "precision")
+    costs = {r.attrs["data-job"]: dict(zip(header, r.cells, strict=True)) for r in body}
+    p50 = {job: r["p50_ms"] for job, r in rendered.records.items()}
+    int8 = costs[PARITY_FAILING_JOB]
+    assert int8["speed-up"] == f"{p50[VALID_JOB] / p50[PARITY_FAILING_JOB]:.2f}x" == "2.00x"
+    assert int8["parity"] == f"fails {PARITY_FAILURE}"
+    assert costs[EDGETPU_JOB]["speed-up"] == f"{p50[LITERT_JOB] / p50[EDGETPU_JOB]:.2f}x" == "4.00x"
+    assert costs[EDGETPU_JOB]["threads"] == "1"
 
 
 def test_the_chart_and_device_facts_are_drawn(rendered: Rendered) -> None:
     assert re.search(r"<svg[^>]*class=\"chart\"", rendered.dom)
-    assert rendered.dom.count('class="p99"') == 3
+    assert rendered.dom.count('class="p99"') == 6
     assert "test CPU" in rendered.dom
 
 
