@@ -80,7 +80,15 @@ class TransportError(EdgebenchError):
 
 
 class DeviceOffline(TransportError):
-    """The device cannot be reached or logged into; its jobs are skipped, the lab carries on."""
+    """The device cannot be reached (or its login is not set up here); its jobs are skipped, the lab carries on."""
+
+
+class DeviceRefused(TransportError):
+    """The device answered but refused the login: an unknown or changed host key, or our key not accepted.
+
+    An error, not a skip: a changed key is what a man-in-the-middle looks like, and a lab that skipped
+    the device would pass without it.
+    """
 
 
 class CommandTimeout(TransportError):

@@ -48,6 +48,7 @@ from .errors import (
     CapabilityMissing,
     ConfigError,
     DeviceOffline,
+    DeviceRefused,
     EdgebenchError,
     RunnerError,
     ToolchainMissing,
@@ -255,7 +256,7 @@ class DeviceLink:
     """A device's transport and file cache, opened on first use and reused by all its jobs."""
 
     device: Device
-    state: str = "unknown"  # unknown | healthy | offline | failed
+    state: str = "unknown"  # unknown | healthy | offline | failed | refused
     reason: str = ""
     transport: Transport | None = None
     cache: DeviceCache | None = None
@@ -263,6 +264,8 @@ class DeviceLink:
     root: str = ""
 
     def open(self, agent_bundle: tuple[Path, str]) -> None:
+        if self.state == "refused":
+            raise DeviceRefused(f"earlier in this run: {self.reason}", device=self.device.name)
         if self.state in ("offline", "failed"):
             raise DeviceOffline(f"earlier in this run: {self.reason}", device=self.device.name)
         if self.transport is not None:
@@ -288,9 +291,12 @@ class DeviceLink:
             self.agent_path = paths[sha]
             self.state = "healthy"
         except TransportError as exc:
-            self.state, self.reason = "offline", self._strip(exc.one_line())
+            # A refused login (host key, authentication) stays an error for every job on the device: a
+            # changed key may be a man-in-the-middle, and skipping it would let the lab pass without it.
+            refused = isinstance(exc, DeviceRefused)
+            self.state, self.reason = "refused" if refused else "offline", self._strip(exc.one_line())
             self.close()
-            if isinstance(exc, DeviceOffline):
+            if isinstance(exc, DeviceOffline | DeviceRefused):
                 raise
             raise DeviceOffline(
                 exc.message.removeprefix(f"device {self.device.name!r}: "), device=self.device.name, fix=exc.fix
@@ -500,14 +506,29 @@ class Pipeline:
             result = replace(base, status="skipped", message=exc.one_line(), finished_at=now())
         except DeviceOffline as exc:
             result = replace(base, status="skipped", message=exc.one_line(), finished_at=now())
-        except TransportError as exc:
-            self.links[job.device.name].mark_failed(exc.message)
-            result = replace(base, status="error", message=exc.one_line(), finished_at=now())
         except EdgebenchError as exc:
-            result = replace(base, status="error", message=exc.one_line(), finished_at=now())
+            return self.record_error(job, exc, started=started)
+        return self._record(result)
+
+    def record_error(
+        self, job: Job, exc: EdgebenchError, *, kind: str | None = None, started: str | None = None
+    ) -> JobResult:
+        """Record ``job`` (as ``kind``, default its own) as an ``error`` result, so the run ends in error.
+
+        run_job's path, and the one for the front ends' scenarios (an interleaved group that raised):
+        a device that broke mid-run is marked failed, so its later jobs skip instead of waiting for the
+        same timeout; a refused login stays refused (every later job errors too).
+        """
+        self.start()
+        if isinstance(exc, TransportError) and not isinstance(exc, DeviceOffline | DeviceRefused):
+            self.links[job.device.name].mark_failed(exc.message)
+        base = self._base_result(job if kind is None else replace(job, kind=kind), started or now())
+        return self._record(replace(base, status="error", message=exc.one_line(), finished_at=now()))
+
+    def _record(self, result: JobResult) -> JobResult:
         self.results_store().add_result(result)
         self.results.append(result)
-        self._done[(job.id, job.kind)] = result
+        self._done[(result.job_id, result.kind)] = result
         if self.on_result:
             self.on_result(result)
         return result

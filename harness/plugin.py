@@ -2,9 +2,10 @@
 
 Public pytest API only: ``parser.getgroup``, ``pytest.StashKey``, registered markers,
 ``record_property`` / ``record_testsuite_property``. Nothing happens unless ``--lab`` is given, so
-installing edgebench does not change anyone else's test runs. The interleaved suite makes one test per
-(model x device) group instead, and runs only with ``--interleave``: it spends device time again on
-variants the latency suite has measured already.
+installing edgebench does not change anyone else's test runs; with ``--lab``, pytest-xdist is refused
+(every worker would time its own jobs on the same devices at once). The interleaved suite makes one
+test per (model x device) group instead, and runs only with ``--interleave``: it spends device time
+again on variants the latency suite has measured already.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import CapabilityMissing, DeviceOffline, EdgebenchError, ToolchainMissing, TransportError
+from .errors import CapabilityMissing, DeviceOffline, EdgebenchError, ToolchainMissing
 from .records import Job, JobResult
 
 if TYPE_CHECKING:
@@ -27,11 +28,18 @@ _PIPELINE = pytest.StashKey["Any"]()
 _REPORT = pytest.StashKey["Path | None"]()
 _REPORT_ERROR = pytest.StashKey[str]()
 _ALL_SKIPPED = pytest.StashKey[str]()  # the first skip reason, when every job of the run was skipped
+# Jobs and groups skipped here, before the pipeline saw them (requires(...), a group nothing of which
+# could run): they count for the all-skipped check, though no run records them.
+_SKIPPED_EARLY = pytest.StashKey["list[str]"]()
 # One interleaved comparison per group and session, however many tests ask for it.
 _INTERLEAVED = pytest.StashKey["dict[str, _Interleaved]"]()
 
 NO_LAB = "edgebench suites need --lab FILE"
 NO_INTERLEAVE = "pass --interleave to run the interleaved comparison (it spends device time on every variant again)"
+UNDER_XDIST = (
+    "edgebench: --lab cannot run under pytest-xdist (-n): jobs on one device must not be timed at the same "
+    "time; fix: drop -n for the suites"
+)
 
 # Metrics published as JUnit properties for every job (the nightly CI's dashboards read these).
 JUNIT_KEYS = (
@@ -110,6 +118,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             "edgebench: --lab: the value is empty; fix: pass an inventory file, e.g. --lab devices/local.yaml"
         )
+    if _distributed(config):
+        # Each xdist worker would build its own pipeline: two runs, one device timing two jobs at once,
+        # both writing the same report.
+        raise pytest.UsageError(UNDER_XDIST)
     from .catalog import load_catalog
     from .lab.inventory import load_lab
     from .paths import default_db_path, default_report_path
@@ -159,8 +171,29 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_REPORT] = out
 
 
+def _distributed(config: pytest.Config) -> bool:
+    """Whether pytest-xdist runs this session's tests on workers: this is one, or it is about to start some.
+
+    Read from xdist's own options (``-n``, ``--tx``, ``--dist``); ``-n 0`` and ``--co`` run in one process.
+    """
+    if hasattr(config, "workerinput"):
+        return True
+    if config.getoption("collectonly"):
+        return False
+    workers = config.getoption("numprocesses", None)
+    if workers in ("auto", "logical") or (isinstance(workers, int) and workers > 0):
+        return True
+    return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
+
+
 def _pipeline(config: pytest.Config) -> Any:
     return config.stash.get(_PIPELINE, None)
+
+
+def _skip_early(config: pytest.Config, reason: str) -> None:
+    """Skip the test for ``reason`` before any job runs, and count it for the all-skipped check."""
+    config.stash.setdefault(_SKIPPED_EARLY, []).append(reason)
+    pytest.skip(reason)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -199,7 +232,7 @@ def edgebench_result(request: pytest.FixtureRequest, edgebench_job: Job, record_
     for marker in request.node.iter_markers("requires"):
         missing = [c for c in marker.args if c not in _capabilities(edgebench_job)]
         if missing:
-            pytest.skip(f"{edgebench_job.device.name} lacks {', '.join(missing)}")
+            _skip_early(request.config, f"{edgebench_job.device.name} lacks {', '.join(missing)}")
     pipeline = _pipeline(request.config)
     result: JobResult = pipeline.result_for(edgebench_job)
     flat = result.flat()
@@ -216,10 +249,13 @@ def edgebench_result(request: pytest.FixtureRequest, edgebench_job: Job, record_
 
 @dataclass(frozen=True)
 class _Interleaved:
-    """A group's interleaved outcome and the variants left out because this host cannot build them."""
+    """How a group's interleaved comparison ended: its outcome, or why it was skipped or failed; and the
+    variants left out because this host cannot build them."""
 
-    outcome: InterleaveOutcome
+    outcome: InterleaveOutcome | None
     unbuilt: dict[str, str]  # job id -> why
+    skipped: str = ""
+    failed: str = ""
 
 
 @pytest.fixture
@@ -235,7 +271,15 @@ def edgebench_interleaved(
     done = request.config.stash.setdefault(_INTERLEAVED, {})
     if group.id not in done:
         done[group.id] = _run_interleaved(_pipeline(request.config), group)
-    outcome, unbuilt = done[group.id].outcome, done[group.id].unbuilt
+        if done[group.id].skipped:
+            request.config.stash.setdefault(_SKIPPED_EARLY, []).append(done[group.id].skipped)
+    ended = done[group.id]
+    if ended.skipped:
+        pytest.skip(ended.skipped)
+    if ended.failed:
+        pytest.fail(ended.failed, pytrace=False)
+    outcome, unbuilt = ended.outcome, ended.unbuilt
+    assert outcome is not None
     record_property("interleave_mode", outcome.mode)
     if outcome.aa is not None:
         record_property("aa_ratio", outcome.aa["ratio"])
@@ -254,22 +298,27 @@ def edgebench_interleaved(
 
 
 def _run_interleaved(pipeline: Any, group: InterleaveGroup) -> _Interleaved:
-    """Build what this host can, then run it interleaved; skip or fail the test with the reason otherwise."""
+    """Build what this host can, then run it interleaved; or why the test skips or fails.
+
+    A failure is recorded as an ``error`` result for each variant it took down, as a failed single job
+    is, so the run (database, report) ends in error rather than passing on the other results.
+    """
     from .scenarios import buildable, run_interleaved
 
+    unbuilt: dict[str, str] = {}
     try:
         jobs, unbuilt = buildable(pipeline, group.jobs)
         if not jobs:
-            pytest.skip(f"no variant of {group.model} can be built for {group.device}: {'; '.join(unbuilt.values())}")
+            why = f"no variant of {group.model} can be built for {group.device}: {'; '.join(unbuilt.values())}"
+            return _Interleaved(None, unbuilt, skipped=why)
         return _Interleaved(run_interleaved(pipeline, jobs), unbuilt)
     except (CapabilityMissing, ToolchainMissing, DeviceOffline) as exc:
-        pytest.skip(f"{group.id}: {exc.one_line()}")
-    except TransportError as exc:
-        # As for a single job: the device's later tests skip instead of waiting for the same timeout.
-        pipeline.links[group.device].mark_failed(exc.message)
-        pytest.fail(f"{group.id}: {exc.one_line()}", pytrace=False)
+        return _Interleaved(None, unbuilt, skipped=f"{group.id}: {exc.one_line()}")
     except EdgebenchError as exc:
-        pytest.fail(f"{group.id}: {exc.one_line()}", pytrace=False)
+        for job in group.jobs:
+            if job.id not in unbuilt:
+                pipeline.record_error(job, exc, kind="interleaved")
+        return _Interleaved(None, unbuilt, failed=f"{group.id}: {exc.one_line()}")
 
 
 @pytest.fixture(scope="session")
@@ -296,13 +345,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
     status = pipeline.finish("interrupted" if interrupted and pipeline.started else None)
+    early = session.config.stash.get(_SKIPPED_EARLY, [])
+    # Every job skipped (devices offline, a missing key, requires(...) on every test): pytest would call
+    # that a pass, and a nightly lab that measured nothing would go green. Exit as pytest does when
+    # nothing ran. Jobs skipped before the pipeline saw them start no run, so then there is none.
+    all_skipped = status == "skipped" or (not pipeline.started and bool(early))
+    if all_skipped and session.exitstatus == pytest.ExitCode.OK:
+        reasons = [r.message for r in pipeline.results if r.message] + early
+        session.config.stash[_ALL_SKIPPED] = next(iter(reasons), "")
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
     if not pipeline.started:
         return
-    if status == "skipped" and session.exitstatus == pytest.ExitCode.OK:
-        # Every job skipped (devices offline, a missing key): pytest would call that a pass, and a
-        # nightly lab that measured nothing would go green. Exit as pytest does when nothing ran.
-        session.config.stash[_ALL_SKIPPED] = next((r.message for r in pipeline.results if r.message), "")
-        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
     from .report.render import write_report
 
     out = session.config.stash[_REPORT]
@@ -319,14 +372,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if pipeline is None:
         return
     terminalreporter.write_sep("-", "edgebench")
+    all_skipped = (
+        f"every job was skipped, nothing was measured (exit status 5): {config.stash[_ALL_SKIPPED]}"
+        if _ALL_SKIPPED in config.stash
+        else None
+    )
     if not pipeline.started:
         terminalreporter.write_line("no job ran: no run recorded, no report written")
+        if all_skipped:
+            terminalreporter.write_line(all_skipped)
         return
     terminalreporter.write_line(f"run: {pipeline.run_id}")
-    if _ALL_SKIPPED in config.stash:
-        terminalreporter.write_line(
-            f"every job was skipped, nothing was measured (exit status 5): {config.stash[_ALL_SKIPPED]}"
-        )
+    if all_skipped:
+        terminalreporter.write_line(all_skipped)
     report = config.stash.get(_REPORT, None)
     if report is not None:
         terminalreporter.write_line(f"report: {report}")

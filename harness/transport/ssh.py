@@ -37,7 +37,7 @@ from typing import TypeVar
 
 import paramiko
 
-from ..errors import CommandTimeout, DeviceOffline, TransportError
+from ..errors import CommandTimeout, DeviceOffline, DeviceRefused, TransportError
 from ..lab.inventory import Device
 from .protocol import CommandResult
 
@@ -71,11 +71,11 @@ _MAX_JUMPS = 8
 T = TypeVar("T")
 
 
-class HostKeyRejected(DeviceOffline):
+class HostKeyRejected(DeviceRefused):
     """The server answered, but its host key is unknown or changed; nothing was sent to it."""
 
 
-class AuthenticationFailed(DeviceOffline):
+class AuthenticationFailed(DeviceRefused):
     """The server answered and its host key checked out, but it did not accept our keys."""
 
 
@@ -286,8 +286,8 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
 
 # ---- connecting ---------------------------------------------------------------------------------------
 def _offline(
-    ep: Endpoint, device: str, what: str, fix: str, kind: type[DeviceOffline] = DeviceOffline
-) -> DeviceOffline:
+    ep: Endpoint, device: str, what: str, fix: str, kind: type[DeviceOffline | DeviceRefused] = DeviceOffline
+) -> DeviceOffline | DeviceRefused:
     return kind(f"{ep.route()}: {what}", device=device, fix=fix)
 
 
@@ -321,7 +321,7 @@ def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Chann
             channel_timeout=timeout,
             sock=sock,
         )
-    except DeviceOffline:
+    except (DeviceOffline, DeviceRefused):  # _RefuseUnknown's, raised from inside connect()
         client.close()
         raise
     except BaseException as exc:
@@ -393,7 +393,7 @@ def _open_chain(ep: Endpoint, device: str) -> list[paramiko.SSHClient]:
         return [_connect_one(ep, device, None)]
     try:
         clients = _open_chain(ep.jump, device)
-    except DeviceOffline as exc:
+    except (DeviceOffline, DeviceRefused) as exc:
         what = exc.message.removeprefix(f"device {device!r}: ")
         raise type(exc)(f"jump host {what} (on the way to {ep.label})", device=device, fix=exc.fix) from None
     try:
@@ -553,7 +553,8 @@ class SshTransport:
 
     @classmethod
     def connect(cls, device: Device) -> SshTransport:
-        """Resolve, connect and authenticate; raise DeviceOffline with the fix when that fails."""
+        """Resolve, connect and authenticate; raise DeviceOffline (unreachable) or DeviceRefused (host key,
+        authentication) with the fix when that fails."""
         endpoint = resolve(device)
         started = time.monotonic()
         clients = _open_chain(endpoint, device.name)

@@ -1,5 +1,6 @@
-"""Faults against real sshd: in each, the faulty device's job skips or errors with a reason a user can act
-on, the other device carries on, nothing partial is stored as a valid result, and no process of ours is
+"""Faults against real sshd: in each, the faulty device's job skips (unreachable, a runtime missing) or
+errors (anything else, a refused host key or login among them) with a reason a user can act on, the
+other device carries on, nothing partial is stored as a valid result, and no process of ours is
 left on the device (``make_lab`` fails the test if one is).
 
 Disk full: a 256 KiB tmpfs mounted over the device's cache directory (this runs as root here; without
@@ -243,18 +244,49 @@ def test_a_corrupted_cache_file_is_detected_and_uploaded_again(
     assert results["loop-1"].latency is not None and results["loop-1"].latency.valid
 
 
-def test_a_changed_host_key_is_refused(make_lab: Callable[..., LoopbackLab], run_lab: RunLab) -> None:
+def assert_refused_for_the_run(pipeline: Pipeline, result: JobResult, problem: str) -> None:
+    """A refused login is an error, not a skip: for the device's later jobs too, and for the whole run."""
+    assert result.status == "error"
+    assert result.message.startswith("device 'loop-1': ") and problem in result.message
+    assert "\n" not in result.message
+    job = next(j for j in pipeline.plan() if j.id == result.job_id)
+    again = pipeline.run_job(job)
+    assert again.status == "error", again.message
+    assert "earlier in this run" in again.message and problem in again.message and "fix: " in again.message
+    # The healthy device passed, yet the run is not: one device answering with the wrong key fails it.
+    assert pipeline.finish() == "error"
+    assert pipeline.results_store().run_info(pipeline.run_id)["status"] == "error"
+
+
+def test_a_changed_host_key_is_refused_and_fails_the_run(make_lab: Callable[..., LoopbackLab], run_lab: RunLab) -> None:
     loop = make_lab(2)
     known_hosts = loop.state.known_hosts.read_text()
     rekey(loop.server("loop-1"))
     pipeline, results = run_lab(loop.lab)
     message = results["loop-1"].message
-    assert results["loop-1"].status == "skipped"
-    assert "host key CHANGED" in message
+    assert "host key CHANGED" in message and "man-in-the-middle" in message
+    assert "fix: if the device was reinstalled, confirm the new fingerprint with its owner, then run: " in message
     assert f"ssh-keygen -R '[127.0.0.1]:{loop.server('loop-1').port}'" in message
     assert loop.state.known_hosts.read_text() == known_hosts  # refused, never replaced
     assert_carried_on(results)
     assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
+    assert_refused_for_the_run(pipeline, results["loop-1"], "host key CHANGED")
+
+
+def test_an_unknown_host_key_is_refused_and_fails_the_run(
+    make_lab: Callable[..., LoopbackLab], run_lab: RunLab, tmp_path: Path
+) -> None:
+    loop = make_lab(2)
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    pipeline, results = run_lab(with_device(loop.lab, "loop-1", known_hosts=str(empty)))
+    message = results["loop-1"].message
+    assert f"is not in {empty}; edgebench never adds host keys by itself" in message
+    assert "fix: check that fingerprint with the device's owner, then run: ssh-keyscan " in message
+    assert empty.read_text() == ""  # refused, never added
+    assert_carried_on(results)
+    assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
+    assert_refused_for_the_run(pipeline, results["loop-1"], "never adds host keys")
 
 
 def test_a_wrong_key_is_a_clear_authentication_error(
@@ -265,8 +297,9 @@ def test_a_wrong_key_is_a_clear_authentication_error(
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     pipeline, results = run_lab(with_device(loop.lab, "loop-1", identity=str(stranger)))
     message = results["loop-1"].message
-    assert results["loop-1"].status == "skipped"
     assert "authentication failed" in message and str(stranger) in message
-    assert f"ssh-copy-id -i {stranger}.pub -p {loop.server('loop-1').port}" in message
+    port = loop.server("loop-1").port
+    assert f"fix: authorize the key on the device (ssh-copy-id -i {stranger}.pub -p {port}" in message
     assert_carried_on(results)
     assert_nothing_valid_stored(pipeline.results_store(), pipeline, "loop-1")
+    assert_refused_for_the_run(pipeline, results["loop-1"], "authentication failed")

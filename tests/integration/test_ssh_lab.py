@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,10 +15,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from harness.cli import main
 from harness.cli.lab import devices_app, lab_app
 from harness.lab.health import check_device
 from harness.lab.inventory import Device, Lab, load_lab
-from harness.lab.loopback import LoopbackLab, load_state, stop_server
+from harness.lab.loopback import LoopbackLab, load_state, rekey, stop_server
 from harness.pipeline import Pipeline
 from harness.records import JobResult
 from harness.store import Store
@@ -229,3 +231,49 @@ def test_every_suite_runs_every_target_on_a_loopback_device(shared_lab: Loopback
     assert all(r["device"] == "loop-1" and r["top1_agreement"] >= 0.98 for r in latency)
     assert {(r["backend"], r["precision"]) for r in robust} == grid
     assert all(len(r["corruption_acc"]) == 95 and r["worst_corruption"] for r in robust)
+
+
+def test_a_changed_host_key_on_one_device_fails_the_run_and_that_device_s_test(
+    make_lab: Callable[..., LoopbackLab], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One device of two answers with a new host key (a man-in-the-middle, or a reinstall nobody confirmed).
+    The other device's jobs pass, yet `edgebench run` ends the run in error and exits 2, and under pytest
+    that device's test fails: a skip would let the nightly lab go green without it."""
+    loop = make_lab(2)
+    rekey(loop.server("loop-1"))
+    port = loop.server("loop-1").port
+    db = tmp_path / "run.sqlite"
+    code = main(
+        ["run", "--lab", str(loop.lab_file), "--catalog", str(REPO / "models"), "--models", "digits-cnn",
+         "--backends", "onnxruntime", "--kinds", "latency", "--quick", "--max-duration", "0.3",
+         "--db", str(db), "--report", str(tmp_path / "run.html")]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 2, out
+    store = Store(db)
+    run_id = store.resolve_run("latest")
+    records, run = store.results(run_id), store.run_info(run_id)
+    store.close()
+    assert f"run: {run_id} (error)" in out and run["status"] == "error"
+    assert {r["status"] for r in records if r["device"] == "loop-2"} <= {"passed", "failed"}
+    refused = [r for r in records if r["device"] == "loop-1"]
+    assert refused and {r["status"] for r in refused} == {"error"}
+    for record in refused:
+        message = record["message"]
+        assert "\n" not in message and message.startswith("device 'loop-1': ")
+        assert "host key CHANGED" in message and f"ssh-keygen -R '[127.0.0.1]:{port}'" in message
+        assert "; fix: " in message
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", str(REPO / "suites" / "test_latency.py"), "--lab", str(loop.lab_file),
+         "--models", "digits-cnn", "--quick", "--db", str(tmp_path / "suite.sqlite"),
+         "--report", str(tmp_path / "suite.html"), "-k", "loop-1 and onnxruntime-fp32", "-q", "-rfE",
+         "-p", "no:cacheprovider"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 failed" in done.stdout and "skipped" not in done.stdout
+    assert re.search(
+        r"^FAILED suites/test_latency\.py::test_latency\[digits-cnn/onnxruntime-fp32\S*/loop-1\]", done.stdout, re.M
+    )
+    assert "device 'loop-1': " in done.stdout and "host key CHANGED" in done.stdout

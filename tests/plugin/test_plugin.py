@@ -140,6 +140,34 @@ def test_requires_skips_a_device_without_the_capability(
     assert "must not run" not in result.stdout.str()
 
 
+def test_a_session_where_requires_skips_every_job_exits_5_with_the_reason(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    """No job reached a device, so nothing was measured: the nightly CI must not read that as a pass."""
+    pytester.makepyfile(
+        test_trt="""
+        import pytest
+
+        @pytest.mark.requires("tensorrt")
+        def test_int8(edgebench_result):
+            raise AssertionError("must not run on a device without TensorRT")
+        """
+    )
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "-rs")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED, result.stdout.str()[-2000:]
+    outcomes = result.parseoutcomes()
+    assert set(outcomes) == {"skipped"} and outcomes["skipped"] >= 1
+    result.stdout.fnmatch_lines(
+        [
+            "*- edgebench -*",
+            "no job ran: no run recorded, no report written",
+            "every job was skipped, nothing was measured (exit status 5): local lacks tensorrt",
+        ]
+    )
+    assert_no_run(out / "results.sqlite")
+
+
 def assert_no_run(db: Path) -> None:
     """The database holds no run (what `edgebench results` says about it), or was never created."""
     if not db.exists():
@@ -263,6 +291,49 @@ def test_when_the_aa_copy_disagrees_the_suite_passes_on_separate_processes_and_s
     assert case["interleave_mode"] == "separate_processes" and case["aa_ok"] == "False"
 
 
+def test_an_interleaved_group_that_fails_is_recorded_and_the_run_ends_in_error(
+    pytester: pytest.Pytester,
+    copy_suite: Callable[[str], Path],
+    local_lab_text: Callable[[Path], str],
+    tiny_catalog: Path,
+    tmp_path: Path,
+) -> None:
+    """The device's runner crashes on the interleaved command (a stand-in Python that fails for it and
+    runs everything else): the test errors with the reason, and the database and report say error, not
+    passed."""
+    import sys
+
+    python = tmp_path / "bin" / "python3"
+    python.parent.mkdir()
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *" interleave") echo "interleave: crashed (simulated)" >&2; exit 3;; esac\n'
+        f'exec {sys.executable} "$@"\n',
+        encoding="utf-8",
+    )
+    python.chmod(0o755)
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(local_lab_text(tmp_path / "device").replace(sys.executable, str(python)), encoding="utf-8")
+    copy_suite("test_interleaved.py")
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(lab, tiny_catalog, out), "--interleave")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(errors=1)
+    reason = "device 'local': runner gave no result (exit 3): interleave: crashed (simulated)"
+    result.stdout.fnmatch_lines([f"*tiny-cnn@local: {reason}*"])
+    run_id, records = stored_results(out / "results.sqlite")
+    # Every variant the group ran is recorded with the error, as a failed single job is.
+    assert sorted(r["job_id"] for r in records) == sorted(f"tiny-cnn/{variant}/local" for variant in VARIANTS)
+    assert {(r["kind"], r["status"], r["message"]) for r in records} == {("interleaved", "error", reason)}
+    store = Store(out / "results.sqlite", read_only=True)
+    try:
+        assert store.run_info(run_id)["status"] == "error"
+    finally:
+        store.close()
+    assert (out / "report.html").is_file()
+
+
 def test_without_interleave_the_groups_are_skipped_with_the_reason(
     pytester: pytest.Pytester, copy_suite: Callable[[str], Path], local_lab: Path, tiny_catalog: Path, tmp_path: Path
 ) -> None:
@@ -379,6 +450,34 @@ def test_an_unknown_backend_is_one_usage_line_not_a_collection_error_per_suite(
     errors = [line for line in result.stderr.lines if "edgebench:" in line]
     assert len(errors) == 1 and "--backends: unknown backend 'nosuch'" in errors[0]
     assert "Traceback" not in result.stderr.str() and "errors during collection" not in result.stdout.str()
+
+
+def test_lab_under_pytest_xdist_is_a_usage_error(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    """Each xdist worker would build its own pipeline: two runs timing jobs on one device at once."""
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "-p", "xdist", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*edgebench: --lab cannot run under pytest-xdist (-n): jobs on one device must not be timed at the "
+            "same time; fix: drop -n for the suites*"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+    assert not (out / "results.sqlite").exists()
+    # -n 0 keeps the session in one process, as xdist itself does.
+    single = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "-p", "xdist", "-n", "0", "--co", "-q")
+    assert single.ret == pytest.ExitCode.OK, single.stderr.str()
+
+
+def test_without_lab_pytest_xdist_runs_as_usual(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE, test_plain="def test_plain():\n    assert True\n")
+    result = run_inner(pytester, "-p", "xdist", "-n", "2")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    result.assert_outcomes(passed=1, skipped=1)
 
 
 def test_an_empty_lab_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
