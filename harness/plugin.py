@@ -59,9 +59,21 @@ JUNIT_KEYS = (
     "first_inference_ms",
     "valid",
     "status",
-    "top1_acc",
     "stop_reason",
     "repeats",
+    # Whether to trust the numbers: a green job can still be unstable (the reasons say why).
+    "unstable",
+    "unstable_reasons",
+    "throttled",
+    "cpu_parallelism",
+    # Accuracy parity against the FP32 model, and robustness (their suites read these).
+    "top1_acc",
+    "top1_drop_pp",
+    "top1_agreement",
+    "psnr_db",
+    "mce",
+    "rel_mce",
+    "worst_corruption",
 )
 
 
@@ -241,6 +253,8 @@ def edgebench_result(request: pytest.FixtureRequest, edgebench_job: Job, record_
             value = flat[key]
             if isinstance(value, float) and not math.isfinite(value):
                 value = str(value)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                value = "; ".join(value)  # unstable_reasons: one readable property
             record_property(key, value)
     if result.status == "skipped":
         pytest.skip(result.message)
@@ -290,6 +304,8 @@ def edgebench_interleaved(
             value = flat[key]
             if isinstance(value, float) and not math.isfinite(value):
                 value = str(value)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                value = "; ".join(value)  # unstable_reasons: one readable property
             record_property(f"{result.job_id}.{key}", value)
     for job_id, why in unbuilt.items():
         record_property(f"{job_id}.status", "skipped")

@@ -103,6 +103,13 @@ def test_a_suite_runs_one_test_per_job_and_records_everything(
         assert int(props["n"]) == record["n"] >= 368
         assert int(props["p99_effective_n"]) == record["p99_effective_n"] <= record["n"]
         assert props["stop_reason"] in ("converged", "time_cap", "max_iterations")
+        # Whether to trust it and how accurate it is, beside the latency: a dashboard sees a green but
+        # unstable job, and the parity figures, without opening the report.
+        assert props["unstable"] == str(record["unstable"])
+        if record["unstable"]:
+            assert props["unstable_reasons"] == "; ".join(record["unstable_reasons"])
+        assert float(props["top1_agreement"]) == pytest.approx(record["top1_agreement"])
+        assert float(props["cpu_parallelism"]) == pytest.approx(record["cpu_parallelism"])
 
     html = (out / "report.html").read_text(encoding="utf-8")
     assert all(job in html for job in JOBS)
