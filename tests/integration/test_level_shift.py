@@ -5,7 +5,7 @@ calibration loop at the usual speed and no other process busy: nothing inside th
 comparison with the job's other runs. Here the device's ``python:`` is a wrapper that starts the second
 runner process under a Python trace function with a fixed cost per line: the runner's own lines around
 each timed call (the runtime adapter's) cost more, so every call of that process is slower, for real,
-by about 2x for the tiny model, on a machine with no other load, no CPU limit and no clock change to
+by several times for the tiny model, on a machine with no other load, no CPU limit and no clock change to
 find. (A busy thread fighting for the GIL did the same when the machine was idle, but not under the
 tests' parallel load.)
 """
@@ -13,6 +13,7 @@ tests' parallel load.)
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import textwrap
 from pathlib import Path
@@ -29,7 +30,7 @@ SLOW_SECOND_RUN = """\
 import runpy, sys
 
 def trace(frame, event, arg):
-    sum(range(40))  # a fixed cost per line of Python run: the runner's own lines around each call
+    sum(range(150))  # a fixed cost per line of Python run: the runner's own lines around each call
     return trace
 
 sys.settrace(trace)
@@ -102,7 +103,12 @@ def test_the_run_at_another_speed_is_named_and_the_job_marked_unstable(
     first, second, third = row["repeat_p50_ms"]
     assert second > 1.25 * max(first, third), [(r["job_id"], r["status"], r.get("repeat_p50_ms")) for r in rows]
     assert row["unstable"] is True
-    shifts = [r for r in row["unstable_reasons"] if "x the runs' median" in r]
-    assert len(shifts) == 1 and shifts[0].startswith(f"run 2 of 3: P50 {second:.4g} ms is "), shifts
-    assert "rerun, or compare variants in interleaved rounds" in shifts[0]
-    assert html_escape(shifts[0]) in html, "the report says which run and why"
+    shifts = {int(r.split()[1]): r for r in row["unstable_reasons"] if "x the runs' median" in r}
+    assert shifts[2].startswith(f"run 2 of 3: P50 {second:.4g} ms is "), shifts
+    assert "rerun, or compare variants in interleaved rounds" in shifts[2]
+    assert html_escape(shifts[2]) in html, "the report says which run and why"
+    # The tiny model's untouched runs can differ too when the machine is busy (the suite runs on 2
+    # workers): exactly the runs outside 0.8-1.25x of the median are named, whichever they are.
+    middle = statistics.median(row["repeat_p50_ms"])
+    outside = {i for i, v in enumerate(row["repeat_p50_ms"], 1) if not 0.8 < v / middle < 1.25}
+    assert set(shifts) == outside, (row["repeat_p50_ms"], list(shifts.values()))
