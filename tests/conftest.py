@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -25,6 +26,14 @@ from harness.store import RunInfo
 # The README runs the tests as `.venv/bin/python -m pytest` without activating the venv: put the
 # interpreter's scripts (the `edgebench` console script) on PATH, as activation would.
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+# A shell without job control starts a background job (`pytest ... &`, a CI step run that way) with
+# SIGINT ignored, and every process it starts inherits that: `edgebench run` would not stop on Ctrl-C
+# and _thread.interrupt_main() would do nothing, so the Ctrl-C tests would measure the launcher, not
+# edgebench. Deliver SIGINT as an interactive session does; a Python handler is reset to the default
+# across exec, so the processes the tests start get Python's own handler too.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TINY_SHAPE = (1, 3, 16, 16)
 TINY_CLASSES = 10

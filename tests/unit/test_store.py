@@ -280,6 +280,29 @@ def test_a_reader_refuses_a_database_without_the_schema_table_and_leaves_it_alon
     assert [p.name for p in tmp_path.iterdir()] == ["other.sqlite"], "no -wal or -shm beside it"
 
 
+def test_a_database_whose_creation_was_cut_short_is_finished_by_a_writer_and_refused_by_a_reader(
+    tmp_path: Path, make_run: MakeRun
+) -> None:
+    # SQLite commits each CREATE TABLE on its own: a crash after the tables, before the version row.
+    path = tmp_path / "cut.sqlite"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        create_v1_tables(conn)
+    engine.dispose()
+    with pytest.raises(ConfigError, match=r"whose schema was never finished .*fix: run edgebench run --db"):
+        Store(path, read_only=True)
+    writer = Store(path)
+    try:
+        writer.start_run(make_run("cut000000001"))
+        assert writer.resolve_run("latest") == "cut000000001"
+    finally:
+        writer.close()
+    check = create_engine(f"sqlite:///{path}")
+    with check.connect() as conn:
+        assert conn.execute(select(schema_info.c.version)).scalar_one() == SCHEMA_VERSION
+    check.dispose()
+
+
 def test_a_reader_neither_migrates_nor_writes(tmp_path: Path, make_result: MakeResult, make_run: MakeRun) -> None:
     path = tmp_path / "old.sqlite"
     url = f"sqlite:///{path}"
