@@ -89,6 +89,27 @@ def check_new_database(path: Path) -> None:
         )
 
 
+def _foreign(tables: set[str], dialect: str) -> bool:
+    """Someone else's database: a SQLite file with other tables, or a server database that has
+    tables of edgebench's names (``runs``, ``results``, ...) but no schema_info.
+
+    A PostgreSQL database is often shared by several applications, so other tables are fine there;
+    one of these names is another application's table, which edgebench must not write into.
+    """
+    if _unfinished(tables):
+        return False
+    return bool(tables) if dialect == "sqlite" else bool(tables & set(metadata.tables))
+
+
+def _unfinished(tables: set[str]) -> bool:
+    """Edgebench's own tables and a schema_info without its version row: a creation cut short.
+
+    SQLite commits each CREATE TABLE on its own, so a crash between them and the version row leaves
+    this; a writer finishes it (every table is created only if missing), a reader refuses it.
+    """
+    return "schema_info" in tables and tables <= set(metadata.tables)
+
+
 def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,14 +165,15 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 old = current_version(conn)
-                if old == 0 and read_only and self._unfinished(conn):
+                tables = set(inspect(conn).get_table_names()) if old == 0 else set()
+                if old == 0 and read_only and _unfinished(tables):
                     raise ConfigError(
                         f"{self.location} is an edgebench results database whose schema was never finished "
                         "(schema_info holds no version: its creation was cut short)",
                         key="--db",
                         fix="run edgebench run --db with it once to finish it, or pass another database",
                     )
-                if old == 0 and (read_only or self._foreign(conn)):
+                if old == 0 and (read_only or _foreign(tables, conn.dialect.name)):
                     wrote = "pass the database 'edgebench run' wrote (see its 'database:' line)"
                     new = ", or a new file name for a new one" if self.path else ", or a database of its own"
                     raise ConfigError(
@@ -206,30 +228,6 @@ class Store:
                 )
         else:
             _make_parent(self.path)
-
-    def _foreign(self, conn: Connection) -> bool:
-        """Someone else's database: a SQLite file with other tables, or a server database that has
-        tables of edgebench's names (``runs``, ``results``, ...) but no schema_info.
-
-        A PostgreSQL database is often shared by several applications, so other tables are fine there;
-        one of these names is another application's table, which edgebench must not write into.
-        """
-        if self._unfinished(conn):
-            return False
-        names = set(inspect(conn).get_table_names())
-        if conn.dialect.name == "sqlite":
-            return bool(names)
-        return bool(names & set(metadata.tables))
-
-    @staticmethod
-    def _unfinished(conn: Connection) -> bool:
-        """Edgebench's own tables and a schema_info without its version row: a creation cut short.
-
-        SQLite commits each CREATE TABLE on its own, so a crash between them and the version row leaves
-        this; a writer finishes it (every table is created only if missing), a reader refuses it.
-        """
-        names = set(inspect(conn).get_table_names())
-        return "schema_info" in names and names <= set(metadata.tables)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

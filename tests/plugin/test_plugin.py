@@ -123,22 +123,24 @@ def test_without_lab_the_suite_is_skipped_with_the_reason(pytester: pytest.Pytes
     assert "- edgebench -" not in result.stdout.str()
 
 
+NEEDS_TENSORRT = """
+import pytest
+
+@pytest.mark.requires("tensorrt")
+def test_int8(edgebench_result):
+    raise AssertionError("must not run on a device without TensorRT")
+"""
+NEEDS_ORT = """
+@pytest.mark.requires("onnxruntime", "generic-linux")
+def test_ort(edgebench_result):
+    assert edgebench_result.backend == "onnxruntime"
+"""
+
+
 def test_requires_skips_a_device_without_the_capability(
     pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
 ) -> None:
-    pytester.makepyfile(
-        test_trt="""
-        import pytest
-
-        @pytest.mark.requires("tensorrt")
-        def test_int8(edgebench_result):
-            raise AssertionError("must not run on a device without TensorRT")
-
-        @pytest.mark.requires("onnxruntime", "generic-linux")
-        def test_ort(edgebench_result):
-            assert edgebench_result.backend == "onnxruntime"
-        """
-    )
+    pytester.makepyfile(test_trt=NEEDS_TENSORRT + NEEDS_ORT)
     result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, tmp_path / "out"), "-rs")
     outcomes = result.parseoutcomes()
     # Every job of test_int8 skips before it runs; test_ort runs the jobs the device can.
@@ -151,15 +153,7 @@ def test_a_session_where_requires_skips_every_job_exits_5_with_the_reason(
     pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
 ) -> None:
     """No job reached a device, so nothing was measured: the nightly CI must not read that as a pass."""
-    pytester.makepyfile(
-        test_trt="""
-        import pytest
-
-        @pytest.mark.requires("tensorrt")
-        def test_int8(edgebench_result):
-            raise AssertionError("must not run on a device without TensorRT")
-        """
-    )
+    pytester.makepyfile(test_trt=NEEDS_TENSORRT)
     out = tmp_path / "out"
     result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "-rs")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED, result.stdout.str()[-2000:]
