@@ -1,6 +1,7 @@
 """The edgebench command: thin over the library; errors become one line and an exit code.
 
-Exit codes: 0 pass, 1 a gate failed, 2 bad input or setup error. Tracebacks only with --debug.
+Exit codes: 0 pass, 1 a gate failed, 2 bad input or setup error, 3 an internal error (a bug in edgebench:
+pytest's code for the same, so a nightly job tells a crash from a regression). Tracebacks only with --debug.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from typing import Annotated
 
 import typer
@@ -22,7 +24,7 @@ from .run import register
 app = typer.Typer(
     name="edgebench",
     help="Deploy CV models to a device lab, measure latency, parity and robustness, gate releases.",
-    epilog="Exit codes: 0 pass, 1 a gate failed, 2 bad input or a setup error.",
+    epilog="Exit codes: 0 pass, 1 a gate failed, 2 bad input or a setup error, 3 an internal error (a bug).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -68,6 +70,18 @@ def _usage_line(exc: Exception) -> str:
 
 
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+INTERNAL_ERROR = 3  # pytest's code for its own internal error; 1 stays "a gate failed"
+
+
+def _internal_error_line(exc: Exception) -> str:
+    """An unexpected exception as one line: what, where in edgebench, and what to do."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return (
+        f"internal error: {type(exc).__name__}: {text}{where}; this is a bug in edgebench, not in the input "
+        "(a run it had started is marked 'error'); fix: rerun with --debug for the traceback and report it"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"edgebench: error: {_usage_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not the user's input: CI must not read it as a failed gate
+        if debug:
+            raise
+        print(f"edgebench: {_internal_error_line(exc)}", file=sys.stderr)
+        return INTERNAL_ERROR
     code = int(result or 0)
     if code == INTERRUPTED:  # typer turns Ctrl-C into this code; a started run is marked 'interrupted' by then
         print("edgebench: interrupted", file=sys.stderr)

@@ -465,6 +465,42 @@ def test_an_interrupted_run_is_marked_interrupted(
     assert leftover_tmp(env) == []
 
 
+# A simulated bug: edgebench's own code raising. The first job raises once the run is recorded.
+_BUG = """
+import harness.pipeline
+
+def run_job(self, job):
+    self.start()
+    raise ZeroDivisionError("simulated bug in run_job")
+
+harness.pipeline.Pipeline.run_job = run_job
+"""
+
+
+def test_a_bug_is_exit_3_in_one_line_not_a_failed_gate_and_its_run_is_marked_error(
+    tmp_path: Path, env: dict[str, str], local_lab: Path, tiny_catalog: Path
+) -> None:
+    """A bug in edgebench (simulated: a sitecustomize replaces run_job with one that raises) exits 3, pytest's
+    code for an internal error, so a nightly job does not read a crash as a regression (exit 1); one line says
+    what and where, and the run it had started is marked error, not left running."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_BUG, encoding="utf-8")
+    buggy = {**env, "PYTHONPATH": str(hook)}
+    db = tmp_path / "bug.sqlite"
+    proc = edgebench(*base_run(local_lab, tiny_catalog, db, "--report", tmp_path / "r.html"), env=buggy, cwd=tmp_path)
+    assert proc.returncode == 3, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("edgebench:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("edgebench: internal error: ZeroDivisionError: simulated bug in run_job at ")
+    assert "a bug in edgebench" in lines[0] and "fix: rerun with --debug" in lines[0]
+    (run,) = runs_of(db)
+    assert run["status"] == "error" and run["finished_at"]
+    assert leftover_tmp(env) == []
+    debug = edgebench(*base_run(local_lab, tiny_catalog, db, "--debug"), env=buggy, cwd=tmp_path)
+    assert debug.returncode != 0 and "ZeroDivisionError: simulated bug" in debug.stderr and "Traceback" in debug.stderr
+
+
 # ---- 10. help and the results table ------------------------------------------------------------------
 def test_help_shows_flags_without_values_and_the_global_flags(tmp_path: Path, env: dict[str, str]) -> None:
     top = edgebench("--help", env=env, cwd=tmp_path).stdout
