@@ -114,6 +114,9 @@ class Device(Strict):
     ssh_config: str | None = Field(default=None, description="ssh config file; default ~/.ssh/config")
     connect_timeout_s: StrictFloat = Field(default=10.0, gt=0)
     keepalive_s: StrictFloat = Field(default=15.0, gt=0, description="SSH keepalive interval")
+    keepalive_count: StrictInt = Field(
+        default=3, ge=1, description="unanswered keepalives (keepalive_s apart) before the device counts as gone"
+    )
     python: str | None = Field(default=None, description="absolute path of the device's python3")
     runtimes: tuple[str, ...] | None = None
     tags: tuple[str, ...] = ()

@@ -9,9 +9,13 @@ shell (sshd runs ``$SHELL -c string``; there is no other way), never as a login 
 Python is called by absolute path. The string first prints the shell's PID on stderr: sshd makes each
 session's shell a session leader, so that PID names every process the command starts. On a timeout,
 Ctrl-C or a lost connection they are all killed (SIGKILL to the session) over a fresh channel, or over a
-fresh connection when the old one has stalled. Where coreutils ``timeout`` exists the command also
-carries a device-side deadline, so a runner whose host vanished still dies. All waiting is done against
-a deadline (select, channel timeouts, a timer that closes the channel), never in a blocking read.
+fresh connection when the old one has stalled. While a command runs, the host asks the server for a reply
+every ``keepalive_s`` (OpenSSH's ServerAliveInterval / ServerAliveCountMax, done by hand because paramiko's
+own keepalive wants no reply): a device that stops answering, powered off or cut off, is given up after
+``keepalive_count`` intervals, not at the job's timeout nor TCP's quarter of an hour. Where coreutils
+``timeout`` exists the command also carries a device-side deadline, so a runner whose host vanished
+still dies. All waiting is done against a deadline (select, channel timeouts, a timer that closes the
+channel), never in a blocking read.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ DEVICE_DEADLINE_GRACE_S = 10.0
 KILL_TIMEOUT_S = 5.0
 SFTP_IO_TIMEOUT_S = 60.0
 _MAX_JUMPS = 8
+GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)  # OpenSSH's default GlobalKnownHostsFile
 
 T = TypeVar("T")
 
@@ -89,11 +94,18 @@ class Endpoint:
     port: int
     user: str
     identities: tuple[str, ...]
-    known_hosts: Path
+    known_hosts: Path  # the file a fix adds keys to: the first UserKnownHostsFile
     connect_timeout_s: float
     keepalive_s: float
+    keepalive_count: int = 3
     use_agent: bool = True
     jump: Endpoint | None = None
+    ssh_config: str | None = None  # the config file the route was read from, when not ~/.ssh/config
+    also_known: tuple[Path, ...] = ()  # further files keys are trusted from: more UserKnownHostsFile, the global ones
+
+    @property
+    def known_files(self) -> tuple[Path, ...]:
+        return (self.known_hosts, *self.also_known)
 
     @property
     def known_hosts_name(self) -> str:
@@ -148,10 +160,15 @@ def _split_hop(spec: str) -> tuple[str | None, str, int | None]:
     return user, text, port
 
 
-def _first(values: object) -> str | None:
-    if isinstance(values, list):
-        return str(values[0]) if values else None
-    return str(values) if values else None
+def _words(value: object) -> list[str]:
+    """A config value that lists files (``UserKnownHostsFile a b``), split as OpenSSH splits it."""
+    if not value:
+        return []
+    text = " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return text.split()
 
 
 def _resolve_host(
@@ -177,13 +194,22 @@ def _resolve_host(
     identities = (identity,) if identity else tuple(str(p) for p in entry.get("identityfile", []))
     if device.identity and not identities and depth > 0:
         identities = (device.identity,)  # a jump host with no key of its own: try the device's key
-    known = known_hosts or _first(entry.get("userknownhostsfile")) or "~/.ssh/known_hosts"
+    # OpenSSH trusts every UserKnownHostsFile and GlobalKnownHostsFile (a managed lab often ships its keys in
+    # /etc/ssh/ssh_known_hosts); the inventory's known_hosts replaces the user files, as -o does.
+    user_files = [known_hosts] if known_hosts else _words(entry.get("userknownhostsfile")) or ["~/.ssh/known_hosts"]
+    global_files = _words(entry.get("globalknownhostsfile")) or list(GLOBAL_KNOWN_HOSTS)
+    known, *more = user_files
+    trusted = (Path(f).expanduser() for f in [*more, *global_files] if f.lower() != "none")
+    also_known = tuple(dict.fromkeys(f for f in trusted if f != Path(known).expanduser()))
     timeout = device.connect_timeout_s
     if "connect_timeout_s" not in device.model_fields_set and entry.get("connecttimeout"):
         timeout = float(entry["connecttimeout"])
     keepalive = device.keepalive_s
     if "keepalive_s" not in device.model_fields_set and entry.get("serveraliveinterval"):
         keepalive = float(entry["serveraliveinterval"])
+    keepalive_count = device.keepalive_count
+    if "keepalive_count" not in device.model_fields_set and str(entry.get("serveralivecountmax", "")).isdigit():
+        keepalive_count = max(1, int(entry["serveralivecountmax"]))
     jump = jump_override
     if jump is None and follow_config_jump:
         proxy = entry.get("proxyjump")
@@ -204,8 +230,11 @@ def _resolve_host(
         known_hosts=Path(known).expanduser(),
         connect_timeout_s=timeout,
         keepalive_s=keepalive,
+        keepalive_count=keepalive_count,
         use_agent=str(entry.get("identitiesonly", "no")).lower() != "yes",
         jump=jump,
+        ssh_config=device.ssh_config,
+        also_known=also_known,
     )
 
 
@@ -260,11 +289,38 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def _login(ep: Endpoint) -> str:
+    """The OpenSSH command line that logs in to ``ep`` the way edgebench does (config, keys, jumps)."""
+    words = ["ssh"]
+    if ep.ssh_config:
+        words += ["-F", str(Path(ep.ssh_config).expanduser())]
+    if ep.known_hosts != Path("~/.ssh/known_hosts").expanduser():
+        words += ["-o", f"UserKnownHostsFile={ep.known_hosts}"]
+    for identity in ep.identities:
+        words += ["-i", identity]
+    hops = []
+    jump = ep.jump
+    while jump is not None:
+        hops.append(f"{jump.user}@{jump.alias}" + (f":{jump.port}" if jump.port != 22 else ""))
+        jump = jump.jump
+    if hops:
+        words += ["-J", ",".join(reversed(hops))]  # ProxyJump lists the first hop first
+    if ep.port != 22:
+        words += ["-p", str(ep.port)]
+    words.append(f"{ep.user}@{ep.alias}")
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def _keyscan(ep: Endpoint, key: paramiko.PKey) -> str:
+    """The command that appends the server's key to known_hosts; behind a jump host it scans from there,
+    since only the jump host can reach the device."""
     # ssh-ed25519 -> ed25519, ecdsa-sha2-nistp256 -> ecdsa, ssh-rsa -> rsa
     kind = key.get_name().removeprefix("ssh-").split("-", 1)[0]
     port = f"-p {ep.port} " if ep.port != 22 else ""
-    return f"ssh-keyscan {port}-t {kind} {shlex.quote(ep.hostname)} >> {shlex.quote(str(ep.known_hosts))}"
+    scan = f"ssh-keyscan {port}-t {kind} {shlex.quote(ep.hostname)}"
+    if ep.jump is not None:
+        scan = f"{_login(ep.jump)} {shlex.quote(scan)}"
+    return f"{scan} >> {shlex.quote(str(ep.known_hosts))}"
 
 
 class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
@@ -276,9 +332,11 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         where = "" if self.ep.known_hosts.is_file() else " (the file does not exist)"
+        others = [str(f) for f in self.ep.also_known if f.is_file()]
+        nor = f" nor in {', '.join(others)}" if others else ""
         raise HostKeyRejected(
             f"host key of {self.ep.known_hosts_name} ({key.get_name()} {fingerprint(key)}) is not in "
-            f"{self.ep.known_hosts}{where}; edgebench never adds host keys by itself",
+            f"{self.ep.known_hosts}{where}{nor}; edgebench never adds host keys by itself",
             device=self.device,
             fix=f"check that fingerprint with the device's owner, then run: {_keyscan(self.ep, key)}",
         )
@@ -301,8 +359,16 @@ def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Chann
     client = paramiko.SSHClient()
     client.set_log_channel(_PARAMIKO_LOG)
     client.set_missing_host_key_policy(_RefuseUnknown(ep, device))
-    if ep.known_hosts.is_file():
-        client.load_system_host_keys(str(ep.known_hosts))
+    for known in ep.known_files:
+        if known.is_file():
+            try:
+                client.load_system_host_keys(str(known))
+            except OSError as exc:
+                raise _offline(
+                    ep, device, f"cannot read known_hosts file {known}: {exc.strerror or exc}",
+                    "make it readable, or name another file with known_hosts: in the inventory",
+                    DeviceRefused,
+                ) from None
     timeout = ep.connect_timeout_s
     try:
         if sock is None:
@@ -335,19 +401,36 @@ def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Chann
     return client
 
 
+def _holding(ep: Endpoint, key: paramiko.PKey) -> Path:
+    """The known_hosts file that holds ``key`` for this server (the first one, as OpenSSH reads them)."""
+    for known in ep.known_files:
+        try:
+            entries = paramiko.HostKeys(str(known)) if known.is_file() else None
+        except OSError:
+            continue
+        found = entries.lookup(ep.known_hosts_name) if entries is not None else None
+        if found is not None and key.get_name() in found and found[key.get_name()] == key:
+            return known
+    return ep.known_hosts
+
+
 def _connect_error(ep: Endpoint, device: str, exc: BaseException) -> BaseException:
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
         name = ep.known_hosts_name
+        holder = _holding(ep, exc.expected_key)
+        if holder == ep.known_hosts:
+            fix = f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(holder))} && " + _keyscan(ep, exc.key)
+        else:  # a file the user may not write (the global one): override it in the user's file
+            fix = f"ask its owner to update {holder}, or override it in {ep.known_hosts}: {_keyscan(ep, exc.key)}"
         return _offline(
             ep,
             device,
             f"host key CHANGED: the server offers {exc.key.get_name()} {fingerprint(exc.key)} but "
-            f"{ep.known_hosts} holds {fingerprint(exc.expected_key)}; refusing to connect (this is what a "
+            f"{holder} holds {fingerprint(exc.expected_key)}; refusing to connect (this is what a "
             "man-in-the-middle looks like)",
-            f"if the device was reinstalled, confirm the new fingerprint with its owner, then run: "
-            f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(ep.known_hosts))} && " + _keyscan(ep, exc.key),
+            f"if the device was reinstalled, confirm the new fingerprint with its owner, then run: {fix}",
             HostKeyRejected,
         )
     if isinstance(exc, paramiko.AuthenticationException):
@@ -478,6 +561,14 @@ class _Lost(Exception):
     """The SSH connection went away while a command ran."""
 
 
+class _Silent(Exception):
+    """The server stopped answering keepalives while a command ran."""
+
+    def __init__(self, window_s: float) -> None:
+        super().__init__(window_s)
+        self.window_s = window_s
+
+
 def _pgid_of(stderr: bytes) -> int | None:
     mark = _PGID_MARK.encode()
     index = stderr.find(mark)
@@ -527,6 +618,48 @@ def _bounded(action: Callable[[], object], timeout_s: float) -> bool:
 
     threading.Thread(target=work, daemon=True).start()
     return done.wait(timeout_s)
+
+
+class _Liveness:
+    """Ask the server for a reply every ``interval_s`` while a command runs; close the channel when one
+    does not come within ``interval_s * count`` (the device is powered off, cut off or wedged).
+
+    The request is OpenSSH's own ``keepalive@openssh.com``: sshd answers any global request that wants a
+    reply (with a failure, for this name), so an answer of either kind proves the route is alive.
+    """
+
+    def __init__(self, transport: paramiko.Transport, channel: paramiko.Channel, interval_s: float, count: int):
+        self.transport = transport
+        self.channel = channel
+        self.interval_s = interval_s
+        self.count = count
+        self.silent = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    @property
+    def window_s(self) -> float:
+        return self.interval_s * self.count
+
+    def _ask(self) -> None:
+        self.transport.global_request("keepalive@openssh.com", wait=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            answered = _bounded(self._ask, self.window_s)
+            if self._stop.is_set():
+                return
+            if not answered and self.transport.is_active():
+                self.silent.set()
+                self.channel.close()  # unblocks the reader
+                return
+
+    def __enter__(self) -> _Liveness:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
 
 
 def _short(argv: Sequence[str]) -> str:
@@ -620,9 +753,25 @@ class SshTransport:
                 channel.shutdown_write()
             if expired.is_set():  # the timer fired just as the last call returned
                 raise _Expired()
-            self._collect(channel, deadline, out, err)
+            with _Liveness(
+                self._transport(), channel, self.endpoint.keepalive_s, self.endpoint.keepalive_count
+            ) as liveness:
+                self._collect(channel, deadline, out, err)
+            if liveness.silent.is_set():
+                raise _Silent(liveness.window_s)
         except BaseException as exc:
             pgid = _pgid_of(bytes(err))
+            if isinstance(exc, _Silent):
+                ep = self.endpoint
+                self._broken = f"the device stopped answering ({exc.window_s:g} s without a reply)"
+                killed = self._kill(pgid, token)
+                raise TransportError(
+                    f"the device stopped answering while running {_short(argv)}: no reply to SSH keepalives "
+                    f"for {exc.window_s:g} s ({ep.keepalive_count} x keepalive_s {ep.keepalive_s:g}); {killed}",
+                    device=self.device,
+                    fix="check the device's power and network (edgebench devices check); on a slow link raise "
+                    "keepalive_s or keepalive_count in the inventory",
+                ) from None
             if isinstance(exc, _Expired) or expired.is_set():
                 killed = self._kill(pgid, token)
                 raise CommandTimeout(

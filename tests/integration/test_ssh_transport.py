@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import contextlib
 import getpass
 import os
 import re
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from harness.errors import CommandTimeout, DeviceOffline, TransportError
 from harness.lab.inventory import Device
-from harness.lab.loopback import LoopbackLab, stop_server, wait_for_processes
+from harness.lab.loopback import LoopbackLab, rekey, stop_server, wait_for_processes
 from harness.transport.ssh import HostKeyRejected, SshTransport, command_line, resolve
 
 pytestmark = pytest.mark.integration
@@ -116,6 +117,50 @@ def test_a_timeout_kills_the_whole_remote_session_and_the_connection_lives_on(
     assert "were killed" in str(info.value)
     assert wait_for_processes(marker, gone=True, timeout_s=3) == []
     assert transport.run(["true"], timeout_s=10).exit_code == 0
+
+
+def test_a_device_that_stops_answering_is_given_up_after_its_keepalives_not_at_the_timeout(
+    make_lab: Callable[..., LoopbackLab], tmp_path: Path
+) -> None:
+    """The device's sshd session is frozen (SIGSTOP) mid-command, as a device that lost power or its link
+    looks from the host: the TCP connection stays open and nothing answers. With keepalive_s 1 and
+    keepalive_count 2 the command is given up in about 2 s, not at its 120 s timeout, and it is killed
+    over a new connection (the server itself still accepts one)."""
+    loop = make_lab(1)
+    server = loop.server("loop-1")
+    device = loop.lab.devices[0].model_copy(update={"keepalive_s": 1.0, "keepalive_count": 2})
+    transport = SshTransport.connect(device)
+    marker = f"eb-silent-{tmp_path.name}"
+    # A healthy command longer than the window: every keepalive is answered, nothing is given up.
+    assert transport.run(["sh", "-c", "sleep 3.5; echo done", marker], timeout_s=60).stdout == b"done\n"
+    stopped: list[int] = []
+
+    def freeze() -> None:
+        if wait_for_processes(marker + "-2", gone=False, timeout_s=10):
+            stopped.extend(server.session_pids())
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+
+    watcher = threading.Thread(target=freeze, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransportError) as info:
+            transport.run(["sh", "-c", "sleep 300; true", marker + "-2"], timeout_s=120)
+        elapsed = time.monotonic() - started
+    finally:
+        watcher.join(10)
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        transport.close()
+    assert stopped, "the command never started"
+    assert elapsed < 30, elapsed
+    message = str(info.value)
+    assert "the device stopped answering while running sh -c" in message
+    assert "no reply to SSH keepalives for 2 s (2 x keepalive_s 1)" in message
+    assert "killed over a new connection" in message and "fix: check the device's power and network" in message
+    assert wait_for_processes(marker + "-2", gone=True, timeout_s=5) == []
 
 
 def test_ctrl_c_kills_the_remote_command(transport: SshTransport, tmp_path: Path) -> None:
@@ -218,16 +263,99 @@ def test_ssh_config_alias_user_port_identity_and_proxyjump(
     assert f"jump host {getpass.getuser()}@127.0.0.1:{jump.port}: connection refused" in str(info.value)
 
 
+def test_behind_a_jump_host_the_unknown_key_fix_scans_from_the_jump_host_and_works(
+    make_lab: Callable[..., LoopbackLab], tmp_path: Path
+) -> None:
+    """Only the jump host can reach a device behind it, so the command the error gives runs ssh-keyscan
+    there (logging in as edgebench does: the same ssh config, keys and known_hosts). Run as printed, it
+    adds the device's key, and the next connection succeeds."""
+    loop = make_lab(2)
+    state = loop.state
+    jump, target = state.servers
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host bastion\n  HostName 127.0.0.1\n  Port {jump.port}\n  IdentityFile {state.client_key}\n"
+        f"Host board-9\n  HostName 127.0.0.1\n  Port {target.port}\n  User {getpass.getuser()}\n"
+        f"  IdentityFile {state.client_key}\n  ProxyJump bastion\n"
+    )
+    known = tmp_path / "known_hosts"
+    known.write_text(jump.known_hosts_line() + "\n")  # the jump host is known, the board is not
+    device = Device(
+        name="board-9", platform="generic-linux", host="board-9", ssh_config=str(config), known_hosts=str(known),
+        python=sys.executable,
+    )
+    with pytest.raises(HostKeyRejected) as info:
+        SshTransport.connect(device)
+    fix = str(info.value).split("then run: ", 1)[1]
+    assert fix.startswith(f"ssh -F {config} -o UserKnownHostsFile={known} -i {state.client_key} -p {jump.port} ")
+    assert f"@bastion 'ssh-keyscan -p {target.port} -t ed25519 127.0.0.1' >> {known}" in fix
+    added = subprocess.run(fix, shell=True, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    transport = SshTransport.connect(device)
+    try:
+        assert transport.run([sys.executable, "-c", "print(6 * 7)"], timeout_s=10).stdout == b"42\n"
+    finally:
+        transport.close()
+
+
+def test_keys_are_trusted_from_every_known_hosts_file_and_a_changed_global_one_is_overridden(
+    make_lab: Callable[..., LoopbackLab], tmp_path: Path
+) -> None:
+    """As OpenSSH: every UserKnownHostsFile and the GlobalKnownHostsFile (a managed lab ships its keys in
+    /etc/ssh/ssh_known_hosts; here the ssh config points it at a test file). A key changed against the
+    global file names that file, and the fix overrides it in the user's own file, which then wins."""
+    loop = make_lab(1)
+    server = loop.server("loop-1")
+    lab_keys, empty = tmp_path / "lab_known_hosts", tmp_path / "known_hosts"
+    lab_keys.write_text(server.known_hosts_line() + "\n")
+    empty.write_text("")
+    base = loop.lab.devices[0].model_dump(exclude_unset=True)
+    base.pop("known_hosts", None)
+
+    def device_with(config_lines: str) -> Device:
+        config = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}"
+        config.write_text(f"Host *\n{config_lines}")
+        return Device.model_validate({**base, "ssh_config": str(config)})
+
+    second = device_with(f"  UserKnownHostsFile {empty} {lab_keys}\n  GlobalKnownHostsFile none\n")
+    SshTransport.connect(second).close()
+    global_only = device_with(f"  UserKnownHostsFile {empty}\n  GlobalKnownHostsFile {lab_keys}\n")
+    SshTransport.connect(global_only).close()
+    nowhere = device_with(f"  UserKnownHostsFile {empty}\n  GlobalKnownHostsFile {empty}\n")
+    with pytest.raises(HostKeyRejected, match=rf"is not in {empty}; edgebench never adds"):
+        SshTransport.connect(nowhere)
+
+    lab_file = lab_keys.read_text()
+    rekey(server)
+    with pytest.raises(HostKeyRejected) as info:
+        SshTransport.connect(global_only)
+    message = str(info.value)
+    assert "host key CHANGED" in message and f"but {lab_keys} holds SHA256:" in message
+    fix = message.split(f"or override it in {empty}: ", 1)[1]
+    assert fix.startswith(f"ssh-keyscan -p {server.port} -t ed25519 127.0.0.1 >> {empty}"), fix
+    added = subprocess.run(fix, shell=True, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    assert lab_keys.read_text() == lab_file  # the global file is not ours to write
+    SshTransport.connect(global_only).close()  # the user's file is read first, as OpenSSH reads it
+
+
 def test_inventory_fields_win_over_the_ssh_config(tmp_path: Path) -> None:
     config = tmp_path / "ssh_config"
-    config.write_text("Host dev\n  HostName 10.0.0.9\n  Port 2200\n  User cfguser\n  ConnectTimeout 3\n")
+    config.write_text(
+        "Host dev\n  HostName 10.0.0.9\n  Port 2200\n  User cfguser\n  ConnectTimeout 3\n"
+        "  ServerAliveInterval 7\n  ServerAliveCountMax 5\n"
+    )
     from_config = resolve(Device(name="d", platform="mac", host="dev", ssh_config=str(config)))
     assert (from_config.hostname, from_config.port, from_config.user) == ("10.0.0.9", 2200, "cfguser")
-    assert from_config.connect_timeout_s == 3
+    assert (from_config.connect_timeout_s, from_config.keepalive_s, from_config.keepalive_count) == (3, 7, 5)
     explicit = resolve(
-        Device(name="d", platform="mac", host="dev", ssh_config=str(config), port=22, user="me", connect_timeout_s=9)
+        Device(
+            name="d", platform="mac", host="dev", ssh_config=str(config), port=22, user="me", connect_timeout_s=9,
+            keepalive_s=2, keepalive_count=4,
+        )
     )
     assert (explicit.hostname, explicit.port, explicit.user, explicit.connect_timeout_s) == ("10.0.0.9", 22, "me", 9)
+    assert (explicit.keepalive_s, explicit.keepalive_count) == (2, 4)
 
 
 def test_keys_from_the_ssh_agent_log_in(
