@@ -104,8 +104,9 @@ def _foreign(tables: set[str], dialect: str) -> bool:
 def _unfinished(tables: set[str]) -> bool:
     """Edgebench's own tables and a schema_info without its version row: a creation cut short.
 
-    SQLite commits each CREATE TABLE on its own, so a crash between them and the version row leaves
-    this; a writer finishes it (every table is created only if missing), a reader refuses it.
+    Edgebench now creates a schema in one transaction, but older versions let pysqlite commit each
+    CREATE TABLE on its own, so a crash between them and the version row left this; a writer finishes
+    it (every table is created only if missing), a reader refuses it.
     """
     return "schema_info" in tables and tables <= set(metadata.tables)
 
@@ -161,9 +162,11 @@ class Store:
                 fix = "install the PostgreSQL driver (pip install 'edgebench[postgres]'), or pass --db a SQLite path"
             raise ConfigError(f"cannot use database {self.location}: {exc}", key="--db", fix=fix) from None
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
         try:
-            with self.engine.begin() as conn:
+            # One transaction: a new database's tables, indexes and version row all appear, or none do.
+            with self._begin(write=not read_only) as conn:
                 old = current_version(conn)
                 tables = set(inspect(conn).get_table_names()) if old == 0 else set()
                 if old == 0 and read_only and _unfinished(tables):
@@ -185,10 +188,14 @@ class Store:
                     migrate(conn)
             if self.engine.dialect.name == "sqlite" and not read_only:
                 # Set once the file is known to be ours (it persists in the file): readers and writers
-                # of a WAL database do not block each other.
-                with self.engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        except SQLAlchemyError as exc:
+                # of a WAL database do not block each other. Outside any transaction, where SQLite
+                # allows the change: on the DBAPI connection, which no BEGIN precedes.
+                raw = self.engine.raw_connection()
+                try:
+                    raw.cursor().execute("PRAGMA journal_mode=WAL")
+                finally:
+                    raw.close()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             self.engine.dispose()
             verb = "open" if read_only else "open or migrate"
             if self.path is None:
@@ -230,9 +237,18 @@ class Store:
             _make_parent(self.path)
 
     @contextmanager
+    def _begin(self, *, write: bool) -> Iterator[Connection]:
+        """One transaction; a write one takes SQLite's write lock at its start (see _sqlite_begin)."""
+        with self.engine.connect() as conn:
+            if write:
+                conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
     def _tx(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as conn:
+            with self._begin(write=True) as conn:
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"database write failed: {str(exc).splitlines()[0]}") from None
@@ -413,7 +429,21 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+_WRITE = "edgebench_write"  # an execution option: this transaction will write
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling BEGINs only before INSERT, UPDATE and DELETE, so each CREATE
+    # TABLE would commit on its own; with it off, _sqlite_begin's BEGIN makes every transaction whole
+    # (SQLAlchemy's documented recipe for the sqlite3 driver before Python 3.12's autocommit=False).
+    dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE for a write takes the write lock first, so a second writer (two runs opening a new file
+    # at once) waits for the first (the busy timeout) instead of failing when its first read, of the
+    # tables that are there, would have to become a write.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")

@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy import Connection, create_engine, func, inspect, select
 
 from harness.errors import ConfigError, StoreError
 from harness.records import JobResult
 from harness.store import RunInfo, Store
 from harness.store import db as store_db
+from harness.store import schema as store_schema
 from harness.store.schema import SCHEMA_VERSION, results, samples, schema_info
 from harness.store.schema import _v1 as create_v1_tables
 
@@ -168,6 +169,33 @@ def test_a_fresh_database_is_migrated_to_the_current_schema(store: Store, databa
     assert version_of(database) == SCHEMA_VERSION
 
 
+def test_a_schema_creation_failing_midway_leaves_no_tables_and_the_next_open_creates_it(
+    database: str, make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store_schema.MIGRATIONS[2]
+
+    def failing(conn: Connection) -> None:
+        real(conn)  # device_health is made, after version 1's tables and the version row
+        conn.exec_driver_sql("CREATE TABLE device_health (id integer)")  # then a CREATE fails
+
+    monkeypatch.setitem(store_schema.MIGRATIONS, 2, failing)
+    with pytest.raises(StoreError, match=r"cannot open or migrate the results database .*already exists"):
+        Store(database)
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        assert inspect(conn).get_table_names() == [], "the whole creation was one transaction"
+        indexes = conn.exec_driver_sql("SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'").scalar_one()
+    engine.dispose()
+    assert indexes == 0
+    monkeypatch.undo()
+    store = Store(database)
+    try:
+        store.start_run(make_run("pgnew0000001"))
+        assert version_of(database) == SCHEMA_VERSION
+    finally:
+        store.close()
+
+
 def test_a_version_1_database_migrates_without_losing_rows(
     database: str, make_result: MakeResult, make_run: MakeRun
 ) -> None:
@@ -181,7 +209,7 @@ def test_a_version_1_database_migrates_without_losing_rows(
     old.start_run(make_run("pgold0000001"))
     stored = make_result("pgold0000001")
     old.add_result(stored)
-    old.close()
+    old.engine.dispose()
     assert version_of(database) == 1
 
     store = Store(database)
