@@ -7,6 +7,7 @@ attachment or a CI artifact viewer, with no network and no JavaScript.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,14 @@ class Bar:
     p50_ms: float
     p99_ms: float
     valid: bool
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A compact table cell: the reading, and a smaller line under it that says which sensor or limit."""
+
+    text: str
+    detail: str = ""
 
 
 def _fmt_ms(value: Any) -> str:
@@ -220,14 +229,16 @@ def _precision_costs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
 
-    def order(r: dict[str, Any]) -> tuple[Any, ...]:
-        threads = r.get("threads")
-        return (
-            *(r["model"], r["device"], r["backend"], r["input_shape"]),
-            *(threads is None, threads or 0, str(_options(r)), r["precision"]),
-        )
+    return sorted(table, key=_variant_order)
 
-    return sorted(table, key=order)
+
+def _variant_order(r: dict[str, Any]) -> tuple[Any, ...]:
+    """Rows of one model and device together, its variants by backend, input, threads, options, precision."""
+    threads = r.get("threads")
+    return (
+        *(r["model"], r["device"], r["backend"], r["input_shape"]),
+        *(threads is None, threads or 0, str(_options(r)), r["precision"]),
+    )
 
 
 # The rail that stands for the whole device, where a platform reports one: Jetson's board input,
@@ -261,9 +272,137 @@ def _quality(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "retried": retried,
                 "power": _power(r),
                 "independent": _independent(r),
+                "readings": {
+                    "temperature": _temperatures(r),
+                    "clock": _clocks(r),
+                    "cpus": _cpus_used(r),
+                    "quota": _quota(r),
+                },
             }
         )
     return table
+
+
+def _reading(r: dict[str, Any], when: str, field: str) -> Any:
+    """One part of the thermal summary a result carries (``throttle_metrics``' ``thermal``), or None."""
+    thermal = r.get("thermal")
+    part = thermal.get(when) if isinstance(thermal, dict) else None
+    return part.get(field) if isinstance(part, dict) else None
+
+
+def _celsius(values: Any) -> dict[str, float]:
+    if not isinstance(values, dict):
+        return {}
+    return {str(zone): float(t) for zone, t in values.items() if _number(t)}
+
+
+def _temperatures(r: dict[str, Any]) -> Cell:
+    """Before -> peak -> after of the zone that rose most (the one the throttle check judges), in degrees C.
+
+    "before" is each zone's first reading, "peak" the hottest reading before, during or after the loop.
+    A Mac reports no temperatures, only a thermal pressure level: that is shown instead.
+    """
+    start, peak = _celsius(_reading(r, "before", "temperatures_c")), _celsius(_reading(r, "max", "temperatures_c"))
+    after = _celsius(_reading(r, "after", "temperatures_c"))
+    if not peak:
+        thermal = r.get("thermal")
+        pressure = thermal.get("thermal_pressure") if isinstance(thermal, dict) else None
+        return Cell(f"pressure {', '.join(map(str, pressure))}") if pressure else Cell("-")
+    zone = max(sorted(peak), key=lambda z: (peak[z] - start.get(z, peak[z]), peak[z]))
+    text = " \u2192 ".join(f"{t:.0f}" if t is not None else "-" for t in (start.get(zone), peak[zone], after.get(zone)))
+    return Cell(text, zone if len(peak) == 1 else f"{zone} (rose most of {len(peak)})")
+
+
+def _mhz(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{high:.0f}" if round(low) == round(high) else f"{low:.0f}-{high:.0f}"
+
+
+def _clocks(r: dict[str, Any]) -> Cell:
+    """The CPU clocks before -> after the run (MHz), and the largest fall of one clock during the loop.
+
+    The summary keeps the CPU clocks before and after and ``freq_drop``, the largest fall of any one
+    CPU or GPU clock while the loop ran below where it started (``harness.measure.throttle``); the
+    readings during the loop themselves are not kept.
+    """
+    before = [float(f) for f in _reading(r, "before", "cpu_freq_mhz") or [] if _number(f)]
+    after = [float(f) for f in _reading(r, "after", "cpu_freq_mhz") or [] if _number(f)]
+    during = ""
+    if _number(r.get("freq_drop")):
+        drop = float(r["freq_drop"])
+        during = f"fell {100 * drop:.0f}% during" if drop >= 0.005 else "held during"
+    if not before and not after:
+        return Cell(during or "-")
+    text = f"{_mhz(before) if before else '-'} \u2192 {_mhz(after) if after else '-'}"
+    cpus = max(len(before), len(after))
+    return Cell(text, ", ".join(p for p in ("1 CPU" if cpus == 1 else f"{cpus} CPUs", during) if p))
+
+
+def _cpus_used(r: dict[str, Any]) -> Cell:
+    """``cpu_parallelism``: the CPUs the runtime's threads really had, of the CPUs the runner was allowed on."""
+    used = r.get("cpu_parallelism")
+    if not _number(used):
+        return Cell("-")
+    allowed = r.get("cpu_affinity")
+    return Cell(f"{used:.2f}", f"of {len(allowed)} allowed" if isinstance(allowed, list) and allowed else "")
+
+
+# The numbers of ``harness.measure.throttle``'s stall sentence, one per stalled run of a repeated job.
+_STALLS = re.compile(r"stalled the runner in (\d+) of (\d+) scheduling periods")
+
+
+def _quota(r: dict[str, Any]) -> Cell:
+    """The runner's CPU quota (``cpu_quota_cpus``) and in how many scheduling periods it stalled the loop.
+
+    The counts are only recorded inside the ``cpu_quota_stalls`` sentence; the sentence is read back here
+    rather than stored twice, and one that no longer parses still says the loop was stalled.
+    """
+    cpus = r.get("cpu_quota_cpus")
+    if not _number(cpus):
+        return Cell("-")
+    text = f"{cpus:g} CPU{'' if cpus == 1 else 's'}"
+    sentence = r.get("cpu_quota_stalls")
+    if not sentence:
+        return Cell(text, "never stalled the loop")
+    counts = [(int(stalled), int(periods)) for stalled, periods in _STALLS.findall(str(sentence))]
+    if not counts:
+        return Cell(text, "stalled the loop (see the verdict)")
+    if len(counts) == 1:
+        stalled, periods = counts[0]
+        share = f" ({100 * stalled / periods:.0f}%)" if periods else ""
+        return Cell(text, f"stalled {stalled} of {periods} periods{share}")
+    runs = ", ".join(f"{stalled} of {periods}" for stalled, periods in counts)
+    return Cell(text, f"stalled {runs} periods in {len(counts)} runs")
+
+
+def _production(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per candidate variant with a production model (``production:`` in the catalog): the shadow comparison.
+
+    ``production_model`` names the model it would replace; without ``production_top1_agreement`` the
+    production model's own job was not measured (``production_status`` says how it ended).
+    """
+    table = []
+    for r in rows:
+        if not r.get("production_model"):
+            continue
+        failures = list((r.get("failures") or {}).get("production") or [])
+        compared = _number(r.get("production_top1_agreement"))
+        table.append(
+            {
+                **r,
+                "variant": _variant_label(r),
+                "production_failures": failures,
+                "compared": compared,
+                "production_ci": _pair(r.get("production_acc_delta_ci_pp")),
+            }
+        )
+    return sorted(table, key=_variant_order)
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value):
+        return float(value[0]), float(value[1])
+    return None
 
 
 def _independent(r: dict[str, Any]) -> str:
@@ -307,6 +446,13 @@ def _fmt_pp(value: Any) -> str:
     return f"{value:+.2f} pp" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
+def _fmt_delta_ms(value: Any) -> str:
+    """A signed latency difference: "+0.120", "-12.5" (negative: the candidate is faster)."""
+    if not _number(value):
+        return "-"
+    return f"{value:+.3f}" if abs(value) < 10 else f"{value:+.1f}"
+
+
 def render_report(store: Store, run_id: str) -> str:
     """The report of one run as an HTML string."""
     if not (TEMPLATES / "templates" / "report.html.j2").is_file():
@@ -321,7 +467,7 @@ def render_report(store: Store, run_id: str) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(ms=_fmt_ms, ci=_fmt_ci, pct=_fmt_pct, x=_fmt_x, db=_fmt_db, pp=_fmt_pp)
+    env.filters.update(ms=_fmt_ms, ci=_fmt_ci, pct=_fmt_pct, x=_fmt_x, db=_fmt_db, pp=_fmt_pp, dms=_fmt_delta_ms)
     everything = store.results(run_id)
     rows = [r for r in everything if r.get("kind", "latency") == "latency"]
     robustness = [r for r in everything if r.get("kind") == "robustness"]
@@ -341,6 +487,7 @@ def render_report(store: Store, run_id: str) -> str:
         run=store.run_info(run_id),
         rows=rows,
         costs=_precision_costs(rows),
+        production=_production(rows),
         robustness=robustness,
         quality=_quality([*rows, *interleaved]),
         interleaved=interleaved,

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.analyse import cpu_parallelism, production_checks
 from harness.measure.stats import summarize
+from harness.measure.throttle import assess_throttle, throttle_metrics
 from harness.records import JobResult
 from harness.report.render import write_report
 from harness.store import RunInfo, Store
@@ -48,6 +50,23 @@ UNSTABLE: dict[str, Any] = {
     # As a run with bursts of slow calls records it (the summary's own count is overridden here).
     "p99_effective_n": 120,
 }
+# What the runner recorded around OTHER_DEVICE_JOB's loop: the GPU zone warmed by 21 C (THROTTLE_REASON), the
+# clocks held, two threads had about one CPU, and a one-CPU container quota stalled 37 of 120 periods.
+HOT_FACTS: dict[str, Any] = {
+    "thermal": {
+        "before": {"temperatures_c": {"cpu": 42.0, "gpu": 40.0}, "cpu_freq_mhz": [1500.0] * 4},
+        "during": [{"temperatures_c": {"cpu": 48.0, "gpu": 61.0}, "cpu_freq_mhz": [1500.0] * 4, "foreign_cpu": 0.02}],
+        "after": {"temperatures_c": {"cpu": 45.0, "gpu": 55.0}, "cpu_freq_mhz": [1500.0] * 4},
+    },
+    "cpu_quota": [
+        {"group": "/lab.slice", "quota_cpus": 1.0, "periods": 120, "throttled_periods": 37, "throttled_s": 0.42}
+    ],
+    "loop_cpu_s": 3.15,
+    "loop_wall_s": 3.25,
+}
+# VALID_JOB is a candidate for replacing INVALID_JOB's model (catalog production: small-cnn): of 200 inputs,
+# the candidate is right on 195, the production model on 180, and they give the same class on 180.
+SHADOW_INPUTS = 200
 CAPACITY: dict[str, Any] = {
     "capacity_fps": [30.0, 15.0],
     "streams_at_30fps": 4,
@@ -158,12 +177,24 @@ def rendered(
     def render(root: Path) -> dict[str, Any]:
         store = Store(root / "results.sqlite")
         store.start_run(make_run(RUN_ID))
-        store.add_result(make_result(RUN_ID, VALID_JOB, n=2000, metrics={"top1_acc": 0.975}))
         small = make_result(RUN_ID, INVALID_JOB, n=50, seed=1)
-        assert small.latency is not None
+        candidate = make_result(RUN_ID, VALID_JOB, n=2000, metrics={"top1_acc": 0.975})
+        assert small.latency is not None and candidate.latency is not None
+        labels = np.arange(SHADOW_INPUTS) % 10
+        new, old = labels.copy(), labels.copy()
+        new[:5] = (labels[:5] + 1) % 10  # wrong on 0-4
+        old[:20] = (labels[:20] + 2) % 10  # wrong on 0-19, never alike: agreement 180 of 200
+        logits = np.eye(10, dtype=np.float32)
+        shadow = production_checks(logits[new], logits[old], labels, candidate.latency, small.latency)
+        shadow = {"production_model": "small-cnn", **shadow}
+        store.add_result(replace(candidate, metrics={**candidate.metrics, **shadow}))
         reasons = "; ".join(small.latency.invalid_reasons)
         store.add_result(replace(small, status="failed", message=f"statistics INVALID: {reasons}"))
-        store.add_result(make_result(RUN_ID, OTHER_DEVICE_JOB, n=1000, seed=2, metrics=UNSTABLE))
+        readings = throttle_metrics({}, [assess_throttle(HOT_FACTS)])
+        assert readings["unstable_reasons"][0] == THROTTLE_REASON
+        hot = {**readings, "cpu_parallelism": cpu_parallelism([HOT_FACTS]), "cpu_affinity": [0, 1], **UNSTABLE}
+        hot["unstable_reasons"] = readings["unstable_reasons"]
+        store.add_result(make_result(RUN_ID, OTHER_DEVICE_JOB, n=1000, seed=2, metrics=hot))
         int8 = scaled(make_result(RUN_ID, PARITY_FAILING_JOB, n=2000), 0.5)
         parity = {"parity": (PARITY_FAILURE,)}
         store.add_result(replace(int8, status="failed", message=PARITY_FAILURE, failures=parity))
@@ -325,6 +356,42 @@ def test_unstable_results_are_marked_with_their_reasons_and_power(rendered: Rend
     assert calm["verdict"] == "stable" and calm["warm-up"] == "60" and calm["first call ms"] == "3.500"
     assert calm["P99 independent calls"] == "all"
     assert (INTERLEAVED_JOB, "interleaved") in by_job, "interleaved jobs are judged alike"
+
+
+def test_the_trust_table_shows_the_devices_temperatures_clocks_cpus_and_quota(rendered: Rendered) -> None:
+    header, body = section_rows(rendered, "quality")
+    columns = ["temperature °C", "clock MHz", "CPUs used", "CPU quota"]
+    assert header[header.index("P99 independent calls") + 1 : header.index("power")] == columns
+    by_job = {(r.attrs["data-job"], r.attrs["data-kind"]): dict(zip(header, r.cells, strict=True)) for r in body}
+    hot = by_job[(OTHER_DEVICE_JOB, "latency")]
+    assert [hot[c] for c in columns] == [
+        "40 \u2192 61 \u2192 55 gpu (rose most of 2)",
+        "1500 \u2192 1500 4 CPUs, held during",
+        "0.97 of 2 allowed",
+        "1 CPU stalled 37 of 120 periods (31%)",
+    ]
+    assert "the kernel stalled the runner in 37 of 120 scheduling periods" in hot["verdict"]
+    # A device that reported none of these readings (the test lab's, like a VM's) shows "-".
+    assert [by_job[(VALID_JOB, "latency")][c] for c in columns] == ["-"] * 4
+
+
+def test_candidate_vs_production_is_shown_for_the_candidate(rendered: Rendered) -> None:
+    header, body = section_rows(rendered, "production")
+    assert re.search(r'<section id="production">\s*<h2>Candidate vs production</h2>', rendered.dom)
+    assert [r.attrs["data-job"] for r in body] == [VALID_JOB]
+    row = dict(zip(header, body[0].cells, strict=True))
+    candidate, production = rendered.records[VALID_JOB], rendered.records[INVALID_JOB]
+    assert (row["candidate"], row["device"], row["production model"]) == ("tiny-cnn", "local", "small-cnn")
+    assert row["variant"] == "onnxruntime fp32, 1 thread"
+    assert row["top-1 agreement"] == "90.0%" and row["top-1 candidate / production"] == "97.5% / 90.0%"
+    low, high = candidate["production_acc_delta_ci_pp"]
+    assert low < 7.5 < high and row["accuracy delta"] == f"+7.50 pp {low:+.2f}..{high:+.2f}"
+    # The deltas are the candidate's latency minus the production model's, from the stored percentiles.
+    p50_delta = candidate["p50_ms"] - production["p50_ms"]
+    ratio = candidate["p50_ms"] / production["p50_ms"]
+    assert row["P50 delta ms"] == f"{p50_delta:+.3f} {ratio:.2f}x production's"
+    assert row["P99 delta ms"] == f"{candidate['p99_ms'] - production['p99_ms']:+.3f}"
+    assert row["production check"] == "not gated"
 
 
 def test_interleaved_comparisons_show_the_aa_check(rendered: Rendered) -> None:

@@ -1,5 +1,6 @@
-"""The report's two answers a product manager acts on, rendered from stored records: which variant meets the
-frame budget, and what INT8 buys over its FP32 reference.
+"""The report's answers a product manager acts on, rendered from stored records: which variant meets the
+frame budget, what INT8 buys over its FP32 reference, how far to trust a number (the device's temperatures,
+clocks, CPUs and CPU quota during the loop), and how a candidate compares with the production model.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.analyse import cpu_parallelism, parity_checks, production_checks, provenance_metrics
+from harness.catalog import Budgets
 from harness.measure.stats import summarize
-from harness.records import JobResult
+from harness.measure.throttle import assess_runs, throttle_metrics
+from harness.records import JobResult, Variant
 from harness.report.render import render_report
 from harness.store import RunInfo, Store
 
@@ -41,6 +45,7 @@ class Tables(HTMLParser):
         values = {k: v or "" for k, v in attrs}
         if tag == "section":
             self._section, self._header = values.get("id", ""), []
+            self.sections.setdefault(self._section, [])  # a section with no rows is there all the same
         elif tag == "tr":
             self._row, self._job = [], values.get("data-job", "")
         elif tag in ("td", "th"):
@@ -78,6 +83,7 @@ def result(make_result: Callable[..., JobResult]) -> Callable[..., JobResult]:
         *,
         failures: dict[str, tuple[str, ...]] | None = None,
         options: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
     ) -> JobResult:
         _, variant, _ = job_id.split("/")
         backend, precision, *rest = variant.split("-")
@@ -96,7 +102,7 @@ def result(make_result: Callable[..., JobResult]) -> Callable[..., JobResult]:
             latency=summarize(samples),
             samples_ns=samples,
             failures=failures or {},
-            metrics={**base.metrics, "variant_options": options or {}},
+            metrics={**base.metrics, "variant_options": options or {}, **(metrics or {})},
         )
 
     return build
@@ -209,3 +215,151 @@ def test_a_variant_whose_options_differ_from_every_fp32_shows_no_speed_up(
     fp32 = result("mnv2/openvino-fp32-t2/nuc", timed(8.0), options={"num_streams": 1})
     int8 = result("mnv2/openvino-int8-t2-num_streams=2/nuc", timed(4.0, seed=1), options={"num_streams": 2})
     assert speedups(render(fp32, int8))[int8.job_id] == "-"
+
+
+def reading(celsius: dict[str, float], mhz: list[float], **more: Any) -> dict[str, Any]:
+    """One sampler reading as the runner records it (``harness.agent.thermal.reading``)."""
+    return {"t_s": 0.0, "temperatures_c": celsius, "cpu_freq_mhz": mhz, **more}
+
+
+def measured(facts: dict[str, Any], threads: int = 4) -> dict[str, Any]:
+    """The metrics the pipeline derives from a runner's facts: throttle verdict, CPUs used, affinity."""
+    metrics = throttle_metrics({}, [assess_runs(facts)])
+    parallelism = cpu_parallelism([facts, *facts.get("repeat_facts", [])])
+    if parallelism is not None:
+        metrics["cpu_parallelism"] = parallelism
+    provenance = provenance_metrics(Variant("onnxruntime", threads=threads), {}, facts, metrics)
+    return {**metrics, "cpu_affinity": provenance["cpu_affinity"]}
+
+
+def quality(sections: dict[str, list[dict[str, str]]]) -> dict[str, dict[str, str]]:
+    return {r["job"]: r for r in sections["quality"]}
+
+
+TRUST_COLUMNS = ("temperature °C", "clock MHz", "CPUs used", "CPU quota")
+
+
+def test_the_trust_table_shows_temperatures_clocks_and_the_cpus_the_threads_had(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    four = [2400.0] * 4
+    facts: dict[str, Any] = {
+        "thermal": {
+            "before": reading({"cpu_thermal": 41.2, "gpu_thermal": 39.6}, four),
+            "during": [
+                reading({"cpu_thermal": 45.0, "gpu_thermal": 40.1}, four, foreign_cpu=0.01),
+                reading({"cpu_thermal": 47.4, "gpu_thermal": 40.8}, [2400.0, 2112.0, 2400.0, 2400.0], foreign_cpu=0.02),
+            ],
+            "after": reading({"cpu_thermal": 44.1, "gpu_thermal": 40.2}, four),
+        },
+        # Four threads that ran like two: the loop's process CPU time is twice its wall time.
+        "loop_cpu_s": 3.86,
+        "loop_wall_s": 2.0,
+        "cpu_affinity": [0, 1, 2, 3],
+    }
+    hot = result("mnv2/onnxruntime-fp32-t4/pi5", timed(10.0), metrics=measured(facts))
+    row = quality(render(hot))[hot.job_id]
+    # The zone that rose most (cpu, 6.2 C; gpu rose 1.2 C): first reading -> hottest -> after.
+    assert row["temperature °C"] == "41 \u2192 47 \u2192 44 cpu_thermal (rose most of 2)"
+    # CPU1 fell from 2400 to 2112 MHz while the loop ran: 12%, past the 10% limit, so also a reason.
+    assert row["clock MHz"] == "2400 \u2192 2400 4 CPUs, fell 12% during"
+    assert "CPU1 clock fell 12% during the run" in row["verdict"]
+    assert row["CPUs used"] == "1.93 of 4 allowed"
+    assert row["CPU quota"] == "-"
+
+
+def test_a_cpu_quota_says_how_often_it_stalled_the_loop(result: Callable[..., JobResult], render: Render) -> None:
+    def limited(cpus: float, periods: int, stalled: int, seconds: float) -> dict[str, Any]:
+        group = {"group": "/docker/abc", "quota_cpus": cpus, "periods": periods}
+        return {"cpu_quota": [{**group, "throttled_periods": stalled, "throttled_s": seconds}]}
+
+    stalled = result("mnv2/onnxruntime-fp32-t2/ci", timed(10.0), metrics=measured(limited(1.5, 120, 37, 0.42)))
+    roomy = result("mnv2/onnxruntime-fp32-t1/ci", timed(12.0, seed=1), metrics=measured(limited(2.0, 80, 0, 0.0)))
+    # A job in three runner processes, two of them stalled: each run's count, by run.
+    runs = {**limited(1.0, 100, 9, 0.1), "repeat_facts": [limited(1.0, 90, 0, 0.0), limited(1.0, 110, 4, 0.05)]}
+    repeated = result("mnv2/onnxruntime-int8-t2/ci", timed(6.0, seed=2), metrics=measured(runs))
+    rows = quality(render(stalled, roomy, repeated))
+    assert rows[stalled.job_id]["CPU quota"] == "1.5 CPUs stalled 37 of 120 periods (31%)"
+    assert rows[stalled.job_id]["verdict"].startswith("unstable CPU quota: control group /docker/abc")
+    assert rows[roomy.job_id]["CPU quota"] == "2 CPUs never stalled the loop"
+    assert rows[repeated.job_id]["CPU quota"] == "1 CPU stalled 9 of 100, 4 of 110 periods in 2 runs"
+
+
+def test_a_result_without_readings_shows_a_dash(result: Callable[..., JobResult], render: Render) -> None:
+    # A VM as the embedded default lab runs on: no thermal zones, no cpufreq files, no cgroup quota.
+    empty = reading({}, [])
+    vm: dict[str, Any] = {"thermal": {"before": empty, "during": [{**empty, "foreign_cpu": 0.0}], "after": empty}}
+    on_vm = result("mnv2/onnxruntime-fp32-t1/vm", timed(10.0), metrics=measured(vm))
+    # An older result that recorded none of these metrics.
+    older = result("mnv2/onnxruntime-fp32-t2/vm", timed(8.0, seed=1))
+    rows = quality(render(on_vm, older))
+    for job in (on_vm.job_id, older.job_id):
+        assert [rows[job][column] for column in TRUST_COLUMNS] == ["-"] * 4, job
+
+
+def predictions(labels: np.ndarray, wrong: range, classes: int = 10) -> np.ndarray:
+    """One-hot logits that name the right class, except for the ``wrong`` inputs (the next class)."""
+    predicted = labels.copy()
+    predicted[list(wrong)] = (labels[list(wrong)] + 1) % classes
+    logits: np.ndarray = np.eye(classes, dtype=np.float32)[predicted]
+    return logits
+
+
+def test_a_candidate_is_shown_against_the_production_model_it_would_replace(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    labels = np.random.default_rng(7).integers(0, 10, 400)
+    # Production is wrong on inputs 0-39, the candidate on 30-57: both wrong (alike) on 30-39.
+    old, new = predictions(labels, range(40)), predictions(labels, range(30, 58))
+    production = result("mnv2/onnxruntime-fp32-t2/nuc", timed(10.0))
+    candidate = result("mnv2-next/onnxruntime-fp32-t2/nuc", timed(8.0, seed=1))
+    assert production.latency is not None and candidate.latency is not None
+    # As the pipeline records it (Pipeline._production): the parity fields, then the shadow comparison.
+    parity, _ = parity_checks(new, new, None, labels, Budgets())
+    shadow = production_checks(new, old, labels, candidate.latency, production.latency)
+    candidate = replace(candidate, metrics={**candidate.metrics, **parity, "production_model": "mnv2", **shadow})
+    sections = render(production, candidate)
+    (row,) = sections["production"]
+    assert row["job"] == candidate.job_id
+    assert (row["candidate"], row["device"], row["variant"]) == ("mnv2-next", "nuc", "onnxruntime fp32, 2 threads")
+    assert row["production model"] == "mnv2"
+    # 342 both right + 10 both wrong alike of 400 agree; 372 vs 360 right is +3.00 pp.
+    assert row["top-1 agreement"] == "88.0%"
+    assert row["top-1 candidate / production"] == "93.0% / 90.0%"
+    low, high = shadow["production_acc_delta_ci_pp"]
+    assert low < 3.0 < high
+    assert row["accuracy delta"] == f"+3.00 pp {low:+.2f}..{high:+.2f}"
+    p50, p99, ratio = (shadow[f"production_{k}"] for k in ("p50_delta_ms", "p99_delta_ms", "p50_ratio"))
+    assert abs(ratio - 0.8) < 0.01 and p50 < 0
+    assert row["P50 delta ms"] == f"{p50:+.3f} {ratio:.2f}x production's"
+    assert row["P99 delta ms"] == f"{p99:+.3f}"
+    assert row["production check"] == "not gated"
+
+
+def test_a_production_model_that_was_not_measured_or_a_failed_production_check_is_said_so(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    # The production model's job was skipped (its device unreachable): Pipeline._production records only this.
+    unmeasured = {"production_model": "mnv2", "production_status": "skipped"}
+    alone = result("mnv2-next/onnxruntime-fp32-t2/nuc", timed(8.0), metrics=unmeasured)
+    failed = result(
+        "mnv2-next/onnxruntime-int8-t2/nuc",
+        timed(4.0, seed=1),
+        failures={"production": ("top-1 agreement with production 0.850 below 0.900",)},
+        metrics={"production_model": "mnv2", "production_top1_agreement": 0.85},
+    )
+    rows = {r["job"]: r for r in render(alone, failed)["production"]}
+    assert rows[alone.job_id]["top-1 agreement"] == rows[alone.job_id]["P50 delta ms"] == "-"
+    assert rows[alone.job_id]["production check"] == "not compared the production model's job: skipped"
+    assert rows[failed.job_id]["top-1 agreement"] == "85.0%"
+    assert rows[failed.job_id]["production check"] == "fails top-1 agreement with production 0.850 below 0.900"
+
+
+def test_a_run_without_a_production_model_has_no_production_section(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    fp32 = result("mnv2/litert-fp32-t4/pi5", timed(20.0))
+    int8 = result("mnv2/litert-int8-t4/pi5", timed(10.0, seed=1))
+    sections = render(fp32, int8)
+    assert "precision" in sections and "quality" in sections
+    assert "production" not in sections
