@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import weakref
 import zlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,8 +188,9 @@ class Store:
                 if old <= SCHEMA_VERSION and not read_only:
                     migrate(conn)
             if self.engine.dialect.name == "sqlite" and not read_only:
-                # Set once the file is known to be ours (it persists in the file): readers and writers
-                # of a WAL database do not block each other. Outside any transaction, where SQLite
+                # Set once the file is known to be ours: while a writer has it open, readers and writers
+                # of a WAL database do not block each other (the last writer to close turns it back
+                # into a rollback-journal file, see _close). Outside any transaction, where SQLite
                 # allows the change: on the DBAPI connection, which no BEGIN precedes.
                 raw = self.engine.raw_connection()
                 try:
@@ -200,6 +202,12 @@ class Store:
             verb = "open" if read_only else "open or migrate"
             if self.path is None:
                 fix = "check the URL, that the server runs and that it accepts this user"
+            elif read_only and _journal(self.path).exists():
+                raise StoreError(
+                    f"cannot open the results database {self.location}: a write to it was cut short "
+                    f"({_journal(self.path).name} is beside it) and a reader may not roll it back",
+                    fix="run edgebench run --db with it once (a writer rolls the write back), or pass another database",
+                ) from None
             elif read_only:
                 fix = "pass --db the SQLite file 'edgebench run' wrote"
             else:
@@ -216,6 +224,9 @@ class Store:
                 f"{self.location} has schema version {old}, newer than this edgebench ({SCHEMA_VERSION})",
                 fix="upgrade edgebench",
             )
+        # Also when the Store is dropped or the process exits unclosed (a pytest session's store).
+        sqlite_writer = self.engine.dialect.name == "sqlite" and not read_only
+        self._closer = weakref.finalize(self, _close, self.engine, self.path if sqlite_writer else None)
 
     def _check_file(self) -> None:
         """A SQLite path: a reader needs the file; a writer needs a file path, not a directory."""
@@ -410,7 +421,7 @@ class Store:
             conn.execute(delete(runs).where(runs.c.id == run_id))
 
     def close(self) -> None:
-        self.engine.dispose()
+        self._closer()
 
 
 def _metric_row(result_id: int, name: str, value: Any) -> dict[str, Any]:
@@ -430,6 +441,34 @@ def _json_default(value: Any) -> Any:
 
 
 _WRITE = "edgebench_write"  # an execution option: this transaction will write
+
+
+def _journal(path: Path) -> Path:
+    return path.with_name(path.name + "-journal")
+
+
+def _close(engine: Engine, wrote: Path | None) -> None:
+    """Close the engine; the last writer to close a SQLite file turns it back into a rollback-journal file.
+
+    A reader opens the file read-only (mode=ro). In WAL mode SQLite makes it create a -wal and a -shm
+    file beside the database, which it cannot remove again, while a rollback-journal file is read with
+    no trace; a writer keeps WAL while it has the file open, so a report can read during a run.
+    Leaving WAL needs the file to itself: while another connection has it open SQLite refuses at once
+    (SQLITE_BUSY), and that connection's own close, if a writer's, does it.
+    """
+    engine.dispose()
+    if wrote is None:
+        return
+    try:  # mode=rw: never create the file again if it was moved away meanwhile
+        conn = sqlite3.connect(f"file:{quote(str(wrote.resolve()))}?mode=rw", uri=True, timeout=0)
+    except sqlite3.Error:
+        return
+    try:
+        conn.isolation_level = None
+        with suppress(sqlite3.Error):
+            conn.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        conn.close()
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
