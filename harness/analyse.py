@@ -5,6 +5,7 @@ Pure functions over arrays and records (no I/O): the pipeline fetches the data, 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from .catalog import Budgets
 from .gate.budgets import check_latency
 from .measure.corruptions import ALL_CORRUPTIONS, SEVERITIES
 from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_outputs
-from .measure.repeats import level_shifts
+from .measure.repeats import HISTORY_RUNS, MIN_HISTORY, history_shift, level_shifts
 from .measure.robustness import cell_from_logits, robustness_delta, robustness_report
 from .measure.stability import assess_stability
 from .measure.stats import LatencySummary
@@ -112,6 +113,49 @@ def cpu_parallelism(facts: Sequence[Mapping[str, Any]]) -> float | None:
     if wall_s <= 0:
         return None
     return round(sum(float(f["loop_cpu_s"]) for f in facts) / wall_s, 3)
+
+
+# What an earlier result must share with this one to be the same measurement on the same device: the
+# compiled artifact, the job (model, variant, threads, device, input size), the batch and what the
+# runtime was asked for and applied, and the CPUs the runner had.
+SAME_CONDITIONS = (
+    "job_id", "artifact_sha256", "input_shape", "batch", "variant_options", "runtime_config", "cpu_affinity", "pinning",
+)
+
+
+def _conditions(record: Mapping[str, Any]) -> str:
+    return json.dumps([record.get(k) for k in SAME_CONDITIONS], sort_keys=True, default=str)
+
+
+def history_metrics(record: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> Metrics:
+    """This latency result against the same artifact's earlier valid runs under the same conditions.
+
+    ``record`` is the result's flat record, ``history`` earlier flat records of its series, newest
+    first. Gives ``history_runs`` (how many it was compared with, up to HISTORY_RUNS) and, once there
+    are MIN_HISTORY, ``history_p50_ratio``; a P50 at another level marks the result unstable. Nothing
+    when the result itself is not a valid latency measurement.
+    """
+    if record.get("kind") != "latency" or not record.get("valid") or not record.get("p50_ms"):
+        return {}
+    mine = _conditions(record)
+    earlier = [
+        (str(r["run_id"]), float(r["p50_ms"]))
+        for r in history
+        if r.get("kind") == "latency"
+        and r.get("valid")
+        and r.get("status") in ("passed", "failed")
+        and r.get("p50_ms")
+        and r.get("run_id") != record.get("run_id")
+        and _conditions(r) == mine
+    ][:HISTORY_RUNS]
+    out: Metrics = {"history_runs": len(earlier)}
+    if len(earlier) >= MIN_HISTORY:
+        out["history_p50_ratio"] = round(float(record["p50_ms"]) / float(np.median([p for _, p in earlier])), 4)
+    reason = history_shift(float(record["p50_ms"]), earlier)
+    if reason:
+        out["unstable"] = True
+        out["unstable_reasons"] = [*record.get("unstable_reasons", []), reason]
+    return out
 
 
 def provenance_metrics(

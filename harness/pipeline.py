@@ -29,6 +29,7 @@ from . import __version__
 from .analyse import (
     corruption_keys,
     cpu_parallelism,
+    history_metrics,
     latency_checks,
     parity_checks,
     production_checks,
@@ -545,11 +546,20 @@ class Pipeline:
                 why = [*last.reasons, *last.contended]
                 # Only a latency job's numbers depend on a quiet machine; robustness counts answers.
                 message = f"{result.message} (unstable: {why[0]})" if why and job.kind == "latency" else result.message
-                return replace(result, metrics=metrics, message=message)
+                result = replace(result, metrics=metrics, message=message)
+                return replace(result, metrics={**metrics, **self._against_history(job, result)})
             reasons = "; ".join(last.reasons)
             log.warning("%s: %s; cooling down %g s, then retrying", job.id, reasons, self.settings.cooldown_s)
             time.sleep(self.settings.cooldown_s)
             started = now()
+
+    def _against_history(self, job: Job, result: JobResult) -> dict[str, Any]:
+        """The same artifact's earlier runs on this device, from the results database (``history_metrics``)."""
+        if job.kind != "latency" or result.latency is None or not result.latency.valid:
+            return {}
+        variant = job.variant
+        earlier = self.results_store().history(job.model.name, variant.backend, variant.precision, job.device.name)
+        return history_metrics(result.flat(), earlier)
 
     def _base_result(self, job: Job, started: str) -> JobResult:
         return JobResult(

@@ -66,6 +66,7 @@ JUNIT_KEYS = (
     "unstable_reasons",
     "throttled",
     "cpu_parallelism",
+    "history_p50_ratio",  # against the same artifact's last runs on the device
     # Accuracy parity against the FP32 model, and robustness (their suites read these).
     "top1_acc",
     "top1_drop_pp",

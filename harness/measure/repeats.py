@@ -36,7 +36,17 @@ from scipy.stats import t as student_t
 
 from .stats import REPORTED_PERCENTILES, LatencySummary, PercentileEstimate, as_samples_ns
 
-__all__ = ["LEVEL_SHIFT", "MIN_REPEATS", "RepeatedRuns", "between_runs", "check_repeats", "level_shifts"]
+__all__ = [
+    "HISTORY_RUNS",
+    "LEVEL_SHIFT",
+    "MIN_HISTORY",
+    "MIN_REPEATS",
+    "RepeatedRuns",
+    "between_runs",
+    "check_repeats",
+    "history_shift",
+    "level_shifts",
+]
 
 MIN_REPEATS = 3
 _NS_PER_MS = 1e6
@@ -90,6 +100,36 @@ def level_shifts(runs: Sequence[LatencySummary]) -> list[str]:
                 "in interleaved rounds)"
             )
     return reasons
+
+
+# A job is compared with the same artifact's last HISTORY_RUNS valid runs under the same conditions on the
+# same device, once there are MIN_HISTORY of them: the median of three is the fewest that one odd run
+# cannot move.
+HISTORY_RUNS = 5
+MIN_HISTORY = 3
+
+
+def history_shift(p50_ms: float, earlier: Sequence[tuple[str, float]]) -> str | None:
+    """An unstable reason when a job's P50 is LEVEL_SHIFT or more away from the median P50 of the same
+    artifact's earlier runs (``(run_id, p50_ms)``, newest first), else None.
+
+    The single-run view of ``level_shifts``: the artifact, device, threads and runtime settings are the
+    same, so a P50 at another level says the device ran at another speed than it usually does (the
+    reference VM's slow state, a background load, an OS or firmware change), not that the model changed.
+    """
+    if len(earlier) < MIN_HISTORY:
+        return None
+    recent = earlier[:HISTORY_RUNS]
+    middle = float(np.median([p50 for _, p50 in recent]))
+    ratio = p50_ms / middle if middle > 0 else 1.0
+    if 1.0 / LEVEL_SHIFT < ratio < LEVEL_SHIFT:
+        return None
+    runs = ", ".join(run_id[:8] for run_id, _ in recent)
+    return (
+        f"P50 {p50_ms:.4g} ms is {ratio:.2f}x the median {middle:.4g} ms of the same artifact's last "
+        f"{len(recent)} runs on this device (runs {runs}): the device ran at another speed than it usually "
+        "does; rerun, and check the device if it stays so"
+    )
 
 
 def _combined(name: str, runs: Sequence[LatencySummary], confidence: float) -> PercentileEstimate:

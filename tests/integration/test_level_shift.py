@@ -112,3 +112,76 @@ def test_the_run_at_another_speed_is_named_and_the_job_marked_unstable(
     middle = statistics.median(row["repeat_p50_ms"])
     outside = {i for i, v in enumerate(row["repeat_p50_ms"], 1) if not 0.8 < v / middle < 1.25}
     assert set(shifts) == outside, (row["repeat_p50_ms"], list(shifts.values()))
+
+
+def test_a_single_run_slower_than_the_same_artifacts_last_runs_is_marked_unstable(
+    edgebench_env: Path, tiny_catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without repeats: three nightly runs into one database, then a fourth whose runner processes all run
+    (``... run``) run under the costly trace function (the device in a slow state for the whole night). The fourth run's
+    jobs are compared with the same artifacts' three earlier runs and marked unstable, naming them;
+    the earlier runs had too few predecessors to be judged."""
+    slow_flag = tmp_path / "slow-tonight"
+    wrapper = tmp_path / "python-maybe-slow"
+    slow = tmp_path / "slow_run.py"
+    slow.write_text(SLOW_SECOND_RUN, encoding="utf-8")
+    wrapper.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            last=""; for a in "$@"; do last=$a; done
+            if [ "$last" = run ] && [ -e {slow_flag} ]; then exec {sys.executable} {slow} "$@"; fi
+            exec {sys.executable} "$@"
+            """
+        ),
+        encoding="utf-8",
+    )
+    wrapper.chmod(0o755)
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(
+        textwrap.dedent(
+            f"""\
+            schema_version: 1
+            name: nightly
+            measure: {{iterations: 400, calibration_reps: 2, throttle_retries: 0}}
+            devices:
+              - name: local
+                platform: generic-linux
+                transport: local
+                python: {wrapper}
+                runtimes: [onnxruntime]
+                cache_dir: {tmp_path / "device"}
+                threads: 1
+            """
+        ),
+        encoding="utf-8",
+    )
+    db = tmp_path / "nightly.sqlite"
+    argv = ["run", "--lab", str(lab), "--catalog", str(tiny_catalog), "--db", str(db), "--kinds", "latency"]
+    argv += ["--backends", "onnxruntime"]
+    for night in range(4):
+        if night == 3:
+            slow_flag.touch()
+        assert main([*argv, "--report", str(tmp_path / f"report-{night}.html")]) == 0
+    capsys.readouterr()
+    assert main(["results", "--db", str(db), "--runs", "--format", "json"]) == 0
+    runs = [r["id"] for r in json.loads(capsys.readouterr().out)]
+    nights: list[dict[str, Any]] = []
+    for run_id in runs:
+        assert main(["results", "--db", str(db), "--run", run_id, "--format", "json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        nights.append(next(r for r in rows if r["job_id"] == "tiny-cnn/onnxruntime-fp32-t1/local"))
+    nights.sort(key=lambda r: r["started_at"])
+    assert [r["history_runs"] for r in nights] == [0, 1, 2, 3]
+    assert not any("the same artifact's last" in r for n in nights[:3] for r in n.get("unstable_reasons", []))
+    tonight = nights[3]
+    earlier = [n["p50_ms"] for n in nights[:3]]
+    assert tonight["p50_ms"] > 1.25 * statistics.median(earlier), (tonight["p50_ms"], earlier)
+    assert tonight["unstable"] is True
+    (reason,) = [r for r in tonight["unstable_reasons"] if "the same artifact's last" in r]
+    assert reason.startswith(f"P50 {tonight['p50_ms']:.4g} ms is ")
+    assert f"the median {statistics.median(earlier):.4g} ms of the same artifact's last 3 runs on this device" in reason
+    for row in nights[:3]:
+        assert row["run_id"][:8] in reason
+    html = (tmp_path / "report-3.html").read_text(encoding="utf-8")
+    assert html_escape(reason) in html, "the report says why"

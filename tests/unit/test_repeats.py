@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from harness.analyse import latency_checks
+from harness.analyse import history_metrics, latency_checks
 from harness.catalog import Budgets
 from harness.errors import ConfigError
 from harness.lab.inventory import load_lab
@@ -164,3 +164,50 @@ def test_two_repeats_are_refused_naming_the_flag_or_the_lab_key_and_the_fix(tmp_
         measure_settings(load_lab(path))
     assert key.value.key == "measure.repeats" and key.value.file == path.resolve()
     assert "needs at least 3 runs" in str(key.value)
+
+
+# ---- against the same artifact's earlier runs ----------------------------------------------------------
+RUNTIME = {"runtime": "openvino", "version": "2026.0", "INFERENCE_NUM_THREADS": 2}
+
+
+def _record(run_id: str, p50_ms: float, **changes: object) -> dict[str, object]:
+    """A latency job's flat record (the fields the history check reads), as the store keeps it."""
+    record: dict[str, object] = {
+        "run_id": run_id, "kind": "latency", "job_id": "m/openvino-fp32-t2/nuc-1", "artifact_sha256": "a" * 64,
+        "input_shape": [1, 3, 224, 224], "batch": 1, "variant_options": {}, "cpu_affinity": [0, 1],
+        "runtime_config": RUNTIME,
+        "pinning": "taskset", "valid": True, "status": "passed", "p50_ms": p50_ms,
+    }
+    record.update(changes)
+    return record
+
+
+def test_a_p50_at_another_level_than_the_artifacts_last_runs_is_unstable_naming_them() -> None:
+    history = [_record(f"run{i:09d}", p50) for i, p50 in enumerate((12.1, 11.8, 12.4, 12.0, 11.9, 30.0))]
+    out = history_metrics(_record("tonight000", 18.6), history)
+    assert out["history_runs"] == 5 and out["history_p50_ratio"] == pytest.approx(18.6 / 12.0, abs=1e-4)
+    assert out["unstable"] is True
+    (reason,) = out["unstable_reasons"]
+    assert reason.startswith("P50 18.6 ms is 1.55x the median 12 ms of the same artifact's last 5 runs on this device")
+    assert "(runs run00000, run00000" in reason and "rerun, and check the device if it stays so" in reason
+    # The ordinary spread (0.9-1.1x) is not flagged, and a fast outlier is, as a slow one.
+    assert "unstable" not in history_metrics(_record("tonight000", 13.0), history)
+    assert history_metrics(_record("tonight000", 9.0), history)["unstable"] is True
+
+
+def test_only_the_same_artifact_under_the_same_conditions_counts_and_three_are_needed() -> None:
+    same = [_record(f"run{i}", 12.0) for i in range(2)]
+    other = [
+        _record("rebuilt", 12.0, artifact_sha256="b" * 64),
+        _record("batch4", 12.0, batch=4),
+        _record("threads", 12.0, runtime_config={**RUNTIME, "INFERENCE_NUM_THREADS": 1}),
+        _record("newer", 12.0, runtime_config={**RUNTIME, "version": "2026.1"}),
+        _record("pinned", 12.0, cpu_affinity=[1]),
+        _record("invalid", 12.0, valid=False),
+        _record("errored", 12.0, status="error"),
+        _record("tonight000", 12.0),  # this run's own earlier record of the job
+    ]
+    out = history_metrics(_record("tonight000", 30.0), [*same, *other])
+    assert out == {"history_runs": 2}  # two comparable runs: too few to judge
+    assert history_metrics(_record("tonight000", 30.0, valid=False), [*same, *same]) == {}
+    assert history_metrics(_record("tonight000", 30.0), [*same, _record("run2", 12.0)])["unstable"] is True
