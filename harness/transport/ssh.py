@@ -564,10 +564,6 @@ class _Lost(Exception):
 class _Silent(Exception):
     """The server stopped answering keepalives while a command ran."""
 
-    def __init__(self, window_s: float) -> None:
-        super().__init__(window_s)
-        self.window_s = window_s
-
 
 def _pgid_of(stderr: bytes) -> int | None:
     mark = _PGID_MARK.encode()
@@ -628,12 +624,19 @@ class _Liveness:
     reply (with a failure, for this name), so an answer of either kind proves the route is alive.
     """
 
-    def __init__(self, transport: paramiko.Transport, channel: paramiko.Channel, interval_s: float, count: int):
+    def __init__(
+        self,
+        transport: paramiko.Transport,
+        channel: paramiko.Channel,
+        interval_s: float,
+        count: int,
+        silent: threading.Event,
+    ) -> None:
         self.transport = transport
         self.channel = channel
         self.interval_s = interval_s
         self.count = count
-        self.silent = threading.Event()
+        self.silent = silent  # set when the server stopped answering (the channel is then closed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -744,6 +747,8 @@ class SshTransport:
         out = bytearray()
         err = bytearray()
         expired = threading.Event()
+        silent = threading.Event()
+        ep = self.endpoint
         interrupted = False
         try:
             with _closing_at(channel, deadline, expired):
@@ -753,21 +758,20 @@ class SshTransport:
                 channel.shutdown_write()
             if expired.is_set():  # the timer fired just as the last call returned
                 raise _Expired()
-            with _Liveness(
-                self._transport(), channel, self.endpoint.keepalive_s, self.endpoint.keepalive_count
-            ) as liveness:
+            with _Liveness(self._transport(), channel, ep.keepalive_s, ep.keepalive_count, silent):
                 self._collect(channel, deadline, out, err)
-            if liveness.silent.is_set():
-                raise _Silent(liveness.window_s)
+            if silent.is_set():
+                raise _Silent()
         except BaseException as exc:
             pgid = _pgid_of(bytes(err))
-            if isinstance(exc, _Silent):
-                ep = self.endpoint
-                self._broken = f"the device stopped answering ({exc.window_s:g} s without a reply)"
+            # The closed channel can also surface as a lost connection (a read on its closed event pipe).
+            if isinstance(exc, _Silent) or silent.is_set():
+                window = ep.keepalive_s * ep.keepalive_count
+                self._broken = f"the device stopped answering ({window:g} s without a reply)"
                 killed = self._kill(pgid, token)
                 raise TransportError(
                     f"the device stopped answering while running {_short(argv)}: no reply to SSH keepalives "
-                    f"for {exc.window_s:g} s ({ep.keepalive_count} x keepalive_s {ep.keepalive_s:g}); {killed}",
+                    f"for {window:g} s ({ep.keepalive_count} x keepalive_s {ep.keepalive_s:g}); {killed}",
                     device=self.device,
                     fix="check the device's power and network (edgebench devices check); on a slow link raise "
                     "keepalive_s or keepalive_count in the inventory",
