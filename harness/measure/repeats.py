@@ -125,10 +125,19 @@ def history_shift(p50_ms: float, earlier: Sequence[tuple[str, float]]) -> str | 
     if 1.0 / LEVEL_SHIFT < ratio < LEVEL_SHIFT:
         return None
     runs = ", ".join(run_id[:8] for run_id, _ in recent)
+    low, high = min(p for _, p in recent), max(p for _, p in recent)
+    # Some artifacts have no single usual speed (a tiny model under LiteRT ran at 0.014 or 0.023 ms,
+    # run by run, on the reference VM): say so, so the reader weighs the flag.
+    spread = (
+        f"; those runs themselves range from {low:.4g} to {high:.4g} ms, so this artifact runs at more than one "
+        "speed on this device"
+        if high >= LEVEL_SHIFT * low
+        else ""
+    )
     return (
         f"P50 {p50_ms:.4g} ms is {ratio:.2f}x the median {middle:.4g} ms of the same artifact's last "
         f"{len(recent)} runs on this device (runs {runs}): the device ran at another speed than it usually "
-        "does; rerun, and check the device if it stays so"
+        f"does{spread}; rerun, and check the device if it stays so"
     )
 
 

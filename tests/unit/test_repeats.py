@@ -193,6 +193,11 @@ def test_a_p50_at_another_level_than_the_artifacts_last_runs_is_unstable_naming_
     # The ordinary spread (0.9-1.1x) is not flagged, and a fast outlier is, as a slow one.
     assert "unstable" not in history_metrics(_record("tonight000", 13.0), history)
     assert history_metrics(_record("tonight000", 9.0), history)["unstable"] is True
+    assert "range from" not in reason  # 11.8-12.4 ms: one usual speed
+    # An artifact with two usual speeds (LiteRT's tiny model on the reference VM) is flagged, saying so.
+    two_speeds = [_record(f"run{i}", p50) for i, p50 in enumerate((0.0148, 0.0233, 0.0218, 0.0140))]
+    (bimodal,) = history_metrics(_record("tonight000", 0.0300), two_speeds)["unstable_reasons"]
+    assert "those runs themselves range from 0.014 to 0.0233 ms, so this artifact runs at more than one" in bimodal
 
 
 def test_only_the_same_artifact_under_the_same_conditions_counts_and_three_are_needed() -> None:
