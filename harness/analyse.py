@@ -116,10 +116,20 @@ def cpu_parallelism(facts: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 # What an earlier result must share with this one to be the same measurement on the same device: the
-# compiled artifact, the job (model, variant, threads, device, input size), the batch and what the
-# runtime was asked for and applied, and the CPUs the runner had.
+# compiled artifact, the job (model, variant, threads, device, input size), the batch, what the runtime
+# was asked for and applied (its version among them), the CPUs the runner had, the runner's own code and
+# the device's env: and setup:.
 SAME_CONDITIONS = (
-    "job_id", "artifact_sha256", "input_shape", "batch", "variant_options", "runtime_config", "cpu_affinity", "pinning",
+    "job_id",
+    "artifact_sha256",
+    "input_shape",
+    "batch",
+    "variant_options",
+    "runtime_config",
+    "cpu_affinity",
+    "pinning",
+    "runner_sha256",
+    "device_setup_sha256",
 )
 
 

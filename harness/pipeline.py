@@ -52,6 +52,7 @@ from .errors import (
     DeviceRefused,
     EdgebenchError,
     RunnerError,
+    StoreError,
     ToolchainMissing,
     TransportError,
     UnknownNameError,
@@ -555,10 +556,13 @@ class Pipeline:
 
     def _against_history(self, job: Job, result: JobResult) -> dict[str, Any]:
         """The same artifact's earlier runs on this device, from the results database (``history_metrics``)."""
-        if job.kind != "latency" or result.latency is None or not result.latency.valid:
+        if job.kind != "latency" or result.latency is None or not result.latency.valid or not result.artifact_sha256:
             return {}
-        variant = job.variant
-        earlier = self.results_store().history(job.model.name, variant.backend, variant.precision, job.device.name)
+        try:
+            earlier = self.results_store().job_history(job.id, result.artifact_sha256)
+        except StoreError as exc:  # a comparison that cannot be made must not cost the run
+            log.warning("%s: no comparison with earlier runs: %s", job.id, exc.one_line())
+            return {}
         return history_metrics(result.flat(), earlier)
 
     def _base_result(self, job: Job, started: str) -> JobResult:
@@ -731,6 +735,11 @@ class Pipeline:
         parallelism = cpu_parallelism([r["facts"] for r in raws])
         if parallelism is not None:
             metrics["cpu_parallelism"] = parallelism
+        # What else a later run must share to be compared with this one (analyse.SAME_CONDITIONS): the
+        # runner's code (its timing loop) and the device's env: and setup: commands.
+        device_setup = json.dumps({"env": job.device.env, "setup": list(job.device.setup)}, sort_keys=True)
+        metrics["runner_sha256"] = self.agent_bundle()[1]
+        metrics["device_setup_sha256"] = hashlib.sha256(device_setup.encode()).hexdigest()[:16]
         if job.kind == "latency" and self.settings.iterations is None:
             metrics["stop_on"] = list(self.settings.stop_on)  # what "converged" pinned down
         if repeated:

@@ -76,7 +76,10 @@ INTERNAL_ERROR = 3  # pytest's code for its own internal error; 1 stays "a gate 
 def _internal_error_line(exc: Exception) -> str:
     """An unexpected exception as one line: what, where in edgebench, and what to do."""
     frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = [f for f in frames if os.path.abspath(f.filename).startswith(package + os.sep)] or frames
+    # The innermost frame of edgebench's own code: where a library was called wrongly, not the library.
+    where = f" at {os.path.relpath(ours[-1].filename, os.path.dirname(package))}:{ours[-1].lineno}" if ours else ""
     text = " ".join(str(exc).split()) or "(no message)"
     return (
         f"internal error: {type(exc).__name__}: {text}{where}; this is a bug in edgebench, not in the input "

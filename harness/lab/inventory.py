@@ -110,7 +110,9 @@ class Device(Strict):
     port: StrictInt | None = Field(default=None, ge=1, le=65535)
     user: str | None = None
     identity: str | None = Field(default=None, description="private key file")
-    known_hosts: str | None = Field(default=None, description="known_hosts file; default ~/.ssh/known_hosts")
+    known_hosts: str | None = Field(
+        default=None, description="known_hosts file (the global one is read too); default ~/.ssh/known_hosts"
+    )
     ssh_config: str | None = Field(default=None, description="ssh config file; default ~/.ssh/config")
     connect_timeout_s: StrictFloat = Field(default=10.0, gt=0)
     keepalive_s: StrictFloat = Field(default=15.0, gt=0, description="SSH keepalive interval")

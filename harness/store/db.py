@@ -187,11 +187,12 @@ class Store:
                     )
                 if old <= SCHEMA_VERSION and not read_only:
                     migrate(conn)
-            if self.engine.dialect.name == "sqlite" and not read_only:
-                # Set once the file is known to be ours: while a writer has it open, readers and writers
-                # of a WAL database do not block each other (the last writer to close turns it back
-                # into a rollback-journal file, see _close). Outside any transaction, where SQLite
-                # allows the change: on the DBAPI connection, which no BEGIN precedes.
+            if self.engine.dialect.name == "sqlite" and not read_only and old <= SCHEMA_VERSION:
+                # Set once the file is known to be ours, and not a newer edgebench's (refused below, with
+                # no close to turn it back): while a writer has it open, readers and writers of a WAL
+                # database do not block each other (the last writer to close turns it back into a
+                # rollback-journal file, see _close). Outside any transaction, where SQLite allows the
+                # change: on the DBAPI connection, which no BEGIN precedes.
                 raw = self.engine.raw_connection()
                 try:
                     raw.cursor().execute("PRAGMA journal_mode=WAL")
@@ -202,7 +203,7 @@ class Store:
             verb = "open" if read_only else "open or migrate"
             if self.path is None:
                 fix = "check the URL, that the server runs and that it accepts this user"
-            elif read_only and _journal(self.path).exists():
+            elif read_only and _journal(self.path).exists() and "readonly" in str(exc).lower():
                 raise StoreError(
                     f"cannot open the results database {self.location}: a write to it was cut short "
                     f"({_journal(self.path).name} is beside it) and a reader may not roll it back",
@@ -371,6 +372,34 @@ class Store:
             rows = conn.execute(
                 select(results.c.id, results.c.record).where(results.c.run_id == run_id).order_by(results.c.id)
             ).all()
+        return [json.loads(r.record) for r in rows]
+
+    def job_history(self, job_id: str, artifact_sha256: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Earlier valid latency records of one job with one artifact (passed or failed), newest first.
+
+        Filtered in SQL before the limit, so other sizes, threads, kinds or errors of the series never
+        crowd a job's own runs out. Raises StoreError when the database cannot be read.
+        """
+        query = (
+            select(results.c.record)
+            .where(
+                (results.c.job_id == job_id)
+                & (results.c.artifact_sha256 == artifact_sha256)
+                & (results.c.kind == "latency")
+                & results.c.valid
+                & results.c.status.in_(("passed", "failed"))
+            )
+            .order_by(desc(results.c.id))
+            .limit(limit)
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot read earlier runs of {job_id} from {self.location}: {_first_line(exc)}",
+                fix="check the database (edgebench results --runs)",
+            ) from None
         return [json.loads(r.record) for r in rows]
 
     def history(self, model: str, backend: str, precision: str, device: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -160,6 +160,22 @@ def _split_hop(spec: str) -> tuple[str | None, str, int | None]:
     return user, text, port
 
 
+_TIME_PART = re.compile(r"(\d+)([smhdw]?)", re.IGNORECASE)
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _seconds(value: object, key: str, device: Device) -> float:
+    """An ssh config time value in seconds: ``30``, or OpenSSH's time format (``1m30s``)."""
+    text = str(value).strip()
+    if text and _TIME_PART.sub("", text) == "":
+        return float(sum(int(n) * _UNIT_S[u.lower()] for n, u in _TIME_PART.findall(text)))
+    raise TransportError(
+        f"ssh config {key} {text!r} is not a time",
+        device=device.name,
+        fix=f"write {key} in seconds (30) or in OpenSSH's time format (1m30s)",
+    )
+
+
 def _words(value: object) -> list[str]:
     """A config value that lists files (``UserKnownHostsFile a b``), split as OpenSSH splits it."""
     if not value:
@@ -203,10 +219,10 @@ def _resolve_host(
     also_known = tuple(dict.fromkeys(f for f in trusted if f != Path(known).expanduser()))
     timeout = device.connect_timeout_s
     if "connect_timeout_s" not in device.model_fields_set and entry.get("connecttimeout"):
-        timeout = float(entry["connecttimeout"])
+        timeout = _seconds(entry["connecttimeout"], "ConnectTimeout", device) or timeout
     keepalive = device.keepalive_s
     if "keepalive_s" not in device.model_fields_set and entry.get("serveraliveinterval"):
-        keepalive = float(entry["serveraliveinterval"])
+        keepalive = _seconds(entry["serveraliveinterval"], "ServerAliveInterval", device)  # 0: no probes
     keepalive_count = device.keepalive_count
     if "keepalive_count" not in device.model_fields_set and str(entry.get("serveralivecountmax", "")).isdigit():
         keepalive_count = max(1, int(entry["serveralivecountmax"]))
@@ -364,6 +380,9 @@ def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Chann
             try:
                 client.load_system_host_keys(str(known))
             except OSError as exc:
+                if known != ep.known_hosts:
+                    log.debug("device %s: skipping unreadable %s: %s", device, known, exc)
+                    continue  # as OpenSSH: a further file it cannot read is passed over
                 raise _offline(
                     ep, device, f"cannot read known_hosts file {known}: {exc.strerror or exc}",
                     "make it readable, or name another file with known_hosts: in the inventory",
@@ -397,7 +416,8 @@ def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Chann
         raise _connect_error(ep, device, exc) from None
     transport = client.get_transport()
     assert transport is not None
-    transport.set_keepalive(max(1, round(ep.keepalive_s)))
+    if ep.keepalive_s > 0:  # ServerAliveInterval 0 in the ssh config: none, as OpenSSH
+        transport.set_keepalive(max(1, round(ep.keepalive_s)))
     return client
 
 
@@ -758,7 +778,11 @@ class SshTransport:
                 channel.shutdown_write()
             if expired.is_set():  # the timer fired just as the last call returned
                 raise _Expired()
-            with _Liveness(self._transport(), channel, ep.keepalive_s, ep.keepalive_count, silent):
+            with contextlib.ExitStack() as probing:
+                if ep.keepalive_s > 0:
+                    probing.enter_context(
+                        _Liveness(self._transport(), channel, ep.keepalive_s, ep.keepalive_count, silent)
+                    )
                 self._collect(channel, deadline, out, err)
             if silent.is_set():
                 raise _Silent()

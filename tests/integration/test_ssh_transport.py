@@ -124,11 +124,11 @@ def test_a_device_that_stops_answering_is_given_up_after_its_keepalives_not_at_t
 ) -> None:
     """The device's sshd session is frozen (SIGSTOP) mid-command, as a device that lost power or its link
     looks from the host: the TCP connection stays open and nothing answers. With keepalive_s 1 and
-    keepalive_count 2 the command is given up in about 2 s, not at its 120 s timeout, and it is killed
+    keepalive_count 3 the command is given up in about 4 s, not at its 120 s timeout, and it is killed
     over a new connection (the server itself still accepts one)."""
     loop = make_lab(1)
     server = loop.server("loop-1")
-    device = loop.lab.devices[0].model_copy(update={"keepalive_s": 1.0, "keepalive_count": 2})
+    device = loop.lab.devices[0].model_copy(update={"keepalive_s": 1.0, "keepalive_count": 3})
     transport = SshTransport.connect(device)
     marker = f"eb-silent-{tmp_path.name}"
     # A healthy command longer than the window: every keepalive is answered, nothing is given up.
@@ -158,7 +158,7 @@ def test_a_device_that_stops_answering_is_given_up_after_its_keepalives_not_at_t
     assert elapsed < 30, elapsed
     message = str(info.value)
     assert "the device stopped answering while running sh -c" in message
-    assert "no reply to SSH keepalives for 2 s (2 x keepalive_s 1)" in message
+    assert "no reply to SSH keepalives for 3 s (3 x keepalive_s 1)" in message
     assert "killed over a new connection" in message and "fix: check the device's power and network" in message
     assert wait_for_processes(marker + "-2", gone=True, timeout_s=5) == []
 
@@ -356,6 +356,29 @@ def test_inventory_fields_win_over_the_ssh_config(tmp_path: Path) -> None:
     )
     assert (explicit.hostname, explicit.port, explicit.user, explicit.connect_timeout_s) == ("10.0.0.9", 22, "me", 9)
     assert (explicit.keepalive_s, explicit.keepalive_count) == (2, 4)
+
+
+def test_ssh_config_times_in_openssh_format_zero_turns_probes_off_and_a_bad_one_names_the_key(
+    shared_lab: LoopbackLab, tmp_path: Path
+) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host dev\n  ServerAliveInterval 1m30s\n  ConnectTimeout 2m\n")
+    endpoint = resolve(Device(name="d", platform="mac", host="dev", ssh_config=str(config)))
+    assert (endpoint.keepalive_s, endpoint.connect_timeout_s) == (90, 120)
+    config.write_text("Host dev\n  ServerAliveInterval soon\n")
+    with pytest.raises(TransportError, match=r"ssh config ServerAliveInterval 'soon' is not a time; fix: write"):
+        resolve(Device(name="d", platform="mac", host="dev", ssh_config=str(config)))
+    # ServerAliveInterval 0 (a common ~/.ssh/config line): no probes, and commands run as before.
+    config.write_text("Host *\n  ServerAliveInterval 0\n")
+    base = shared_lab.lab.devices[0].model_dump(exclude_unset=True)
+    base.pop("keepalive_s", None)
+    device = Device.model_validate({**base, "ssh_config": str(config)})
+    assert resolve(device).keepalive_s == 0
+    transport = SshTransport.connect(device)
+    try:
+        assert transport.run(["sh", "-c", "sleep 1.5; echo fine"], timeout_s=30).stdout == b"fine\n"
+    finally:
+        transport.close()
 
 
 def test_keys_from_the_ssh_agent_log_in(

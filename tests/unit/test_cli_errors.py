@@ -493,6 +493,8 @@ def test_a_bug_is_exit_3_in_one_line_not_a_failed_gate_and_its_run_is_marked_err
     lines = [line for line in proc.stderr.splitlines() if line.startswith("edgebench:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("edgebench: internal error: ZeroDivisionError: simulated bug in run_job at ")
+    # The simulated bug lives outside harness/, so the innermost edgebench frame is the one that called it.
+    assert " at harness/" in lines[0], lines[0]
     assert "a bug in edgebench" in lines[0] and "fix: rerun with --debug" in lines[0]
     (run,) = runs_of(db)
     assert run["status"] == "error" and run["finished_at"]

@@ -176,7 +176,8 @@ def _record(run_id: str, p50_ms: float, **changes: object) -> dict[str, object]:
         "run_id": run_id, "kind": "latency", "job_id": "m/openvino-fp32-t2/nuc-1", "artifact_sha256": "a" * 64,
         "input_shape": [1, 3, 224, 224], "batch": 1, "variant_options": {}, "cpu_affinity": [0, 1],
         "runtime_config": RUNTIME,
-        "pinning": "taskset", "valid": True, "status": "passed", "p50_ms": p50_ms,
+        "pinning": "taskset", "runner_sha256": "r" * 64, "device_setup_sha256": "e" * 16,
+        "valid": True, "status": "passed", "p50_ms": p50_ms,
     }
     record.update(changes)
     return record
@@ -208,6 +209,9 @@ def test_only_the_same_artifact_under_the_same_conditions_counts_and_three_are_n
         _record("threads", 12.0, runtime_config={**RUNTIME, "INFERENCE_NUM_THREADS": 1}),
         _record("newer", 12.0, runtime_config={**RUNTIME, "version": "2026.1"}),
         _record("pinned", 12.0, cpu_affinity=[1]),
+        _record("new-runner", 12.0, runner_sha256="s" * 64),  # another edgebench's timing loop
+        _record("new-env", 12.0, device_setup_sha256="f" * 16),  # other env: or setup: on the device
+        _record("old", 12.0, runner_sha256=None),  # a record from before these fields
         _record("invalid", 12.0, valid=False),
         _record("errored", 12.0, status="error"),
         _record("tonight000", 12.0),  # this run's own earlier record of the job

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,10 @@ def test_a_newer_database_is_refused(tmp_path: Path) -> None:
     engine.dispose()
     with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1}, newer .*fix: upgrade edgebench"):
         Store(path)
+    # The refusing writer left the newer edgebench's file as it was: not switched to WAL, no -wal or -shm.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["future.sqlite"]
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
 
 
 def test_migrate_is_idempotent(store: Store) -> None:

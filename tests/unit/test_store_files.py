@@ -124,7 +124,7 @@ def test_two_writers_creating_one_new_database_at_once_both_open_it(
     assert inside.wait(30)
     second = threading.Thread(target=open_and_close)
     second.start()
-    time.sleep(0.5)  # the second is waiting at its BEGIN now (it waits up to the 5 s busy timeout)
+    time.sleep(2.0)  # the second is waiting at its BEGIN by now, even on a busy machine (it waits up to 5 s)
     go_on.set()
     first.join(30)
     second.join(30)
