@@ -277,6 +277,7 @@ def _quality(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "clock": _clocks(r),
                     "cpus": _cpus_used(r),
                     "quota": _quota(r),
+                    "history": _history(r),
                 },
             }
         )
@@ -373,6 +374,21 @@ def _quota(r: dict[str, Any]) -> Cell:
         return Cell(text, f"stalled {stalled} of {periods} periods{share}")
     runs = ", ".join(f"{stalled} of {periods}" for stalled, periods in counts)
     return Cell(text, f"stalled {runs} periods in {len(counts)} runs")
+
+
+def _history(r: dict[str, Any]) -> Cell:
+    """This P50 against the median of the same artifact's last runs on the device (``history_metrics``).
+
+    "-" with how many there were when fewer than three (the comparison needs three), nothing for a
+    result from before the comparison existed.
+    """
+    runs = r.get("history_runs")
+    if not isinstance(runs, int):
+        return Cell("-")
+    ratio = r.get("history_p50_ratio")
+    if not _number(ratio):
+        return Cell("-", "no earlier run" if runs == 0 else f"{runs} earlier run{'s' if runs > 1 else ''}, 3 needed")
+    return Cell(f"{ratio:.2f}x", f"of the last {runs} runs' median")
 
 
 def _production(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

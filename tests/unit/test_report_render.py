@@ -5,6 +5,7 @@ clocks, CPUs and CPU quota during the loop), and how a candidate compares with t
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness.analyse import cpu_parallelism, parity_checks, production_checks, provenance_metrics
+from harness.analyse import cpu_parallelism, history_metrics, parity_checks, production_checks, provenance_metrics
 from harness.catalog import Budgets
 from harness.measure.stats import summarize
 from harness.measure.throttle import assess_runs, throttle_metrics
@@ -236,7 +237,7 @@ def quality(sections: dict[str, list[dict[str, str]]]) -> dict[str, dict[str, st
     return {r["job"]: r for r in sections["quality"]}
 
 
-TRUST_COLUMNS = ("temperature °C", "clock MHz", "CPUs used", "CPU quota")
+TRUST_COLUMNS = ("temperature °C", "clock MHz", "CPUs used", "CPU quota", "P50 vs earlier runs")
 
 
 def test_the_trust_table_shows_temperatures_clocks_and_the_cpus_the_threads_had(
@@ -294,7 +295,25 @@ def test_a_result_without_readings_shows_a_dash(result: Callable[..., JobResult]
     older = result("mnv2/onnxruntime-fp32-t2/vm", timed(8.0, seed=1))
     rows = quality(render(on_vm, older))
     for job in (on_vm.job_id, older.job_id):
-        assert [rows[job][column] for column in TRUST_COLUMNS] == ["-"] * 4, job
+        assert [rows[job][column] for column in TRUST_COLUMNS] == ["-"] * 5, job
+
+
+def test_the_trust_table_shows_the_p50_against_the_same_artifacts_earlier_runs(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    def compared(job: JobResult, p50s: tuple[float, ...]) -> JobResult:
+        earlier = [{**job.flat(), "run_id": f"night{i:04d}", "p50_ms": p50} for i, p50 in enumerate(p50s)]
+        metrics = {**job.metrics, **history_metrics(job.flat(), earlier)}
+        return dataclasses.replace(job, metrics=metrics)
+
+    slow = compared(result("mnv2/onnxruntime-fp32-t2/nuc", timed(15.0)), (10.0, 10.2, 9.9, 10.1))
+    usual = compared(result("mnv2/onnxruntime-fp32-t1/nuc", timed(12.0, seed=1)), (12.1, 11.8, 12.0))
+    young = compared(result("mnv2/onnxruntime-int8-t2/nuc", timed(6.0, seed=2)), (6.0,))
+    rows = quality(render(slow, usual, young))
+    assert rows[slow.job_id]["P50 vs earlier runs"] == "1.49x of the last 4 runs' median"
+    assert "the same artifact's last 4 runs on this device" in rows[slow.job_id]["verdict"]
+    assert rows[usual.job_id]["P50 vs earlier runs"] == "1.00x of the last 3 runs' median"
+    assert rows[young.job_id]["P50 vs earlier runs"] == "- 1 earlier run, 3 needed"
 
 
 def predictions(labels: np.ndarray, wrong: range, classes: int = 10) -> np.ndarray:
