@@ -105,6 +105,19 @@ def _freqs(reading: Mapping[str, Any]) -> list[float | None]:
     return [float(f) if isinstance(f, (int, float)) else None for f in reading.get("cpu_freq_mhz") or []]
 
 
+def _lowest_freqs(during: Sequence[Mapping[str, Any]]) -> list[float | None]:
+    """Each CPU's lowest clock over the readings taken while the loop ran (None where it had none)."""
+    lowest: list[float | None] = []
+    for reading in during:
+        for i, f in enumerate(_freqs(reading)):
+            if i == len(lowest):
+                lowest.append(f)
+            elif f is not None:
+                current = lowest[i]
+                lowest[i] = f if current is None else min(current, f)
+    return lowest
+
+
 def _is_gpu_clock(name: str) -> bool:
     """tegrastats' GR3D, or a sensor with a ``gpu`` part in its name: a sysfs devfreq node is named by
     the directory its glob matched, so Jetson's ``/sys/class/devfreq/17000000.gpu`` reads as ``17000000_gpu``."""
@@ -245,6 +258,7 @@ def assess_throttle(facts: Mapping[str, Any], limits: ThrottleLimits = ThrottleL
         "before": {"temperatures_c": start, "cpu_freq_mhz": _freqs(before)},
         "after": {"temperatures_c": _temperature_state(after), "cpu_freq_mhz": _freqs(after)},
         "max": {"temperatures_c": hottest},
+        "min": {"cpu_freq_mhz": _lowest_freqs(during)},
         "samples": len(during),
         "foreign_cpu_max": max(shares) if shares else None,
         "readers": list(thermal.get("readers") or []),

@@ -320,18 +320,20 @@ def _mhz(values: list[float]) -> str:
 
 
 def _clocks(r: dict[str, Any]) -> Cell:
-    """The CPU clocks before -> after the run (MHz), and the largest fall of one clock during the loop.
+    """The CPU clocks before -> after the run (MHz), and how low they went during the loop.
 
-    The summary keeps the CPU clocks before and after and ``freq_drop``, the largest fall of any one
-    CPU or GPU clock while the loop ran below where it started (``harness.measure.throttle``); the
-    readings during the loop themselves are not kept.
+    The summary keeps the CPU clocks before and after, each CPU's lowest clock during the loop
+    (``min``; results from before it was kept lack it) and ``freq_drop``, the largest fall of any one
+    CPU or GPU clock while the loop ran below where it started (``harness.measure.throttle``).
     """
     before = [float(f) for f in _reading(r, "before", "cpu_freq_mhz") or [] if _number(f)]
     after = [float(f) for f in _reading(r, "after", "cpu_freq_mhz") or [] if _number(f)]
+    lowest = [float(f) for f in _reading(r, "min", "cpu_freq_mhz") or [] if _number(f)]
     during = ""
     if _number(r.get("freq_drop")):
         drop = float(r["freq_drop"])
-        during = f"fell {100 * drop:.0f}% during" if drop >= 0.005 else "held during"
+        low = f", lowest {min(lowest):.0f}" if lowest and drop >= 0.005 else ""
+        during = f"fell {100 * drop:.0f}% during{low}" if drop >= 0.005 else "held during"
     if not before and not after:
         return Cell(during or "-")
     text = f"{_mhz(before) if before else '-'} \u2192 {_mhz(after) if after else '-'}"

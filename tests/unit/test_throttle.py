@@ -80,6 +80,8 @@ def test_a_clock_that_falls_during_the_run_means_throttled_naming_the_cpu() -> N
     assert verdict.throttled
     assert verdict.freq_drop == pytest.approx(0.3)
     assert "CPU1 clock fell 30%" in verdict.reasons[0]
+    # Each CPU's lowest clock during the loop is kept for the report.
+    assert verdict.thermal["min"] == {"cpu_freq_mhz": [2000.0, 1400.0]}
 
 
 def test_a_jetson_gpu_clock_read_from_sysfs_that_falls_means_throttled(tmp_path: Path) -> None:
