@@ -16,7 +16,7 @@ from .catalog import Budgets
 from .gate.budgets import check_latency
 from .measure.corruptions import ALL_CORRUPTIONS, SEVERITIES
 from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_outputs
-from .measure.repeats import HISTORY_RUNS, MIN_HISTORY, history_shift, level_shifts
+from .measure.repeats import HISTORY_RUNS, history_shift, level_shifts
 from .measure.robustness import cell_from_logits, robustness_delta, robustness_report
 from .measure.stability import assess_stability
 from .measure.stats import LatencySummary
@@ -140,10 +140,10 @@ def _conditions(record: Mapping[str, Any]) -> str:
 def history_metrics(record: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> Metrics:
     """This latency result against the same artifact's earlier valid runs under the same conditions.
 
-    ``record`` is the result's flat record, ``history`` earlier flat records of its series, newest
-    first. Gives ``history_runs`` (how many it was compared with, up to HISTORY_RUNS) and, once there
-    are MIN_HISTORY, ``history_p50_ratio``; a P50 at another level marks the result unstable. Nothing
-    when the result itself is not a valid latency measurement.
+    ``record`` is the result's flat record, ``history`` earlier records of its job, newest first.
+    Gives ``history_runs`` (how many it was compared with, up to HISTORY_RUNS) and, once there are
+    enough (``history_shift``), ``history_p50_ratio``; a P50 at another level marks the result
+    unstable. Nothing when the result itself is not a valid latency measurement.
     """
     if record.get("kind") != "latency" or not record.get("valid") or not record.get("p50_ms"):
         return {}
@@ -157,11 +157,11 @@ def history_metrics(record: Mapping[str, Any], history: Sequence[Mapping[str, An
         and r.get("p50_ms")
         and r.get("run_id") != record.get("run_id")
         and _conditions(r) == mine
-    ][:HISTORY_RUNS]
-    out: Metrics = {"history_runs": len(earlier)}
-    if len(earlier) >= MIN_HISTORY:
-        out["history_p50_ratio"] = round(float(record["p50_ms"]) / float(np.median([p for _, p in earlier])), 4)
-    reason = history_shift(float(record["p50_ms"]), earlier)
+    ]
+    ratio, reason = history_shift(float(record["p50_ms"]), earlier)
+    out: Metrics = {"history_runs": min(len(earlier), HISTORY_RUNS)}
+    if ratio is not None:
+        out["history_p50_ratio"] = round(ratio, 4)
     if reason:
         out["unstable"] = True
         out["unstable_reasons"] = [*record.get("unstable_reasons", []), reason]

@@ -199,6 +199,16 @@ def _distributed(config: pytest.Config) -> bool:
     return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
 
 
+def _junit_value(value: Any) -> Any:
+    """A record's value as a JUnit property: inf and nan as text, a list of sentences (the unstable
+    reasons) as one readable line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "; ".join(value)
+    return value
+
+
 def _pipeline(config: pytest.Config) -> Any:
     return config.stash.get(_PIPELINE, None)
 
@@ -251,12 +261,7 @@ def edgebench_result(request: pytest.FixtureRequest, edgebench_job: Job, record_
     flat = result.flat()
     for key in JUNIT_KEYS:
         if key in flat and flat[key] is not None:
-            value = flat[key]
-            if isinstance(value, float) and not math.isfinite(value):
-                value = str(value)
-            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-                value = "; ".join(value)  # unstable_reasons: one readable property
-            record_property(key, value)
+            record_property(key, _junit_value(flat[key]))
     if result.status == "skipped":
         pytest.skip(result.message)
     yield result
@@ -302,12 +307,7 @@ def edgebench_interleaved(
     for result in outcome.results:
         flat = result.flat()
         for key in ("p50_ms", "p99_ms", "n", "valid", "status"):
-            value = flat[key]
-            if isinstance(value, float) and not math.isfinite(value):
-                value = str(value)
-            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-                value = "; ".join(value)  # unstable_reasons: one readable property
-            record_property(f"{result.job_id}.{key}", value)
+            record_property(f"{result.job_id}.{key}", _junit_value(flat[key]))
     for job_id, why in unbuilt.items():
         record_property(f"{job_id}.status", "skipped")
         record_property(f"{job_id}.message", why)

@@ -1,9 +1,15 @@
-"""What the bad-input tests check errors against: the line a YAML key sits on, a database that is not ours."""
+"""What the bad-input tests check errors against: the line a YAML key sits on, a database that is not ours,
+a schema creation that fails midway."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection
+
+from harness.store import schema as store_schema
 
 
 def line_number(path: Path, startswith: str) -> int:
@@ -22,3 +28,15 @@ def foreign_sqlite(path: Path) -> bytes:
     conn.commit()
     conn.close()
     return path.read_bytes()
+
+
+def fail_schema_creation_midway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next new database's schema creation fail at its end: the last migration makes its table,
+    after version 1's tables and the version row, then a CREATE of the same table fails."""
+    real = store_schema.MIGRATIONS[2]
+
+    def failing(conn: Connection) -> None:
+        real(conn)
+        conn.exec_driver_sql("CREATE TABLE device_health (id INTEGER)")
+
+    monkeypatch.setitem(store_schema.MIGRATIONS, 2, failing)

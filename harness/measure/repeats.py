@@ -109,32 +109,33 @@ HISTORY_RUNS = 5
 MIN_HISTORY = 3
 
 
-def history_shift(p50_ms: float, earlier: Sequence[tuple[str, float]]) -> str | None:
-    """An unstable reason when a job's P50 is LEVEL_SHIFT or more away from the median P50 of the same
-    artifact's earlier runs (``(run_id, p50_ms)``, newest first), else None.
+def history_shift(p50_ms: float, earlier: Sequence[tuple[str, float]]) -> tuple[float | None, str | None]:
+    """A job's P50 against the median P50 of the same artifact's last HISTORY_RUNS earlier runs
+    (``(run_id, p50_ms)``, newest first): the ratio (None under MIN_HISTORY runs) and an unstable
+    reason when it is LEVEL_SHIFT or more away (else None).
 
     The single-run view of ``level_shifts``: the artifact, device, threads and runtime settings are the
     same, so a P50 at another level says the device ran at another speed than it usually does (the
     reference VM's slow state, a background load, an OS or firmware change), not that the model changed.
     """
-    if len(earlier) < MIN_HISTORY:
-        return None
     recent = earlier[:HISTORY_RUNS]
-    middle = float(np.median([p50 for _, p50 in recent]))
+    if len(recent) < MIN_HISTORY:
+        return None, None
+    p50s = [p50 for _, p50 in recent]
+    middle = float(np.median(p50s))
     ratio = p50_ms / middle if middle > 0 else 1.0
     if 1.0 / LEVEL_SHIFT < ratio < LEVEL_SHIFT:
-        return None
+        return ratio, None
     runs = ", ".join(run_id[:8] for run_id, _ in recent)
-    low, high = min(p for _, p in recent), max(p for _, p in recent)
     # Some artifacts have no single usual speed (a tiny model under LiteRT ran at 0.014 or 0.023 ms,
     # run by run, on the reference VM): say so, so the reader weighs the flag.
     spread = (
-        f"; those runs themselves range from {low:.4g} to {high:.4g} ms, so this artifact runs at more than one "
-        "speed on this device"
-        if high >= LEVEL_SHIFT * low
+        f"; those runs themselves range from {min(p50s):.4g} to {max(p50s):.4g} ms, so this artifact runs at "
+        "more than one speed on this device"
+        if max(p50s) >= LEVEL_SHIFT * min(p50s)
         else ""
     )
-    return (
+    return ratio, (
         f"P50 {p50_ms:.4g} ms is {ratio:.2f}x the median {middle:.4g} ms of the same artifact's last "
         f"{len(recent)} runs on this device (runs {runs}): the device ran at another speed than it usually "
         f"does{spread}; rerun, and check the device if it stays so"

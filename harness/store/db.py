@@ -402,22 +402,6 @@ class Store:
             ) from None
         return [json.loads(r.record) for r in rows]
 
-    def history(self, model: str, backend: str, precision: str, device: str, limit: int = 50) -> list[dict[str, Any]]:
-        """Earlier records of one series (model x backend x precision x device), newest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(results.c.record)
-                .where(
-                    (results.c.model == model)
-                    & (results.c.backend == backend)
-                    & (results.c.precision == precision)
-                    & (results.c.device == device)
-                )
-                .order_by(desc(results.c.id))
-                .limit(limit)
-            ).all()
-        return [json.loads(r.record) for r in rows]
-
     def device_facts(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The facts each device reported in a run (from its last result)."""
         with self.engine.connect() as conn:

@@ -71,6 +71,7 @@ DEVICE_DEADLINE_GRACE_S = 10.0
 KILL_TIMEOUT_S = 5.0
 SFTP_IO_TIMEOUT_S = 60.0
 _MAX_JUMPS = 8
+USER_KNOWN_HOSTS = "~/.ssh/known_hosts"  # OpenSSH's default UserKnownHostsFile
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)  # OpenSSH's default GlobalKnownHostsFile
 
 T = TypeVar("T")
@@ -106,6 +107,11 @@ class Endpoint:
     @property
     def known_files(self) -> tuple[Path, ...]:
         return (self.known_hosts, *self.also_known)
+
+    @property
+    def silent_after_s(self) -> float:
+        """How long a keepalive may go unanswered before the device counts as gone (0: never probed)."""
+        return self.keepalive_s * self.keepalive_count
 
     @property
     def known_hosts_name(self) -> str:
@@ -212,7 +218,7 @@ def _resolve_host(
         identities = (device.identity,)  # a jump host with no key of its own: try the device's key
     # OpenSSH trusts every UserKnownHostsFile and GlobalKnownHostsFile (a managed lab often ships its keys in
     # /etc/ssh/ssh_known_hosts); the inventory's known_hosts replaces the user files, as -o does.
-    user_files = [known_hosts] if known_hosts else _words(entry.get("userknownhostsfile")) or ["~/.ssh/known_hosts"]
+    user_files = [known_hosts] if known_hosts else _words(entry.get("userknownhostsfile")) or [USER_KNOWN_HOSTS]
     global_files = _words(entry.get("globalknownhostsfile")) or list(GLOBAL_KNOWN_HOSTS)
     known, *more = user_files
     trusted = (Path(f).expanduser() for f in [*more, *global_files] if f.lower() != "none")
@@ -310,7 +316,7 @@ def _login(ep: Endpoint) -> str:
     words = ["ssh"]
     if ep.ssh_config:
         words += ["-F", str(Path(ep.ssh_config).expanduser())]
-    if ep.known_hosts != Path("~/.ssh/known_hosts").expanduser():
+    if ep.known_hosts != Path(USER_KNOWN_HOSTS).expanduser():
         words += ["-o", f"UserKnownHostsFile={ep.known_hosts}"]
     for identity in ep.identities:
         words += ["-i", identity]
@@ -637,39 +643,30 @@ def _bounded(action: Callable[[], object], timeout_s: float) -> bool:
 
 
 class _Liveness:
-    """Ask the server for a reply every ``interval_s`` while a command runs; close the channel when one
-    does not come within ``interval_s * count`` (the device is powered off, cut off or wedged).
+    """Ask the server for a reply every ``keepalive_s`` while a command runs; close the channel when one
+    does not come within ``silent_after_s`` (the device is powered off, cut off or wedged). With
+    ``keepalive_s`` 0 (``ServerAliveInterval 0``) it asks nothing.
 
     The request is OpenSSH's own ``keepalive@openssh.com``: sshd answers any global request that wants a
     reply (with a failure, for this name), so an answer of either kind proves the route is alive.
     """
 
     def __init__(
-        self,
-        transport: paramiko.Transport,
-        channel: paramiko.Channel,
-        interval_s: float,
-        count: int,
-        silent: threading.Event,
+        self, transport: paramiko.Transport, channel: paramiko.Channel, ep: Endpoint, silent: threading.Event
     ) -> None:
         self.transport = transport
         self.channel = channel
-        self.interval_s = interval_s
-        self.count = count
+        self.ep = ep
         self.silent = silent  # set when the server stopped answering (the channel is then closed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    @property
-    def window_s(self) -> float:
-        return self.interval_s * self.count
 
     def _ask(self) -> None:
         self.transport.global_request("keepalive@openssh.com", wait=True)
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            answered = _bounded(self._ask, self.window_s)
+        while not self._stop.wait(self.ep.keepalive_s):
+            answered = _bounded(self._ask, self.ep.silent_after_s)
             if self._stop.is_set():
                 return
             if not answered and self.transport.is_active():
@@ -678,7 +675,8 @@ class _Liveness:
                 return
 
     def __enter__(self) -> _Liveness:
-        self._thread.start()
+        if self.ep.keepalive_s > 0:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -778,19 +776,15 @@ class SshTransport:
                 channel.shutdown_write()
             if expired.is_set():  # the timer fired just as the last call returned
                 raise _Expired()
-            with contextlib.ExitStack() as probing:
-                if ep.keepalive_s > 0:
-                    probing.enter_context(
-                        _Liveness(self._transport(), channel, ep.keepalive_s, ep.keepalive_count, silent)
-                    )
+            with _Liveness(self._transport(), channel, ep, silent):
                 self._collect(channel, deadline, out, err)
             if silent.is_set():
                 raise _Silent()
         except BaseException as exc:
             pgid = _pgid_of(bytes(err))
             # The closed channel can also surface as a lost connection (a read on its closed event pipe).
-            if isinstance(exc, _Silent) or silent.is_set():
-                window = ep.keepalive_s * ep.keepalive_count
+            if silent.is_set():
+                window = ep.silent_after_s
                 self._broken = f"the device stopped answering ({window:g} s without a reply)"
                 killed = self._kill(pgid, token)
                 raise TransportError(

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, create_engine, func, inspect, select
+from sqlalchemy import create_engine, func, inspect, select
 
 from harness.errors import ConfigError, StoreError
 from harness.records import JobResult
 from harness.store import RunInfo, Store
 from harness.store import db as store_db
-from harness.store import schema as store_schema
 from harness.store.schema import SCHEMA_VERSION, results, samples, schema_info
 from harness.store.schema import _v1 as create_v1_tables
+from tests.bad_input import fail_schema_creation_midway
 
 pytestmark = pytest.mark.integration
 
@@ -172,13 +172,7 @@ def test_a_fresh_database_is_migrated_to_the_current_schema(store: Store, databa
 def test_a_schema_creation_failing_midway_leaves_no_tables_and_the_next_open_creates_it(
     database: str, make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = store_schema.MIGRATIONS[2]
-
-    def failing(conn: Connection) -> None:
-        real(conn)  # device_health is made, after version 1's tables and the version row
-        conn.exec_driver_sql("CREATE TABLE device_health (id integer)")  # then a CREATE fails
-
-    monkeypatch.setitem(store_schema.MIGRATIONS, 2, failing)
+    fail_schema_creation_midway(monkeypatch)
     with pytest.raises(StoreError, match=r"cannot open or migrate the results database .*already exists"):
         Store(database)
     engine = create_engine(database)

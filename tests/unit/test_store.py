@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, create_engine, func, inspect, select
+from sqlalchemy import create_engine, func, inspect, select
 
 from harness.errors import ConfigError, StoreError
 from harness.records import JobResult
 from harness.store import RunInfo, Store
 from harness.store import db as store_db
-from harness.store import schema as store_schema
 from harness.store.schema import (
     SCHEMA_VERSION,
     metrics,
@@ -27,7 +26,7 @@ from harness.store.schema import (
     schema_info,
 )
 from harness.store.schema import _v1 as create_v1_tables
-from tests.bad_input import foreign_sqlite
+from tests.bad_input import fail_schema_creation_midway, foreign_sqlite
 
 MakeResult = Callable[..., JobResult]
 MakeRun = Callable[..., RunInfo]
@@ -290,13 +289,7 @@ def test_a_schema_creation_failing_midway_leaves_no_tables_and_the_next_open_cre
     tmp_path: Path, make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "new.sqlite"
-    real = store_schema.MIGRATIONS[2]
-
-    def failing(conn: Connection) -> None:
-        real(conn)  # device_health is made, after version 1's tables and the version row
-        conn.exec_driver_sql("CREATE TABLE device_health (id INTEGER)")  # then a CREATE fails
-
-    monkeypatch.setitem(store_schema.MIGRATIONS, 2, failing)
+    fail_schema_creation_midway(monkeypatch)
     with pytest.raises(StoreError, match=r"cannot open or migrate the results database .*already exists"):
         Store(path)
     engine = create_engine(f"sqlite:///{path}")
