@@ -282,8 +282,16 @@ def production_checks(
     labels: np.ndarray | None,
     candidate_latency: LatencySummary | None,
     production_latency: LatencySummary | None,
-) -> Metrics:
-    """Shadow comparison (seed Q7): the candidate against the production model it would replace."""
+    budgets: Budgets | None = None,
+) -> tuple[Metrics, tuple[str, ...]]:
+    """Shadow comparison (seed Q7): the candidate against the production model it would replace.
+
+    The budgets ``production_top1_drop_pp`` and ``production_p99_ratio`` gate it when set. The accuracy
+    drop is judged on its point estimate, as the FP32 parity drop is, with its paired interval printed.
+    The P99 ratio fails only when the intervals show it: the candidate's P99 lower bound above the
+    allowed multiple of the production P99's upper bound, as a latency budget is judged on its lower
+    bound. A budget that cannot be judged (no labels, an INVALID P99) is a failure that says why.
+    """
     m = compare_outputs(candidate, production, labels)
     metrics: Metrics = {
         "production_top1_agreement": m.top1_agreement,
@@ -297,4 +305,49 @@ def production_checks(
         metrics["production_p50_delta_ms"] = candidate_latency.p50.value_ms - production_latency.p50.value_ms
         metrics["production_p99_delta_ms"] = candidate_latency.p99.value_ms - production_latency.p99.value_ms
         metrics["production_p50_ratio"] = candidate_latency.p50.value_ms / production_latency.p50.value_ms
-    return metrics
+        metrics["production_p99_ratio"] = candidate_latency.p99.value_ms / production_latency.p99.value_ms
+    failures: list[str] = []
+    gated: list[str] = []
+    drop_budget = budgets.production_top1_drop_pp if budgets else None
+    if drop_budget is not None:
+        gated.append("production_top1_drop_pp")
+        if m.top1_drop_pp is None:
+            failures.append(
+                f"top-1 drop vs production cannot be judged: the eval set has no labels "
+                f"(budget production_top1_drop_pp {drop_budget:g} pp)"
+            )
+        elif not m.top1_drop_pp <= drop_budget:
+            ci = ""
+            if m.top1_drop_ci_pp is not None:
+                ci = f" (95% CI {m.top1_drop_ci_pp[0]:.2f}..{m.top1_drop_ci_pp[1]:.2f} pp)"
+            failures.append(
+                f"top-1 {m.top1_acc:.2%} is {m.top1_drop_pp:.2f} pp below production's {m.reference_top1_acc:.2%}"
+                f"{ci}, over budget production_top1_drop_pp {drop_budget:g} pp"
+            )
+    ratio_budget = budgets.production_p99_ratio if budgets else None
+    if ratio_budget is not None:
+        gated.append("production_p99_ratio")
+        failures.extend(_p99_ratio_failure(candidate_latency, production_latency, ratio_budget))
+    if gated:
+        metrics["production_gated"] = gated
+    return metrics, tuple(failures)
+
+
+def _p99_ratio_failure(
+    candidate: LatencySummary | None, production: LatencySummary | None, budget: float
+) -> tuple[str, ...]:
+    """The P99 ratio budget's failure, if the intervals show the candidate over it (or it cannot be judged)."""
+    label = f"budget production_p99_ratio {budget:g}x"
+    for who, summary in (("candidate", candidate), ("production", production)):
+        if summary is None or not summary.p99.valid:
+            reason = "no latency measured" if summary is None else summary.p99.reason
+            return (f"P99 vs production cannot be judged: the {who}'s P99 is INVALID ({reason}); {label}",)
+    assert candidate is not None and production is not None
+    c, p = candidate.p99, production.p99
+    assert c.ci_low_ms is not None and p.ci_high_ms is not None
+    if c.ci_low_ms > budget * p.ci_high_ms:
+        return (
+            f"P99 {c.value_ms:.3f} ms (95% CI from {c.ci_low_ms:.3f}) is {c.value_ms / p.value_ms:.2f}x production's "
+            f"{p.value_ms:.3f} ms (CI to {p.ci_high_ms:.3f}), over {label}",
+        )
+    return ()

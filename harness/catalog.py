@@ -141,6 +141,13 @@ class Budgets(Strict):
     top1_agreement: StrictFloat = Field(default=0.99, ge=0, le=1)
     psnr_db: StrictFloat = 30.0
     mce: StrictFloat = Field(default=1.10, gt=0, description="max mCE vs the same run's FP32 reference")
+    # Against the production model this one would replace (``production:``); unset means not gated.
+    production_top1_drop_pp: StrictFloat | None = Field(
+        default=None, ge=0, description="max pp the candidate's top-1 may fall below the production model's"
+    )
+    production_p99_ratio: StrictFloat | None = Field(
+        default=None, gt=0, description="max candidate P99 as a multiple of the production model's P99"
+    )
 
 
 class ModelEntry(Strict):
@@ -179,6 +186,21 @@ class ModelEntry(Strict):
                     "fix": "give one label per class, or correct num_classes",
                 },
             )
+        return self
+
+    @model_validator(mode="after")
+    def _production_budgets_need_production(self) -> ModelEntry:
+        for key in ("production_top1_drop_pp", "production_p99_ratio"):
+            if getattr(self.budgets, key) is not None and not self.production:
+                raise PydanticCustomError(
+                    "production_budget_alone",
+                    "budgets.{key} compares with the production model, but production: names none",
+                    {
+                        "key": key,
+                        "at": ("budgets", key),
+                        "fix": "name the model this one would replace (production: <name>), or drop the budget",
+                    },
+                )
         return self
 
     def onnx_path(self) -> Path:

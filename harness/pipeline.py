@@ -764,7 +764,8 @@ class Pipeline:
                 device_ref = ref_outputs["clean"] if ref_outputs else None
             parity, failures["parity"] = parity_checks(outputs["clean"], host["clean"], device_ref, labels, budgets)
             metrics.update(parity)
-            metrics.update(self._production(job, outputs["clean"], labels, summary))
+            shadow, failures["production"] = self._production(job, outputs["clean"], labels, summary)
+            metrics.update(shadow)
         all_failures = [f for group in failures.values() for f in group]
         status: Status = "failed" if all_failures else "passed"
         if all_failures:
@@ -809,11 +810,12 @@ class Pipeline:
 
     def _production(
         self, job: Job, clean: np.ndarray, labels: np.ndarray | None, summary: LatencySummary
-    ) -> dict[str, Any]:
-        """Candidate vs the production model it would replace, same variant on the same device."""
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """Candidate vs the production model it would replace, same variant on the same device: its
+        metrics and the failures of the ``production_*`` budgets."""
         name = job.model.production
         if not name:
-            return {}
+            return {}, ()
         production = next((m for m in [*self.catalog, *self.models] if m.name == name), None)
         if production is None:
             raise ConfigError(
@@ -826,7 +828,11 @@ class Pipeline:
         prod_result = self.result_for(prod_job)
         prod_outputs = self._outputs.get((prod_job.id, "latency"))
         if prod_outputs is None or prod_result.latency is None:
-            return {"production_model": name, "production_status": prod_result.status}
+            budgets = job.model.budgets
+            gated = budgets.production_top1_drop_pp is not None or budgets.production_p99_ratio is not None
+            ended = f"its job ended {prod_result.status} ({prod_result.message})"
+            unjudged: tuple[str, ...] = (f"cannot be compared with production {name}: {ended}",) if gated else ()
+            return {"production_model": name, "production_status": prod_result.status}, unjudged
         if prod_outputs["clean"].shape != clean.shape or production.eval != job.model.eval:
             raise ConfigError(
                 f"candidate {job.model.name} and production {name} are not evaluated on the same data",
@@ -834,10 +840,10 @@ class Pipeline:
                 key="eval",
                 fix="give both catalog entries the same eval: and input shape",
             )
-        return {
-            "production_model": name,
-            **production_checks(clean, prod_outputs["clean"], labels, summary, prod_result.latency),
-        }
+        shadow, failures = production_checks(
+            clean, prod_outputs["clean"], labels, summary, prod_result.latency, job.model.budgets
+        )
+        return {"production_model": name, **shadow}, failures
 
     # ---- finish -----------------------------------------------------------------------------
     def finish(self, outcome: str | None = None) -> str:

@@ -778,7 +778,9 @@ class SshTransport:
                 raise _Expired()
             with _Liveness(self._transport(), channel, ep, silent):
                 self._collect(channel, deadline, out, err)
-            if silent.is_set():
+            # A command whose exit status arrived finished, all its output before it, even if its
+            # reply window lapsed as it ended (the watcher may have closed the channel just after).
+            if silent.is_set() and channel.exit_status == -1:
                 raise _Silent()
         except BaseException as exc:
             pgid = _pgid_of(bytes(err))

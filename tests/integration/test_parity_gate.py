@@ -98,3 +98,23 @@ def test_a_candidate_is_compared_with_the_production_model_on_the_same_device(tm
     assert result.latency is not None and production.latency is not None
     expected = result.latency.p50.value_ms - production.latency.p50.value_ms
     assert m["production_p50_delta_ms"] == pytest.approx(expected)
+
+
+def test_a_candidate_less_accurate_than_production_fails_its_production_budget(tmp_path: Path) -> None:
+    # Trained for one epoch instead of thirty: less accurate than the production model on the same digits.
+    undertrained = {"kind": "torch", "factory": "harness.zoo.digits:digits_cnn", "args": {"seed": 1, "epochs": 1}}
+    budgets = {"production_top1_drop_pp": 0.5, "production_p99_ratio": 20.0}
+    entry = {"source": undertrained, "production": "digits-cnn", "budgets": {"top1_drop_pp": 1.0, **budgets}}
+    catalog = _catalog(tmp_path, **{"digits-undertrained": entry})
+    pipeline = _pipeline(tmp_path, catalog, "digits-undertrained")
+    result = _run(pipeline, "fp32")
+    pipeline.finish()
+    m = result.metrics
+    drop = -float(m["production_acc_delta_pp"])  # type: ignore[arg-type]
+    assert drop > 0.5, m
+    assert result.status == "failed"
+    # The accuracy budget fails, naming both top-1s; a P99 within 20x production's passes.
+    (message,) = result.failed("production")
+    assert f"is {drop:.2f} pp below production's" in message and "production_top1_drop_pp 0.5 pp" in message
+    assert m["production_gated"] == ["production_top1_drop_pp", "production_p99_ratio"]
+    assert message in result.message  # the job's message names the failure a release engineer reads

@@ -185,7 +185,7 @@ def rendered(
         new[:5] = (labels[:5] + 1) % 10  # wrong on 0-4
         old[:20] = (labels[:20] + 2) % 10  # wrong on 0-19, never alike: agreement 180 of 200
         logits = np.eye(10, dtype=np.float32)
-        shadow = production_checks(logits[new], logits[old], labels, candidate.latency, small.latency)
+        shadow, _ = production_checks(logits[new], logits[old], labels, candidate.latency, small.latency)
         shadow = {"production_model": "small-cnn", **shadow}
         store.add_result(replace(candidate, metrics={**candidate.metrics, **shadow}))
         reasons = "; ".join(small.latency.invalid_reasons)

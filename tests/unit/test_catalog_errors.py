@@ -196,3 +196,16 @@ def test_a_yml_file_is_named_instead_of_ignored(tiny_catalog: Path, tiny_catalog
     )
     (tiny_catalog / "tiny-cnn.yaml").unlink()
     assert catalog_error(tiny_catalog).file == tiny_catalog / "tiny-next.yml", "also when no .yaml is left"
+
+
+def test_a_production_budget_without_a_production_model_is_refused_at_its_line(
+    tiny_catalog: Path, tiny_catalog_yaml: Callable[..., str]
+) -> None:
+    entry = tiny_catalog / "tiny-cnn.yaml"
+    entry.write_text(tiny_catalog_yaml(budgets="budgets:\n  production_p99_ratio: 1.1\n"), encoding="utf-8")
+    error = catalog_error(tiny_catalog)
+    assert error.one_line() == (
+        f"{entry}:{line_number(entry, 'production_p99_ratio')}: budgets.production_p99_ratio: "
+        "budgets.production_p99_ratio compares with the production model, but production: names none; "
+        "fix: name the model this one would replace (production: <name>), or drop the budget"
+    )

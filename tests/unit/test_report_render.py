@@ -324,18 +324,33 @@ def predictions(labels: np.ndarray, wrong: range, classes: int = 10) -> np.ndarr
     return logits
 
 
-def test_a_candidate_is_shown_against_the_production_model_it_would_replace(
-    result: Callable[..., JobResult], render: Render
-) -> None:
-    labels = np.random.default_rng(7).integers(0, 10, 400)
-    # Production is wrong on inputs 0-39, the candidate on 30-57: both wrong (alike) on 30-39.
+SHADOW_LABELS = np.random.default_rng(7).integers(0, 10, 400)
+
+
+def shadow_pair(
+    result: Callable[..., JobResult], budgets: Budgets | None = None
+) -> tuple[JobResult, JobResult, dict[str, Any]]:
+    """A production model at 10 ms and a candidate at 8 ms, and the shadow comparison of their outputs.
+
+    Production is wrong on inputs 0-39, the candidate on 30-57: both wrong (alike) on 30-39.
+    """
+    labels = SHADOW_LABELS
     old, new = predictions(labels, range(40)), predictions(labels, range(30, 58))
     production = result("mnv2/onnxruntime-fp32-t2/nuc", timed(10.0))
     candidate = result("mnv2-next/onnxruntime-fp32-t2/nuc", timed(8.0, seed=1))
     assert production.latency is not None and candidate.latency is not None
+    shadow, failures = production_checks(new, old, labels, candidate.latency, production.latency, budgets)
+    assert failures == ()
+    return production, candidate, shadow
+
+
+def test_a_candidate_is_shown_against_the_production_model_it_would_replace(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    production, candidate, shadow = shadow_pair(result)
     # As the pipeline records it (Pipeline._production): the parity fields, then the shadow comparison.
-    parity, _ = parity_checks(new, new, None, labels, Budgets())
-    shadow = production_checks(new, old, labels, candidate.latency, production.latency)
+    new = predictions(SHADOW_LABELS, range(30, 58))
+    parity, _ = parity_checks(new, new, None, SHADOW_LABELS, Budgets())
     candidate = replace(candidate, metrics={**candidate.metrics, **parity, "production_model": "mnv2", **shadow})
     sections = render(production, candidate)
     (row,) = sections["production"]
@@ -372,6 +387,17 @@ def test_a_production_model_that_was_not_measured_or_a_failed_production_check_i
     assert rows[alone.job_id]["production check"] == "not compared the production model's job: skipped"
     assert rows[failed.job_id]["top-1 agreement"] == "85.0%"
     assert rows[failed.job_id]["production check"] == "fails top-1 agreement with production 0.850 below 0.900"
+
+
+def test_a_candidate_within_its_production_budgets_passes(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    # 3 pp more accurate and 0.8x the P99: within both budgets.
+    production, gated, shadow = shadow_pair(result, Budgets(production_top1_drop_pp=0.5, production_p99_ratio=1.0))
+    assert shadow["production_gated"] == ["production_top1_drop_pp", "production_p99_ratio"]
+    gated = replace(gated, metrics={**gated.metrics, "production_model": "mnv2", **shadow})
+    (row,) = render(production, gated)["production"]
+    assert row["production check"] == "passes"
 
 
 def test_a_run_without_a_production_model_has_no_production_section(
