@@ -18,7 +18,7 @@ from .measure.corruptions import ALL_CORRUPTIONS, SEVERITIES
 from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_outputs
 from .measure.repeats import HISTORY_RUNS, history_shift, level_shifts
 from .measure.robustness import cell_from_logits, robustness_delta, robustness_report
-from .measure.stability import assess_stability
+from .measure.stability import TwoSpeeds, assess_stability
 from .measure.stats import LatencySummary
 from .records import Variant
 
@@ -55,13 +55,19 @@ def repeated_stability(runs: Sequence[tuple[np.ndarray, LatencySummary]]) -> Met
     measured = [m for m in each if m]  # a run of one call has no spread to judge
     if not measured:
         return {}
-    return {
+    metrics: Metrics = {
         "cv": max(m["cv"] for m in measured),
         "drift": max((m["drift"] for m in measured), key=abs),
         "outlier_share": max(m["outlier_share"] for m in measured),
         "unstable": bool(reasons),
         "unstable_reasons": reasons,
     }
+    # The run whose two speeds were furthest apart stands for the job.
+    split = [m for m in measured if "speeds_ms" in m]
+    if split:
+        widest = max(split, key=lambda m: m["speeds_ms"][1] / m["speeds_ms"][0])
+        metrics.update({k: widest[k] for k in ("speeds_ms", "slow_speed_share", "speed_switches")})
+    return metrics
 
 
 def stability_metrics(samples_ns: np.ndarray, summary: LatencySummary) -> Metrics:
@@ -74,12 +80,24 @@ def stability_metrics(samples_ns: np.ndarray, summary: LatencySummary) -> Metric
         return {}
     verdict = assess_stability(samples_ns)
     reasons = [*verdict.reasons, *summary.dependence_reasons]
-    return {
+    metrics: Metrics = {
         "cv": verdict.cv,
         "drift": verdict.drift,
         "outlier_share": verdict.outlier_share,
         "unstable": bool(reasons),
         "unstable_reasons": reasons,
+    }
+    if verdict.speeds is not None:
+        metrics.update(speed_metrics(verdict.speeds))
+    return metrics
+
+
+def speed_metrics(speeds: TwoSpeeds) -> Metrics:
+    """A two-speed run's fields: both speeds in ms, the slow share of its windows, and its switches."""
+    return {
+        "speeds_ms": [speeds.fast_ms, speeds.slow_ms],
+        "slow_speed_share": speeds.slow_share,
+        "speed_switches": speeds.switches,
     }
 
 

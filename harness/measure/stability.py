@@ -24,8 +24,10 @@ __all__ = [
     "StabilityLimits",
     "StabilityVerdict",
     "StopRule",
+    "TwoSpeeds",
     "assess_stability",
     "stop_decision",
+    "two_speeds",
     "warmup_stable",
 ]
 
@@ -41,9 +43,11 @@ class StabilityLimits:
     max_cv: float = 0.15
     max_drift: float = 0.05
     max_outlier_share: float = 0.02
+    # Two speeds: window medians this many times apart (the history check's LEVEL_SHIFT is the same 1.25).
+    max_speed_ratio: float = 1.25
 
     def __post_init__(self) -> None:
-        for name in ("max_cv", "max_drift", "max_outlier_share"):
+        for name in ("max_cv", "max_drift", "max_outlier_share", "max_speed_ratio"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(
@@ -60,6 +64,88 @@ class StabilityVerdict:
     outlier_share: float
     unstable: bool
     reasons: tuple[str, ...]
+    speeds: TwoSpeeds | None = None
+
+
+# Windows for the two-speed check: consecutive calls adding up to this much time, and at least this many.
+SPEED_WINDOW_S = 0.25
+SPEED_WINDOW_CALLS = 20
+# Each speed must hold this share of the windows (and two windows at least) to count as a speed.
+MIN_SPEED_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class TwoSpeeds:
+    """A run that went at two speeds: its windows' medians fall into a fast and a slow group."""
+
+    fast_ms: float  # the median of the fast windows' medians
+    slow_ms: float
+    slow_share: float  # of the windows
+    switches: int  # how often consecutive windows changed group
+    windows: int
+
+    @property
+    def ratio(self) -> float:
+        return self.slow_ms / self.fast_ms
+
+    def reason(self) -> str:
+        return (
+            f"ran at two speeds: {SPEED_WINDOW_S:g} s windows had medians near {self.fast_ms:.3f} ms "
+            f"({1 - self.slow_share:.0%} of {self.windows}) and {self.slow_ms:.3f} ms ({self.slow_share:.0%}), "
+            f"{self.ratio:.2f}x apart, switching {self.switches} time{'s' if self.switches != 1 else ''} "
+            "(the CPUs were shared at times: another process, or the hypervisor's other guests; compare "
+            "variants in interleaved rounds)"
+        )
+
+
+def window_medians(arr: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Medians of consecutive windows of at least SPEED_WINDOW_S and SPEED_WINDOW_CALLS (a short tail dropped)."""
+    elapsed = np.cumsum(arr)
+    medians: list[float] = []
+    start = 0
+    while True:
+        began = float(elapsed[start - 1]) if start else 0.0
+        # The window ends with the call at which it has lasted SPEED_WINDOW_S.
+        end = max(int(np.searchsorted(elapsed, began + SPEED_WINDOW_S * 1e9)) + 1, start + SPEED_WINDOW_CALLS)
+        if end > arr.size:
+            return np.asarray(medians, dtype=np.float64)
+        medians.append(float(np.median(arr[start:end])))
+        start = end
+
+
+def two_speeds(
+    samples_ns: Sequence[int] | npt.NDArray[np.generic], max_ratio: float = StabilityLimits.max_speed_ratio
+) -> TwoSpeeds | None:
+    """The run's two speeds, when its window medians split into two groups over ``max_ratio`` apart.
+
+    On the reference VM a 2-thread model sometimes runs 1.45x slower for seconds at a time and then
+    fast again, while a single thread keeps its speed: the host shares the two virtual CPUs'
+    cores at times (README, "Two speeds within one run"). Such a run's percentiles mix the two speeds
+    in whatever proportion the run happened to catch, and no other check sees it: the drift between
+    halves cancels out, the CV stays under its limit, and no guest counter (steal time, other
+    processes) moves. The split is the exact least-squares one of the sorted medians (Fisher's 1-D
+    optimal partition for two groups, a cumulative sum; a k-means would be randomised and can stop
+    at a worse split).
+    """
+    medians = window_medians(as_samples_ns(samples_ns))
+    n = int(medians.size)
+    least = max(2, math.ceil(MIN_SPEED_SHARE * n))
+    if n < 2 * least:
+        return None
+    order = np.sort(medians)
+    k = np.arange(1, n)
+    total, squares = np.cumsum(order), np.cumsum(order**2)
+    left = squares[:-1] - total[:-1] ** 2 / k
+    right = (squares[-1] - squares[:-1]) - (total[-1] - total[:-1]) ** 2 / (n - k)
+    split = int(np.argmin(left + right)) + 1  # the fast group is order[:split]
+    if not least <= split <= n - least:
+        return None
+    fast, slow = float(np.median(order[:split])), float(np.median(order[split:]))
+    if slow < max_ratio * fast:
+        return None
+    slow_window = medians >= order[split]
+    switches = int(np.count_nonzero(slow_window[1:] != slow_window[:-1]))
+    return TwoSpeeds(fast / 1e6, slow / 1e6, (n - split) / n, switches, n)
 
 
 def assess_stability(
@@ -85,6 +171,7 @@ def assess_stability(
     fence = q3 + 3.0 * (q3 - q1)
     outlier_share = float(np.count_nonzero(arr > fence)) / n
 
+    speeds = two_speeds(arr, limits.max_speed_ratio)
     reasons: list[str] = []
     if cv > limits.max_cv:
         reasons.append(f"CV {cv * 100:.1f}% exceeds {_pct(limits.max_cv)}")
@@ -95,7 +182,9 @@ def assess_stability(
             f"outlier share {outlier_share * 100:.1f}% above Q3 + 3 IQR "
             f"exceeds {_pct(limits.max_outlier_share)}"
         )
-    return StabilityVerdict(cv, drift, outlier_share, unstable=bool(reasons), reasons=tuple(reasons))
+    if speeds is not None:
+        reasons.append(speeds.reason())
+    return StabilityVerdict(cv, drift, outlier_share, bool(reasons), tuple(reasons), speeds)
 
 
 @dataclass(frozen=True)

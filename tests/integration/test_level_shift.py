@@ -1,4 +1,4 @@
-"""A repeated job whose one runner process ran at another speed is marked unstable, and that run is named.
+"""A job at another speed than its other runs, or at two speeds within one run, is marked unstable, and why.
 
 On the reference VM a runner process sometimes runs at 1.4-1.8x for all of its calls, steady, with its
 calibration loop at the usual speed and no other process busy: nothing inside the run shows it, only a
@@ -185,3 +185,74 @@ def test_a_single_run_slower_than_the_same_artifacts_last_runs_is_marked_unstabl
         assert row["run_id"][:8] in reason
     html = (tmp_path / "report-3.html").read_text(encoding="utf-8")
     assert html_escape(reason) in html, "the report says why"
+
+
+ALTERNATING = """\
+import runpy, sys, time
+
+def trace(frame, event, arg):
+    if int(time.monotonic() / 1.0) % 2:  # one second costly, one second not
+        sum(range(150))
+    return trace
+
+sys.settrace(trace)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_run_that_switches_between_two_speeds_is_marked_unstable_with_both(
+    edgebench_env: Path, tiny_catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The device's runner alternates, second by second, between its usual speed and the costly trace
+    function's, as the reference VM's 2-thread runs do when the host shares their CPUs' cores at times:
+    the run is marked as one that went at two speeds, with both speeds and how often it switched."""
+    alternating = tmp_path / "alternating.py"
+    alternating.write_text(ALTERNATING, encoding="utf-8")
+    wrapper = tmp_path / "python-alternating"
+    wrapper.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            last=""; for a in "$@"; do last=$a; done
+            if [ "$last" = run ]; then exec {sys.executable} {alternating} "$@"; fi
+            exec {sys.executable} "$@"
+            """
+        ),
+        encoding="utf-8",
+    )
+    wrapper.chmod(0o755)
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(
+        textwrap.dedent(
+            f"""\
+            schema_version: 1
+            name: two-speeds
+            measure: {{min_duration_s: 8.0, max_duration_s: 8.0, calibration_reps: 2, throttle_retries: 0}}
+            devices:
+              - name: local
+                platform: generic-linux
+                transport: local
+                python: {wrapper}
+                runtimes: [onnxruntime]
+                cache_dir: {tmp_path / "device"}
+                threads: 1
+            """
+        ),
+        encoding="utf-8",
+    )
+    db, report = tmp_path / "runs.sqlite", tmp_path / "report.html"
+    argv = ["run", "--lab", str(lab), "--catalog", str(tiny_catalog), "--db", str(db), "--kinds", "latency"]
+    assert main([*argv, "--backends", "onnxruntime", "--report", str(report)]) == 0
+    capsys.readouterr()
+    assert main(["results", "--db", str(db), "--format", "json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["job_id"] == "tiny-cnn/onnxruntime-fp32-t1/local"]
+    (row,) = rows
+    fast, slow = row["speeds_ms"]
+    assert slow > 1.25 * fast and row["speed_switches"] >= 3, row
+    assert 0.1 <= row["slow_speed_share"] <= 0.9
+    assert row["unstable"] is True
+    (reason,) = [r for r in row["unstable_reasons"] if r.startswith("ran at two speeds")]
+    assert f"medians near {fast:.3f} ms" in reason and f"and {slow:.3f} ms" in reason
+    assert f"switching {row['speed_switches']} times" in reason
+    assert html_escape(reason) in report.read_text(encoding="utf-8"), "the report says why"

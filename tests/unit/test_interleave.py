@@ -73,9 +73,11 @@ def _spin_200us() -> None:
 
 def test_rounds_precise_enough_at_the_time_cap_are_reported_as_converged() -> None:
     """The first round already outlasts the cap and pins every variant's P50 within target: the
-    reason is "converged" (as for a single run), not "time_cap"."""
+    reason is "converged" (as for a single run), not "time_cap". The target is loose (a half-width of
+    the whole estimate): under the suite's parallel load a busy wait is preempted at times, and with
+    a target of 0.5 this test failed once in a parallel run of the unit tests."""
     stop = StopSpec(
-        percentiles=(0.5,), min_iterations=100, min_duration_s=0.0, max_duration_s=0.001, max_half_width=0.5
+        percentiles=(0.5,), min_iterations=100, min_duration_s=0.0, max_duration_s=0.001, max_half_width=1.0
     )
     samples, reason, count, _ = rounds([_spin_200us] * 2, stop, block=100, block_warmup=0, seed=0)
     assert (reason, count, [len(s) for s in samples]) == ("converged", 1, [100, 100])

@@ -242,3 +242,42 @@ def test_more_runtime_threads_than_allowed_cpus_is_a_reason_not_to_trust_the_num
     assert oversubscription(2, {}, [0, 1]) is None
     assert oversubscription(None, {}, [0]) is None, "the runtime's own default thread count is not judged"
     assert oversubscription(4, {}, None) is None, "a device that cannot report its affinity is not judged"
+
+
+# --- two speeds -----------------------------------------------------------------------------------------
+
+
+def _switching(blocks: list[tuple[int, float]], seed: int = 4) -> npt.NDArray[np.float64]:
+    """Steady calls in blocks of (count, speed factor), as the reference VM's 2-thread runs switch."""
+    parts = [_steady(count, seed=seed + i).astype(np.float64) * factor for i, (count, factor) in enumerate(blocks)]
+    return np.concatenate(parts)
+
+
+def test_a_run_that_switches_between_two_speeds_is_unstable_though_its_halves_agree() -> None:
+    # 1.45x slower for 400 calls (about a second) at a time, five times, evenly over the run.
+    samples = _switching([(600, 1.0), (400, 1.45)] * 5)
+    v = assess_stability(samples)
+    assert abs(v.drift) < 0.05, "the halves agree"
+    assert v.speeds is not None
+    assert v.speeds.fast_ms == pytest.approx(MEDIAN_NS / 1e6, rel=0.02)
+    assert v.speeds.slow_ms == pytest.approx(1.45 * MEDIAN_NS / 1e6, rel=0.02)
+    # The windows are of time: 400 slow calls last about as long as 600 fast ones.
+    assert v.speeds.switches == 9 and v.speeds.slow_share == pytest.approx(0.49, abs=0.05)
+    assert v.unstable and v.speeds.reason() in v.reasons
+    assert v.speeds.reason().startswith("ran at two speeds: 0.25 s windows had medians near 2.4")
+    assert "1.45x apart, switching 9 times" in v.speeds.reason()
+
+
+def test_a_brief_slow_episode_or_speeds_closer_than_the_limit_are_not_two_speeds() -> None:
+    # One slow stretch of under a tenth of the run: a spike, judged by the outlier and tail checks.
+    assert assess_stability(_switching([(2500, 1.0), (150, 1.5), (2500, 1.0)])).speeds is None
+    # 1.2x apart: under the limit of 1.25x.
+    assert assess_stability(_switching([(600, 1.0), (400, 1.2)] * 5)).speeds is None
+    # The limit is the caller's.
+    assert assess_stability(_switching([(600, 1.0), (400, 1.2)] * 5), StabilityLimits(max_speed_ratio=1.1)).speeds
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(100, 6000), sigma=st.floats(0.01, 0.25), seed=st.integers(0, 2**16))
+def test_one_speed_with_any_ordinary_spread_is_never_two_speeds(n: int, sigma: float, seed: int) -> None:
+    assert assess_stability(_steady(n, seed=seed, sigma=sigma)).speeds is None
