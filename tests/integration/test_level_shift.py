@@ -63,19 +63,25 @@ def _python_slow_on_second_run(tmp_path: Path) -> Path:
     return wrapper
 
 
-def _records(tmp_path: Path, catalog: Path, capsys: pytest.CaptureFixture[str]) -> tuple[list[dict[str, Any]], str]:
+REPEATED = "iterations: 400, repeats: 3"
+
+
+def _records(
+    tmp_path: Path, catalog: Path, capsys: pytest.CaptureFixture[str], python: Path, measure: str = REPEATED
+) -> tuple[list[dict[str, Any]], str]:
+    """One ``edgebench run`` on a local device whose interpreter is ``python``: its records and HTML report."""
     lab = tmp_path / "lab.yaml"
     lab.write_text(
         textwrap.dedent(
             f"""\
             schema_version: 1
             name: level-shift
-            measure: {{iterations: 400, repeats: 3, calibration_reps: 2, throttle_retries: 0}}
+            measure: {{{measure}, calibration_reps: 2, throttle_retries: 0}}
             devices:
               - name: local
                 platform: generic-linux
                 transport: local
-                python: {_python_slow_on_second_run(tmp_path)}
+                python: {python}
                 runtimes: [onnxruntime]
                 cache_dir: {tmp_path / "device"}
                 threads: 1
@@ -95,7 +101,7 @@ def _records(tmp_path: Path, catalog: Path, capsys: pytest.CaptureFixture[str]) 
 def test_the_run_at_another_speed_is_named_and_the_job_marked_unstable(
     edgebench_env: Path, tiny_catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rows, html = _records(tmp_path, tiny_catalog, capsys)
+    rows, html = _records(tmp_path, tiny_catalog, capsys, _python_slow_on_second_run(tmp_path))
     # The wrapper slowed the second runner process of the first job measured, whichever variant that is.
     measured = [r for r in rows if r.get("repeat_p50_ms")]
     assert measured, [(r["variant"], r["status"]) for r in rows]
@@ -222,32 +228,8 @@ def test_a_run_that_switches_between_two_speeds_is_marked_unstable_with_both(
         encoding="utf-8",
     )
     wrapper.chmod(0o755)
-    lab = tmp_path / "lab.yaml"
-    lab.write_text(
-        textwrap.dedent(
-            f"""\
-            schema_version: 1
-            name: two-speeds
-            measure: {{min_duration_s: 8.0, max_duration_s: 8.0, calibration_reps: 2, throttle_retries: 0}}
-            devices:
-              - name: local
-                platform: generic-linux
-                transport: local
-                python: {wrapper}
-                runtimes: [onnxruntime]
-                cache_dir: {tmp_path / "device"}
-                threads: 1
-            """
-        ),
-        encoding="utf-8",
-    )
-    db, report = tmp_path / "runs.sqlite", tmp_path / "report.html"
-    argv = ["run", "--lab", str(lab), "--catalog", str(tiny_catalog), "--db", str(db), "--kinds", "latency"]
-    assert main([*argv, "--backends", "onnxruntime", "--report", str(report)]) == 0
-    capsys.readouterr()
-    assert main(["results", "--db", str(db), "--format", "json"]) == 0
-    rows = [r for r in json.loads(capsys.readouterr().out) if r["job_id"] == "tiny-cnn/onnxruntime-fp32-t1/local"]
-    (row,) = rows
+    records, html = _records(tmp_path, tiny_catalog, capsys, wrapper, "min_duration_s: 8.0, max_duration_s: 8.0")
+    (row,) = [r for r in records if r["job_id"] == "tiny-cnn/onnxruntime-fp32-t1/local"]
     fast, slow = row["speeds_ms"]
     assert slow > 1.25 * fast and row["speed_switches"] >= 3, row
     assert 0.1 <= row["slow_speed_share"] <= 0.9
@@ -255,4 +237,4 @@ def test_a_run_that_switches_between_two_speeds_is_marked_unstable_with_both(
     (reason,) = [r for r in row["unstable_reasons"] if r.startswith("ran at two speeds")]
     assert f"medians near {fast:.3f} ms" in reason and f"and {slow:.3f} ms" in reason
     assert f"switching {row['speed_switches']} times" in reason
-    assert html_escape(reason) in report.read_text(encoding="utf-8"), "the report says why"
+    assert html_escape(reason) in html, "the report says why"
