@@ -53,6 +53,10 @@ class StabilityLimits:
                 raise ValueError(
                     f"StabilityLimits.{name}={value!r} must be a non-negative fraction, e.g. 0.05"
                 )
+        if not self.max_speed_ratio > 1:
+            raise ValueError(
+                f"StabilityLimits.max_speed_ratio={self.max_speed_ratio!r} must be above 1 (slow over fast), e.g. 1.25"
+            )
 
 
 @dataclass(frozen=True)
@@ -119,13 +123,14 @@ def two_speeds(
     """The run's two speeds, when its window medians split into two groups over ``max_ratio`` apart.
 
     On the reference VM a 2-thread model sometimes runs 1.45x slower for seconds at a time and then
-    fast again, while a single thread keeps its speed: the host shares the two virtual CPUs'
-    cores at times (README, "Two speeds within one run"). Such a run's percentiles mix the two speeds
-    in whatever proportion the run happened to catch, and no other check sees it: the drift between
-    halves cancels out, the CV stays under its limit, and no guest counter (steal time, other
-    processes) moves. The split is the exact least-squares one of the sorted medians (Fisher's 1-D
-    optimal partition for two groups, a cumulative sum; a k-means would be randomised and can stop
-    at a worse split).
+    fast again, while a single thread keeps its speed: most likely the host runs the two virtual
+    CPUs on shared cores at times (README, "Two speeds within one run"). Such a run's percentiles mix
+    the two speeds in whatever share the run happened to catch. The other checks do not say so: the
+    drift between halves cancels out when the speeds alternate, a high CV or outlier share says the
+    run was noisy but not how, and no guest counter (steal time, other processes) moves. The windows
+    are of timed call time (the samples' own sums). The split is the exact least-squares one of the
+    sorted medians (Fisher's 1-D optimal partition for two groups, a cumulative sum; a k-means would
+    be randomised and can stop at a worse split).
     """
     medians = window_medians(as_samples_ns(samples_ns))
     n = int(medians.size)

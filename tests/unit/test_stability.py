@@ -80,6 +80,8 @@ def test_stability_refuses_what_it_cannot_judge() -> None:
         assess_stability([2_400_000])
     with pytest.raises(ValueError, match=re.escape("max_drift=-0.1")):
         StabilityLimits(max_drift=-0.1)
+    with pytest.raises(ValueError, match=re.escape("max_speed_ratio=0.9 must be above 1")):
+        StabilityLimits(max_speed_ratio=0.9)
 
 
 # --- the stop rule --------------------------------------------------------------------------------------
