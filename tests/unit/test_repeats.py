@@ -220,3 +220,17 @@ def test_only_the_same_artifact_under_the_same_conditions_counts_and_three_are_n
     assert out == {"history_runs": 2}  # two comparable runs: too few to judge
     assert history_metrics(_record("tonight000", 30.0, valid=False), [*same, *same]) == {}
     assert history_metrics(_record("tonight000", 30.0), [*same, _record("run2", 12.0)])["unstable"] is True
+
+
+def test_a_repeated_run_that_went_at_two_speeds_is_named_and_its_speeds_kept() -> None:
+    # Run 2 of 3 switches between 10 and 15 ms every 200 calls (2-3 s): the others keep one speed.
+    switching = np.concatenate([_run(10.0 if i % 2 == 0 else 15.0, n=200, seed=40 + i) for i in range(10)])
+    runs = [_run(12.0, seed=30), switching, _run(12.0, seed=31)]
+    each = [summarize(r) for r in runs]
+    summary = between_runs(each, np.concatenate(runs)).summary
+    metrics, _ = latency_checks(summary, np.concatenate(runs), Budgets(), list(zip(runs, each, strict=True)))
+    assert any(r.startswith("run 2 of 3: ran at two speeds") for r in metrics["unstable_reasons"])
+    assert not any(r.startswith(("run 1 of 3: ran", "run 3 of 3: ran")) for r in metrics["unstable_reasons"])
+    fast, slow = metrics["speeds_ms"]
+    assert fast == pytest.approx(10.0, rel=0.03) and slow == pytest.approx(15.0, rel=0.03)
+    assert metrics["speed_switches"] == 9
