@@ -115,6 +115,33 @@ def test_a_suite_runs_one_test_per_job_and_records_everything(
     assert all(job in html for job in JOBS)
 
 
+def test_the_parity_suite_fails_a_candidate_over_its_production_budget(
+    pytester: pytest.Pytester,
+    copy_suite: Callable[[str], Path],
+    local_lab: Path,
+    tiny_catalog: Path,
+    tiny_catalog_yaml: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    """tiny-next would replace tiny-cnn and must be 100 times faster: it is the same network, so its
+    parity tests fail with the production budget's message; tiny-cnn's pass."""
+    budgets = "production: tiny-cnn\nbudgets:\n  production_p99_ratio: 0.01\n"
+    (tiny_catalog / "tiny-next.yaml").write_text(tiny_catalog_yaml("tiny-next", budgets=budgets), encoding="utf-8")
+    copy_suite("test_parity.py")
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "--backends", "onnxruntime", "-v")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1 and outcomes.get("passed", 0) >= 1, result.stdout.str()[-3000:]
+    failed = [line for line in result.stdout.lines if " FAILED" in line and "::test_parity[" in line]
+    assert failed and all("tiny-next/" in line for line in failed), failed
+    result.stdout.fnmatch_lines(["*over budget production_p99_ratio 0.01x*"])
+    _, records = stored_results(out / "results.sqlite")
+    measured = [r for r in records if r["status"] != "skipped"]  # INT8 needs a calibration set tiny has not
+    assert {r["model"] for r in measured} == {"tiny-cnn", "tiny-next"}
+    for r in measured:
+        assert (r["model"] == "tiny-next") == bool(r["failures"].get("production")), (r["job_id"], r["failures"])
+
+
 def test_without_lab_the_suite_is_skipped_with_the_reason(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE)
     result = run_inner(pytester, "-rs")
