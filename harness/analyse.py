@@ -15,7 +15,7 @@ import numpy as np
 from .catalog import Budgets
 from .gate.budgets import check_latency
 from .measure.corruptions import ALL_CORRUPTIONS, SEVERITIES
-from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_outputs
+from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_outputs, format_limit, places_for
 from .measure.repeats import HISTORY_RUNS, history_shift, level_shifts
 from .measure.robustness import cell_from_logits, robustness_delta, robustness_report
 from .measure.stability import TwoSpeeds, assess_stability
@@ -325,29 +325,28 @@ def production_checks(
         metrics["production_p50_ratio"] = candidate_latency.p50.value_ms / production_latency.p50.value_ms
         metrics["production_p99_ratio"] = candidate_latency.p99.value_ms / production_latency.p99.value_ms
     failures: list[str] = []
-    gated: list[str] = []
     drop_budget = budgets.production_top1_drop_pp if budgets else None
     if drop_budget is not None:
-        gated.append("production_top1_drop_pp")
         if m.top1_drop_pp is None:
             failures.append(
-                f"top-1 drop vs production cannot be judged: the eval set has no labels "
-                f"(budget production_top1_drop_pp {drop_budget:g} pp)"
+                f"top-1 drop vs production cannot be judged: the eval set has no labels (budget "
+                f"production_top1_drop_pp {drop_budget:g} pp; use a labelled eval: set, or drop the budget)"
             )
         elif not m.top1_drop_pp <= drop_budget:
+            p = places_for(m.top1_drop_pp, drop_budget, 1)
             ci = ""
             if m.top1_drop_ci_pp is not None:
-                ci = f" (95% CI {m.top1_drop_ci_pp[0]:.2f}..{m.top1_drop_ci_pp[1]:.2f} pp)"
+                lo, hi = m.top1_drop_ci_pp
+                ci = f" ({m.confidence * 100:g}% CI {lo:.{p}f}..{hi:.{p}f} pp)"
             failures.append(
-                f"top-1 {m.top1_acc:.2%} is {m.top1_drop_pp:.2f} pp below production's {m.reference_top1_acc:.2%}"
-                f"{ci}, over budget production_top1_drop_pp {drop_budget:g} pp"
+                f"top-1 {m.top1_acc:.2%} is {m.top1_drop_pp:.{p}f} pp below production's "
+                f"{m.reference_top1_acc:.2%}{ci}, over budget production_top1_drop_pp {format_limit(drop_budget, 1)} pp"
             )
     ratio_budget = budgets.production_p99_ratio if budgets else None
     if ratio_budget is not None:
-        gated.append("production_p99_ratio")
         failures.extend(_p99_ratio_failure(candidate_latency, production_latency, ratio_budget))
-    if gated:
-        metrics["production_gated"] = gated
+    if budgets is not None and budgets.production_gated:
+        metrics["production_gated"] = list(budgets.production_gated)
     return metrics, tuple(failures)
 
 
@@ -364,8 +363,9 @@ def _p99_ratio_failure(
     c, p = candidate.p99, production.p99
     assert c.ci_low_ms is not None and p.ci_high_ms is not None
     if c.ci_low_ms > budget * p.ci_high_ms:
+        ratio = c.value_ms / p.value_ms
         return (
-            f"P99 {c.value_ms:.3f} ms (95% CI from {c.ci_low_ms:.3f}) is {c.value_ms / p.value_ms:.2f}x production's "
-            f"{p.value_ms:.3f} ms (CI to {p.ci_high_ms:.3f}), over {label}",
+            f"P99 {c.value_ms:.3f} ms (95% CI from {c.ci_low_ms:.3f}) is {ratio:.{places_for(ratio, budget, 2)}f}x "
+            f"production's {p.value_ms:.3f} ms (CI to {p.ci_high_ms:.3f}), over {label}",
         )
     return ()

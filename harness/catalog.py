@@ -149,6 +149,12 @@ class Budgets(Strict):
         default=None, gt=0, description="max candidate P99 as a multiple of the production model's P99"
     )
 
+    @property
+    def production_gated(self) -> tuple[str, ...]:
+        """The budgets set against the production model, by name (empty: the comparison is not gated)."""
+        names = ("production_top1_drop_pp", "production_p99_ratio")
+        return tuple(name for name in names if getattr(self, name) is not None)
+
 
 class ModelEntry(Strict):
     schema_version: Literal[1] = 1
@@ -190,17 +196,17 @@ class ModelEntry(Strict):
 
     @model_validator(mode="after")
     def _production_budgets_need_production(self) -> ModelEntry:
-        for key in ("production_top1_drop_pp", "production_p99_ratio"):
-            if getattr(self.budgets, key) is not None and not self.production:
-                raise PydanticCustomError(
-                    "production_budget_alone",
-                    "budgets.{key} compares with the production model, but production: names none",
-                    {
-                        "key": key,
-                        "at": ("budgets", key),
-                        "fix": "name the model this one would replace (production: <name>), or drop the budget",
-                    },
-                )
+        if self.budgets.production_gated and not self.production:
+            key = self.budgets.production_gated[0]
+            raise PydanticCustomError(
+                "production_budget_alone",
+                "set to {value}, but production: names no model to compare with",
+                {
+                    "value": getattr(self.budgets, key),
+                    "at": ("budgets", key),
+                    "fix": "name the model this one would replace (production: <name>), or drop the budget",
+                },
+            )
         return self
 
     def onnx_path(self) -> Path:

@@ -828,10 +828,8 @@ class Pipeline:
         prod_result = self.result_for(prod_job)
         prod_outputs = self._outputs.get((prod_job.id, "latency"))
         if prod_outputs is None or prod_result.latency is None:
-            budgets = job.model.budgets
-            gated = budgets.production_top1_drop_pp is not None or budgets.production_p99_ratio is not None
-            ended = f"its job ended {prod_result.status} ({prod_result.message})"
-            unjudged: tuple[str, ...] = (f"cannot be compared with production {name}: {ended}",) if gated else ()
+            ended = f"cannot be compared with production {name}: its job ended {prod_result.status}"
+            unjudged = (f"{ended} ({prod_result.message})",) if job.model.budgets.production_gated else ()
             return {"production_model": name, "production_status": prod_result.status}, unjudged
         if prod_outputs["clean"].shape != clean.shape or production.eval != job.model.eval:
             raise ConfigError(

@@ -307,14 +307,14 @@ class ParityBudget:
             )
 
 
-def _fmt_limit(limit: float, places: int) -> str:
+def format_limit(limit: float, places: int) -> str:
     text = f"{limit:.{places}f}"
     return text if float(text) == limit else f"{limit:g}"
 
 
-def _places(value: float, limit: float, places: int) -> int:
+def places_for(value: float, limit: float, places: int) -> int:
     """Enough decimals that a value just over its limit does not print as equal to it."""
-    while places < 6 and math.isfinite(value) and f"{value:.{places}f}" == _fmt_limit(limit, places):
+    while places < 6 and math.isfinite(value) and f"{value:.{places}f}" == format_limit(limit, places):
         places += 1
     return places
 
@@ -329,27 +329,27 @@ def check_parity(m: ParityMetrics, budget: ParityBudget) -> tuple[str, ...]:
     breaches: list[str] = []
     drop = m.top1_drop_pp
     if drop is not None and not drop <= budget.max_top1_drop_pp:
-        p = _places(drop, budget.max_top1_drop_pp, 1)
+        p = places_for(drop, budget.max_top1_drop_pp, 1)
         ci = ""
         if m.top1_drop_ci_pp is not None:
             lo, hi = m.top1_drop_ci_pp
             ci = f" ({m.confidence * 100:g}% CI {lo:.{p}f}..{hi:.{p}f} pp)"
         breaches.append(
-            f"top-1 drop {drop:.{p}f} pp{ci} exceeds budget {_fmt_limit(budget.max_top1_drop_pp, 1)} pp"
+            f"top-1 drop {drop:.{p}f} pp{ci} exceeds budget {format_limit(budget.max_top1_drop_pp, 1)} pp"
         )
     agree = m.top1_agreement
     if not agree >= budget.min_top1_agreement:
-        p = _places(agree * 100, budget.min_top1_agreement * 100, 2)
+        p = places_for(agree * 100, budget.min_top1_agreement * 100, 2)
         disagree = round((1.0 - agree) * m.n)
         breaches.append(
             f"top-1 agreement {agree * 100:.{p}f}% ({disagree} of {m.n} samples disagree) is below "
-            f"budget {_fmt_limit(budget.min_top1_agreement * 100, 2)}%"
+            f"budget {format_limit(budget.min_top1_agreement * 100, 2)}%"
         )
     psnr = m.psnr_db
     if not psnr >= budget.min_psnr_db:
-        p = _places(psnr, budget.min_psnr_db, 1)
+        p = places_for(psnr, budget.min_psnr_db, 1)
         why = "" if math.isfinite(m.max_abs_err) else " (candidate outputs contain non-finite values)"
         breaches.append(
-            f"logit PSNR {psnr:.{p}f} dB{why} is below budget {_fmt_limit(budget.min_psnr_db, 1)} dB"
+            f"logit PSNR {psnr:.{p}f} dB{why} is below budget {format_limit(budget.min_psnr_db, 1)} dB"
         )
     return tuple(breaches)

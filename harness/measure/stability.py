@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.agent.dependence import effective_sizes
+from harness.measure.repeats import LEVEL_SHIFT
 from harness.measure.stats import as_samples_ns, dependent_interval
 
 __all__ = [
@@ -43,19 +44,20 @@ class StabilityLimits:
     max_cv: float = 0.15
     max_drift: float = 0.05
     max_outlier_share: float = 0.02
-    # Two speeds: window medians this many times apart (the history check's LEVEL_SHIFT is the same 1.25).
-    max_speed_ratio: float = 1.25
+    # Two speeds: window medians this many times apart or more, as for a level shift between runs.
+    max_speed_ratio: float = LEVEL_SHIFT
 
     def __post_init__(self) -> None:
-        for name in ("max_cv", "max_drift", "max_outlier_share", "max_speed_ratio"):
+        for name in ("max_cv", "max_drift", "max_outlier_share"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(
                     f"StabilityLimits.{name}={value!r} must be a non-negative fraction, e.g. 0.05"
                 )
-        if not self.max_speed_ratio > 1:
+        if not (math.isfinite(self.max_speed_ratio) and self.max_speed_ratio > 1):
             raise ValueError(
-                f"StabilityLimits.max_speed_ratio={self.max_speed_ratio!r} must be above 1 (slow over fast), e.g. 1.25"
+                f"StabilityLimits.max_speed_ratio={self.max_speed_ratio!r} must be a finite ratio above 1 "
+                "(slow over fast), e.g. 1.25"
             )
 
 
@@ -120,7 +122,7 @@ def window_medians(arr: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 def two_speeds(
     samples_ns: Sequence[int] | npt.NDArray[np.generic], max_ratio: float = StabilityLimits.max_speed_ratio
 ) -> TwoSpeeds | None:
-    """The run's two speeds, when its window medians split into two groups over ``max_ratio`` apart.
+    """The run's two speeds, when its window medians split into two groups ``max_ratio`` apart or more.
 
     On the reference VM a 2-thread model sometimes runs 1.45x slower for seconds at a time and then
     fast again, while a single thread keeps its speed: most likely the host runs the two virtual
@@ -142,9 +144,9 @@ def two_speeds(
     total, squares = np.cumsum(order), np.cumsum(order**2)
     left = squares[:-1] - total[:-1] ** 2 / k
     right = (squares[-1] - squares[:-1]) - (total[-1] - total[:-1]) ** 2 / (n - k)
-    split = int(np.argmin(left + right)) + 1  # the fast group is order[:split]
-    if not least <= split <= n - least:
-        return None
+    # The best split among those that leave each group its least share (cost index i splits at i + 1),
+    # so a few far-out windows (a stall) cannot take the split for themselves.
+    split = int(np.argmin((left + right)[least - 1 : n - least])) + least  # the fast group is order[:split]
     fast, slow = float(np.median(order[:split])), float(np.median(order[split:]))
     if slow < max_ratio * fast:
         return None

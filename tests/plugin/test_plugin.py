@@ -117,7 +117,7 @@ def test_a_suite_runs_one_test_per_job_and_records_everything(
 
 def test_the_parity_suite_fails_a_candidate_over_its_production_budget(
     pytester: pytest.Pytester,
-    copy_suite: Callable[[str], Path],
+    copy_suite: Callable[..., Path],
     local_lab: Path,
     tiny_catalog: Path,
     tiny_catalog_yaml: Callable[..., str],
@@ -127,12 +127,12 @@ def test_the_parity_suite_fails_a_candidate_over_its_production_budget(
     parity tests fail with the production budget's message; tiny-cnn's pass."""
     budgets = "production: tiny-cnn\nbudgets:\n  production_p99_ratio: 0.01\n"
     (tiny_catalog / "tiny-next.yaml").write_text(tiny_catalog_yaml("tiny-next", budgets=budgets), encoding="utf-8")
-    copy_suite("test_parity.py")
+    copy_suite("test_parity.py", as_name="test_parity_suite.py")
     out = tmp_path / "out"
     result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "--backends", "onnxruntime", "-v")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) >= 1 and outcomes.get("passed", 0) >= 1, result.stdout.str()[-3000:]
-    failed = [line for line in result.stdout.lines if " FAILED" in line and "::test_parity[" in line]
+    failed = [line for line in result.stdout.lines if " FAILED" in line and "_suite.py::test_parity[" in line]
     assert failed and all("tiny-next/" in line for line in failed), failed
     result.stdout.fnmatch_lines(["*over budget production_p99_ratio 0.01x*"])
     _, records = stored_results(out / "results.sqlite")

@@ -206,6 +206,6 @@ def test_a_production_budget_without_a_production_model_is_refused_at_its_line(
     error = catalog_error(tiny_catalog)
     assert error.one_line() == (
         f"{entry}:{line_number(entry, 'production_p99_ratio')}: budgets.production_p99_ratio: "
-        "budgets.production_p99_ratio compares with the production model, but production: names none; "
+        "set to 1.1, but production: names no model to compare with; "
         "fix: name the model this one would replace (production: <name>), or drop the budget"
     )

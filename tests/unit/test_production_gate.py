@@ -41,8 +41,8 @@ def test_a_candidate_further_below_production_than_its_budget_fails_naming_both_
     budgets = Budgets(production_top1_drop_pp=2.0)
     metrics, failures = production_checks(WORSE, PRODUCTION, LABELS, None, None, budgets)
     (message,) = failures
-    assert message.startswith("top-1 85.00% is 10.00 pp below production's 95.00% (95% CI ")
-    assert message.endswith("over budget production_top1_drop_pp 2 pp")
+    assert message.startswith("top-1 85.00% is 10.0 pp below production's 95.00% (95% CI ")
+    assert message.endswith("pp), over budget production_top1_drop_pp 2.0 pp")
     assert metrics["production_gated"] == ["production_top1_drop_pp"]
     # Within the budget: gated, and passing.
     close = _logits(range(25))  # 93.75%: 1.25 pp below
@@ -54,7 +54,8 @@ def test_an_accuracy_budget_on_an_unlabelled_eval_set_cannot_pass() -> None:
     budgets = Budgets(production_top1_drop_pp=1.0)
     _, failures = production_checks(WORSE, PRODUCTION, None, None, None, budgets)
     assert failures == (
-        "top-1 drop vs production cannot be judged: the eval set has no labels (budget production_top1_drop_pp 1 pp)",
+        "top-1 drop vs production cannot be judged: the eval set has no labels (budget "
+        "production_top1_drop_pp 1 pp; use a labelled eval: set, or drop the budget)",
     )
 
 
@@ -64,6 +65,10 @@ def test_a_p99_over_the_allowed_multiple_of_production_fails_only_when_the_inter
     _, failures = production_checks(PRODUCTION, PRODUCTION, LABELS, candidate, production, strict)
     (message,) = failures
     assert "1.10x production's" in message and message.endswith("over budget production_p99_ratio 1x")
+    # A ratio that would print as the budget gets the decimals to tell them apart.
+    nearly, reference = _latency(10.04, n=200_000, seed=6), _latency(10.0, n=200_000, seed=5)
+    (close,) = production_checks(PRODUCTION, PRODUCTION, LABELS, nearly, reference, strict)[1]
+    assert " is 1.004x production's" in close, close
     # 1.1x against an allowance of 1.25x passes; so does 1.0x against 1.0x, however the noise fell.
     allowed = Budgets(production_p99_ratio=1.25)
     assert production_checks(PRODUCTION, PRODUCTION, LABELS, candidate, production, allowed)[1] == ()

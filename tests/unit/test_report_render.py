@@ -329,8 +329,9 @@ SHADOW_LABELS = np.random.default_rng(7).integers(0, 10, 400)
 
 def shadow_pair(
     result: Callable[..., JobResult], budgets: Budgets | None = None
-) -> tuple[JobResult, JobResult, dict[str, Any]]:
-    """A production model at 10 ms and a candidate at 8 ms, and the shadow comparison of their outputs.
+) -> tuple[JobResult, JobResult, dict[str, Any], tuple[str, ...]]:
+    """A production model at 10 ms and a candidate at 8 ms, the shadow comparison of their outputs and
+    its failures under ``budgets``.
 
     Production is wrong on inputs 0-39, the candidate on 30-57: both wrong (alike) on 30-39.
     """
@@ -340,14 +341,14 @@ def shadow_pair(
     candidate = result("mnv2-next/onnxruntime-fp32-t2/nuc", timed(8.0, seed=1))
     assert production.latency is not None and candidate.latency is not None
     shadow, failures = production_checks(new, old, labels, candidate.latency, production.latency, budgets)
-    assert failures == ()
-    return production, candidate, shadow
+    return production, candidate, shadow, failures
 
 
 def test_a_candidate_is_shown_against_the_production_model_it_would_replace(
     result: Callable[..., JobResult], render: Render
 ) -> None:
-    production, candidate, shadow = shadow_pair(result)
+    production, candidate, shadow, failures = shadow_pair(result)
+    assert failures == ()
     # As the pipeline records it (Pipeline._production): the parity fields, then the shadow comparison.
     new = predictions(SHADOW_LABELS, range(30, 58))
     parity, _ = parity_checks(new, new, None, SHADOW_LABELS, Budgets())
@@ -366,7 +367,8 @@ def test_a_candidate_is_shown_against_the_production_model_it_would_replace(
     p50, p99, ratio = (shadow[f"production_{k}"] for k in ("p50_delta_ms", "p99_delta_ms", "p50_ratio"))
     assert abs(ratio - 0.8) < 0.01 and p50 < 0
     assert row["P50 delta ms"] == f"{p50:+.3f} {ratio:.2f}x production's"
-    assert row["P99 delta ms"] == f"{p99:+.3f}"
+    p99_ratio = shadow["production_p99_ratio"]
+    assert row["P99 delta ms"] == f"{p99:+.3f} {p99_ratio:.2f}x production's"
     assert row["production check"] == "not gated"
 
 
@@ -393,11 +395,28 @@ def test_a_candidate_within_its_production_budgets_passes(
     result: Callable[..., JobResult], render: Render
 ) -> None:
     # 3 pp more accurate and 0.8x the P99: within both budgets.
-    production, gated, shadow = shadow_pair(result, Budgets(production_top1_drop_pp=0.5, production_p99_ratio=1.0))
+    production, gated, shadow, failures = shadow_pair(
+        result, Budgets(production_top1_drop_pp=0.5, production_p99_ratio=1.0)
+    )
+    assert failures == ()
     assert shadow["production_gated"] == ["production_top1_drop_pp", "production_p99_ratio"]
     gated = replace(gated, metrics={**gated.metrics, "production_model": "mnv2", **shadow})
     (row,) = render(production, gated)["production"]
     assert row["production check"] == "passes"
+
+
+def test_a_candidate_over_its_production_budget_fails_with_the_checks_message(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    # Asked to be twice as fast as production, a candidate at 0.8x fails.
+    production, failing, shadow, failures = shadow_pair(result, Budgets(production_p99_ratio=0.5))
+    (message,) = failures
+    failing = replace(
+        failing, metrics={**failing.metrics, "production_model": "mnv2", **shadow}, failures={"production": failures}
+    )
+    (row,) = render(production, failing)["production"]
+    assert row["production check"] == f"fails {message}"
+    assert message.endswith("over budget production_p99_ratio 0.5x")
 
 
 def test_a_run_without_a_production_model_has_no_production_section(
