@@ -230,10 +230,21 @@ def test_samples_precise_enough_when_the_cap_is_reached_are_reported_as_converge
         while time.perf_counter() < until:
             pass
 
-    samples, reason, elapsed = timed_loop(call, stop)
-    assert (reason, len(samples)) == ("converged", 400) and elapsed >= 0.05
     rule = StopRule((0.5,), 0.5, min_iterations=400, min_duration_s=0.0, max_duration_s=0.05)
-    assert stop_decision(np.asarray(samples), elapsed, rule) == "converged"
+    # Under the suite's parallel load a busy wait is preempted at times, and a loop whose preempted
+    # calls come in bursts is rightly not precise enough: the runner must then say time_cap, as the host
+    # does. So each loop's reason is checked against the host's verdict on its own samples, and the
+    # loop is repeated (up to five times) until one is precise enough at the cap.
+    verdicts = []
+    for _ in range(5):
+        samples, reason, elapsed = timed_loop(call, stop)
+        assert len(samples) == 400 and elapsed >= 0.05
+        host = stop_decision(np.asarray(samples), elapsed, rule)
+        verdicts.append((reason, host))
+        if host == "converged":
+            break
+    assert all(reason == host for reason, host in verdicts), verdicts
+    assert verdicts[-1] == ("converged", "converged"), verdicts
 
 
 @pytest.mark.parametrize(
