@@ -15,7 +15,15 @@ import numpy as np
 from .catalog import Budgets
 from .gate.budgets import check_latency
 from .measure.corruptions import ALL_CORRUPTIONS, SEVERITIES
-from .measure.parity import ParityBudget, ParityMetrics, check_parity, compare_outputs, format_limit, places_for
+from .measure.parity import (
+    ParityBudget,
+    ParityMetrics,
+    check_parity,
+    compare_outputs,
+    drop_text,
+    format_limit,
+    places_for,
+)
 from .measure.repeats import HISTORY_RUNS, history_shift, level_shifts
 from .measure.robustness import cell_from_logits, robustness_delta, robustness_report
 from .measure.stability import TwoSpeeds, assess_stability
@@ -66,7 +74,7 @@ def repeated_stability(runs: Sequence[tuple[np.ndarray, LatencySummary]]) -> Met
     split = [m for m in measured if "speeds_ms" in m]
     if split:
         widest = max(split, key=lambda m: m["speeds_ms"][1] / m["speeds_ms"][0])
-        metrics.update({k: widest[k] for k in ("speeds_ms", "slow_speed_share", "speed_switches")})
+        metrics.update({k: widest[k] for k in SPEED_FIELDS})
     return metrics
 
 
@@ -92,13 +100,12 @@ def stability_metrics(samples_ns: np.ndarray, summary: LatencySummary) -> Metric
     return metrics
 
 
+SPEED_FIELDS = ("speeds_ms", "slow_speed_share", "speed_switches")
+
+
 def speed_metrics(speeds: TwoSpeeds) -> Metrics:
-    """A two-speed run's fields: both speeds in ms, the slow share of its windows, and its switches."""
-    return {
-        "speeds_ms": [speeds.fast_ms, speeds.slow_ms],
-        "slow_speed_share": speeds.slow_share,
-        "speed_switches": speeds.switches,
-    }
+    """A two-speed run's SPEED_FIELDS: both speeds in ms, the slow share of its windows, its switches."""
+    return dict(zip(SPEED_FIELDS, ([speeds.fast_ms, speeds.slow_ms], speeds.slow_share, speeds.switches), strict=True))
 
 
 def oversubscription(threads: int | None, options: Mapping[str, Any], cpu_affinity: Any) -> str | None:
@@ -333,14 +340,10 @@ def production_checks(
                 f"production_top1_drop_pp {drop_budget:g} pp; use a labelled eval: set, or drop the budget)"
             )
         elif not m.top1_drop_pp <= drop_budget:
-            p = places_for(m.top1_drop_pp, drop_budget, 1)
-            ci = ""
-            if m.top1_drop_ci_pp is not None:
-                lo, hi = m.top1_drop_ci_pp
-                ci = f" ({m.confidence * 100:g}% CI {lo:.{p}f}..{hi:.{p}f} pp)"
+            value, ci = drop_text(m, drop_budget)
             failures.append(
-                f"top-1 {m.top1_acc:.2%} is {m.top1_drop_pp:.{p}f} pp below production's "
-                f"{m.reference_top1_acc:.2%}{ci}, over budget production_top1_drop_pp {format_limit(drop_budget, 1)} pp"
+                f"top-1 {m.top1_acc:.2%} is {value} below production's {m.reference_top1_acc:.2%}{ci}, "
+                f"over budget production_top1_drop_pp {format_limit(drop_budget, 1)} pp"
             )
     ratio_budget = budgets.production_p99_ratio if budgets else None
     if ratio_budget is not None:

@@ -319,6 +319,18 @@ def places_for(value: float, limit: float, places: int) -> int:
     return places
 
 
+def drop_text(m: ParityMetrics, limit: float) -> tuple[str, str]:
+    """The top-1 drop for a message against ``limit``, with enough decimals not to print as the limit,
+    and its paired interval (" (95% CI lo..hi pp)", empty without one)."""
+    assert m.top1_drop_pp is not None
+    p = places_for(m.top1_drop_pp, limit, 1)
+    ci = ""
+    if m.top1_drop_ci_pp is not None:
+        lo, hi = m.top1_drop_ci_pp
+        ci = f" ({m.confidence * 100:g}% CI {lo:.{p}f}..{hi:.{p}f} pp)"
+    return f"{m.top1_drop_pp:.{p}f} pp", ci
+
+
 def check_parity(m: ParityMetrics, budget: ParityBudget) -> tuple[str, ...]:
     """One message per budget breach, naming the metric, its value, its interval and the budget.
 
@@ -329,14 +341,8 @@ def check_parity(m: ParityMetrics, budget: ParityBudget) -> tuple[str, ...]:
     breaches: list[str] = []
     drop = m.top1_drop_pp
     if drop is not None and not drop <= budget.max_top1_drop_pp:
-        p = places_for(drop, budget.max_top1_drop_pp, 1)
-        ci = ""
-        if m.top1_drop_ci_pp is not None:
-            lo, hi = m.top1_drop_ci_pp
-            ci = f" ({m.confidence * 100:g}% CI {lo:.{p}f}..{hi:.{p}f} pp)"
-        breaches.append(
-            f"top-1 drop {drop:.{p}f} pp{ci} exceeds budget {format_limit(budget.max_top1_drop_pp, 1)} pp"
-        )
+        value, ci = drop_text(m, budget.max_top1_drop_pp)
+        breaches.append(f"top-1 drop {value}{ci} exceeds budget {format_limit(budget.max_top1_drop_pp, 1)} pp")
     agree = m.top1_agreement
     if not agree >= budget.min_top1_agreement:
         p = places_for(agree * 100, budget.min_top1_agreement * 100, 2)

@@ -120,7 +120,7 @@ def window_medians(arr: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def two_speeds(
-    samples_ns: Sequence[int] | npt.NDArray[np.generic], max_ratio: float = StabilityLimits.max_speed_ratio
+    samples_ns: Sequence[int] | npt.NDArray[np.generic], max_ratio: float = LEVEL_SHIFT
 ) -> TwoSpeeds | None:
     """The run's two speeds, when its window medians split into two groups ``max_ratio`` apart or more.
 
