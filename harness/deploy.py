@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +104,20 @@ class DeployStats:
 class DeviceCache:
     """The sha256-named file cache under one root directory on one device."""
 
-    def __init__(self, transport: Transport, python: str, root: str, *, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        python: str,
+        root: str,
+        *,
+        timeout_s: float = 120.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.transport = transport
         self.python = python
         self.root = root
         self.timeout_s = timeout_s
+        self.env = dict(env or {})  # the device's env:, so its Python runs as it does for the runner
         self._verified: set[str] = set()
         self.stats = DeployStats()
 
@@ -120,6 +129,11 @@ class DeviceCache:
             [self.python, "-c", _CACHE_SCRIPT],
             timeout_s=self.timeout_s,
             stdin=json.dumps({"root": self.root, **request}).encode(),
+            env=self.env,
+            timeout_fix=(
+                f"the device cache's {self.timeout_s:g} s limit is fixed: look for a slow or failing disk "
+                f"under {self.root}, or a device Python that hangs at start-up"
+            ),
         )
         if result.exit_code != 0:
             tail = " | ".join(result.stderr_text.strip().splitlines()[-2:])
@@ -128,7 +142,19 @@ class DeviceCache:
                 device=self.transport.device,
                 fix="check the device's Python path and that the cache directory is writable",
             )
-        reply: dict[str, object] = json.loads(result.stdout)
+        # The script's reply is its last line: a login shell or a wrapper may print before it.
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        try:
+            reply = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            shown = result.stdout[:200].decode("utf-8", errors="replace")
+            raise TransportError(
+                f"device cache reply is not JSON: {shown!r}",
+                device=self.transport.device,
+                fix="make the login shell print nothing for non-interactive sessions (its rc files, BASH_ENV)",
+            )
         return reply
 
     def ensure(self, items: Sequence[Deployable]) -> dict[str, str]:

@@ -187,10 +187,17 @@ def _check_connected(
 ) -> HealthRecord:
     device = check.device
     python = device.python_path
+    # Not job_timeout_s: the health check's commands have this fixed limit.
+    limit = (
+        f"the health check's probes have a fixed {PROBE_TIMEOUT_S:g} s limit: look for a device Python or runtime "
+        "that hangs on import, or a slow disk"
+    )
     home = transport.home()
     root = home + device.cache_dir[1:] if device.cache_dir.startswith("~") else device.cache_dir
 
-    basics_reply = transport.run([python, "-c", _BASICS, root], timeout_s=PROBE_TIMEOUT_S, env=device.env)
+    basics_reply = transport.run(
+        [python, "-c", _BASICS, root], timeout_s=PROBE_TIMEOUT_S, env=device.env, timeout_fix=limit
+    )
     basics = _json_line(basics_reply.stdout) if basics_reply.exit_code == 0 else None
     if basics is None:
         return check.offline(
@@ -210,12 +217,12 @@ def _check_connected(
         )
 
     bundle, sha = agent_bundle or build_agent_bundle()
-    cache = DeviceCache(transport, python, root + "/files", timeout_s=PROBE_TIMEOUT_S)
+    cache = DeviceCache(transport, python, root + "/files", timeout_s=PROBE_TIMEOUT_S, env=device.env)
     agent = cache.ensure([Deployable(bundle, sha, "pyz")])[sha]
     # The profile's readers, so a Jetson's tegrastats or a Mac's powermetrics temperatures count too.
     readers = [r.spec() for r in load_platform(device.platform).telemetry.readers()]
     probe_argv = [python, agent, "probe", "--readers", json.dumps(readers, separators=(",", ":"))]
-    probe_reply = transport.run(probe_argv, timeout_s=PROBE_TIMEOUT_S, env=device.env)
+    probe_reply = transport.run(probe_argv, timeout_s=PROBE_TIMEOUT_S, env=device.env, timeout_fix=limit)
     probe = _json_line(probe_reply.stdout) if probe_reply.exit_code == 0 else None
     if probe is None:
         return check.offline(

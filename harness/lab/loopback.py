@@ -18,6 +18,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -313,6 +314,30 @@ def _write_config(server: LoopbackServer, authorized_keys: Path, user: str) -> N
     server.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+# sshd's words for a failed start; with -E its lines carry no "fatal:" or "error:" prefix.
+_FAILED = re.compile(r"fatal|error|bind to|cannot|couldn't|unable|failed|bad configuration|terminating", re.IGNORECASE)
+
+
+def _log_since(server: LoopbackServer, offset: int) -> list[str]:
+    """The non-empty lines sshd added to its log after ``offset``."""
+    try:
+        with server.log_file.open(encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            return [line.strip() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def _listeners(server: LoopbackServer) -> list[int]:
+    """The sshd processes started with this server's config: its listener, pid file or not."""
+    pids = (int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit())
+    return [p for p in pids if _comm(p) == "sshd" and f"-f {server.config} " in _cmdline(p) + " "]
+
+
+def _quoted(lines: Sequence[str]) -> str:
+    return " | ".join(lines[-3:]) if lines else "it logged nothing"
+
+
 def start_server(server: LoopbackServer) -> int:
     """Start (or restart) one server on its port; return the listener's PID once it accepts connections."""
     if not SSHD.is_file():
@@ -331,30 +356,32 @@ def start_server(server: LoopbackServer) -> int:
         check=False,
     )
     if proc.returncode != 0:
+        # -E sends even a config error to the log; stderr is empty then.
+        said = _log_since(server, log_start) or proc.stderr.strip().splitlines()
         raise LoopbackError(
-            f"sshd for {server.name} did not start (exit {proc.returncode}): {proc.stderr.strip()}",
-            fix=f"see {server.config}",
+            f"sshd for {server.name} did not start (exit {proc.returncode}): {_quoted(said)}",
+            fix=f"see {server.log_file} (its config: {server.config})",
         )
+    # sshd forked its listener and returned; that one binds the port, writes the pid file, or logs why not
+    # and exits.
     deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while True:
         pid = server.pid()
         if pid is not None:
             return pid
-        with contextlib.suppress(OSError):
-            with server.log_file.open(encoding="utf-8", errors="replace") as f:
-                f.seek(log_start)
-                fatal = [
-                    line for line in f.read().splitlines() if "fatal" in line.lower() or "Bind to" in line
-                ]
-            if fatal:
-                raise LoopbackError(
-                    f"sshd for {server.name} failed: {fatal[-1].strip()}", fix=f"see {server.log_file}"
-                )
+        said = _log_since(server, log_start)
+        failed = [line for line in said if _FAILED.search(line)]
+        listeners = _listeners(server)
+        if failed or not listeners or time.monotonic() > deadline:
+            _signal(listeners, signal.SIGKILL)  # a half-started server is not left behind
+            if failed:
+                what = f"failed: {_quoted(failed)}"
+            elif not listeners:
+                what = f"exited as it started: {_quoted(said)}"
+            else:
+                what = f"wrote no pid file within {_START_TIMEOUT_S:g} s: {_quoted(said)}"
+            raise LoopbackError(f"sshd for {server.name} {what}", fix=f"see {server.log_file}")
         time.sleep(0.02)
-    raise LoopbackError(
-        f"sshd for {server.name} wrote no pid file within {_START_TIMEOUT_S:g} s",
-        fix=f"see {server.log_file}",
-    )
 
 
 def stop_server(server: LoopbackServer) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import CommandTimeout, TransportError
-from .protocol import CommandResult
+from .protocol import JOB_TIMEOUT_FIX, CommandResult
 
 
 def _start_fix(program: str) -> str:
@@ -46,6 +46,7 @@ class LocalTransport:
         timeout_s: float,
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
+        timeout_fix: str | None = None,
     ) -> CommandResult:
         full_env = dict(os.environ)
         if env:
@@ -70,9 +71,9 @@ class LocalTransport:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise CommandTimeout(
-                f"{argv[0]} exceeded its {timeout_s:.0f} s timeout and was killed",
+                f"{argv[0]} exceeded its {timeout_s:g} s timeout and was killed",
                 device=self.device,
-                fix="raise the job timeout in the inventory, or look for a hung runtime",
+                fix=timeout_fix or JOB_TIMEOUT_FIX,
             ) from None
         except BaseException:
             # Ctrl-C or any other interruption: leave nothing running behind us.

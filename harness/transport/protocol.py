@@ -27,6 +27,12 @@ class CommandResult:
         return self.stderr.decode("utf-8", errors="replace")
 
 
+# What a CommandTimeout tells the user when the caller does not say otherwise: the runner's timeout is the
+# device's job_timeout_s. A caller with a fixed limit of its own (a probe, the cache script) passes
+# ``timeout_fix`` to say what governs it instead.
+JOB_TIMEOUT_FIX = "raise job_timeout_s in the inventory, or look for a hung runtime on the device"
+
+
 class Transport(Protocol):
     """A connection to one device."""
 
@@ -39,8 +45,10 @@ class Transport(Protocol):
         timeout_s: float,
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
+        timeout_fix: str | None = None,
     ) -> CommandResult:
-        """Run argv on the device; kill its whole process group at the timeout (raise CommandTimeout)."""
+        """Run argv on the device; kill its whole process group at the timeout (raise CommandTimeout, whose
+        fix is ``timeout_fix``, by default JOB_TIMEOUT_FIX)."""
         ...
 
     def put(self, local: Path, remote: str) -> int:

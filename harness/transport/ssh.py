@@ -43,7 +43,7 @@ import paramiko
 
 from ..errors import CommandTimeout, DeviceOffline, DeviceRefused, TransportError
 from ..lab.inventory import Device
-from .protocol import CommandResult
+from .protocol import JOB_TIMEOUT_FIX, CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Endpoint:
     hostname: str
     port: int
     user: str
-    identities: tuple[str, ...]
+    identities: tuple[str, ...]  # key files to offer (each exists, or connecting says it does not)
     known_hosts: Path  # the file a fix adds keys to: the first UserKnownHostsFile
     connect_timeout_s: float
     keepalive_s: float
@@ -103,6 +103,12 @@ class Endpoint:
     jump: Endpoint | None = None
     ssh_config: str | None = None  # the config file the route was read from, when not ~/.ssh/config
     also_known: tuple[Path, ...] = ()  # further files keys are trusted from: more UserKnownHostsFile, the global ones
+    skipped_identities: tuple[str, ...] = ()  # the ssh config's IdentityFile entries not on this machine
+
+    @property
+    def look_for_keys(self) -> bool:
+        """Whether to try the default keys in ~/.ssh: as OpenSSH, only when no IdentityFile was named at all."""
+        return not (self.identities or self.skipped_identities)
 
     @property
     def known_files(self) -> tuple[Path, ...]:
@@ -213,7 +219,17 @@ def _resolve_host(
             fix="check the ProxyJump lines of your ssh config",
         )
     entry = config.lookup(alias)
-    identities = (identity,) if identity else tuple(str(p) for p in entry.get("identityfile", []))
+    skipped: tuple[str, ...] = ()
+    if identity:
+        identities: tuple[str, ...] = (identity,)  # the inventory's own: connecting fails if it is missing
+    else:
+        # paramiko gathers IdentityFile from every matching block, Host * included; OpenSSH passes over the
+        # ones that do not exist (a key of another machine's), and so do we.
+        named = tuple(dict.fromkeys(str(Path(str(p)).expanduser()) for p in entry.get("identityfile", [])))
+        identities = tuple(p for p in named if Path(p).is_file())
+        skipped = tuple(p for p in named if p not in identities)
+        for missing in skipped:
+            log.debug("device %s: no such IdentityFile %s (from the ssh config), skipped", device.name, missing)
     if device.identity and not identities and depth > 0:
         identities = (device.identity,)  # a jump host with no key of its own: try the device's key
     # OpenSSH trusts every UserKnownHostsFile and GlobalKnownHostsFile (a managed lab often ships its keys in
@@ -257,6 +273,7 @@ def _resolve_host(
         jump=jump,
         ssh_config=device.ssh_config,
         also_known=also_known,
+        skipped_identities=skipped,
     )
 
 
@@ -405,7 +422,7 @@ def _connect_one(ep: Endpoint, device: str, sock: socket.socket | paramiko.Chann
             # paramiko takes a list of key files here; its stubs say one
             key_filename=list(ep.identities) or None,  # type: ignore[arg-type]
             allow_agent=ep.use_agent,
-            look_for_keys=not ep.identities,
+            look_for_keys=ep.look_for_keys,
             timeout=timeout,
             banner_timeout=timeout,
             auth_timeout=timeout,
@@ -459,11 +476,24 @@ def _connect_error(ep: Endpoint, device: str, exc: BaseException) -> BaseExcepti
             f"if the device was reinstalled, confirm the new fingerprint with its owner, then run: {fix}",
             HostKeyRejected,
         )
-    if isinstance(exc, paramiko.AuthenticationException):
-        tried = ", ".join(ep.identities) if ep.identities else "the default keys in ~/.ssh"
+    # paramiko's words when it had no key to offer at all (no key file, no agent)
+    no_keys = isinstance(exc, paramiko.SSHException) and "no authentication methods available" in str(exc).lower()
+    if isinstance(exc, paramiko.AuthenticationException) or no_keys:
         agent = " and the SSH agent" if ep.use_agent else ""
-        key = ep.identities[0] if ep.identities else "~/.ssh/id_ed25519"
         port = f"-p {ep.port} " if ep.port != 22 else ""
+        if not ep.identities and ep.skipped_identities:
+            missing = ", ".join(ep.skipped_identities)
+            config = ep.ssh_config or "~/.ssh/config"
+            return _offline(
+                ep,
+                device,
+                f"authentication failed for user {ep.user!r}: every IdentityFile the ssh config names is missing "
+                f"here ({missing}), so {'only the SSH agent was' if ep.use_agent else 'no key was'} tried: {exc}",
+                f"correct IdentityFile in {config}, or set identity: in the inventory",
+                AuthenticationFailed,
+            )
+        tried = ", ".join(ep.identities) if ep.identities else "the default keys in ~/.ssh"
+        key = ep.identities[0] if ep.identities else "~/.ssh/id_ed25519"
         return _offline(
             ep,
             device,
@@ -683,6 +713,46 @@ class _Liveness:
         self._stop.set()
 
 
+class _StallWatch:
+    """Close the SFTP channel once a transfer has made no progress for ``timeout_s``.
+
+    paramiko's channel timeout alone is not enough: it fires inside ``put``/``get``, whose file then waits
+    the same timeout again to close itself on the stalled channel. A closed channel fails at once.
+    """
+
+    def __init__(self, channel: paramiko.Channel, timeout_s: float) -> None:
+        self.channel = channel
+        self.timeout_s = timeout_s
+        self.stalled = threading.Event()  # set when the watch closed the channel
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def progress(self, done: int = 0, total: int = 0) -> None:
+        """paramiko's transfer callback: called after every chunk."""
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.5, self.timeout_s / 4)):
+            if time.monotonic() - self._last >= self.timeout_s and not self._stop.is_set():
+                self.stalled.set()
+                # May block on the stalled socket (a daemon thread, after the flag), or fail on one the
+                # transport has given up already: closed either way, which is all the watch is for.
+                with contextlib.suppress(Exception):
+                    self.channel.close()
+                return
+
+    def __enter__(self) -> _StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _short(argv: Sequence[str]) -> str:
     """A command for a message: programs by their base name, long words cut, at most four words."""
     words = []
@@ -745,6 +815,7 @@ class SshTransport:
         timeout_s: float,
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
+        timeout_fix: str | None = None,
     ) -> CommandResult:
         token = f"{_TOKEN_PREFIX}{uuid.uuid4().hex[:16]}"
         try:
@@ -801,7 +872,7 @@ class SshTransport:
                 raise CommandTimeout(
                     f"{_short(argv)} exceeded its {timeout_s:g} s timeout; {killed}",
                     device=self.device,
-                    fix="raise job_timeout_s in the inventory, or look for a hung runtime on the device",
+                    fix=timeout_fix or JOB_TIMEOUT_FIX,
                 ) from None
             if isinstance(exc, _Lost | paramiko.SSHException | EOFError | OSError):
                 self._broken = "the connection was lost"
@@ -913,6 +984,15 @@ class SshTransport:
         if self._sftp is None:
             try:
                 sftp = self._client.open_sftp()
+            except paramiko.sftp.SFTPError as exc:
+                # sshd starts an external sftp-server through the login shell: text that shell prints
+                # arrives first and is read as the server's reply.
+                raise TransportError(
+                    f"cannot open SFTP: {exc} (the login shell printed text before the SFTP server spoke)",
+                    device=self.device,
+                    fix="make the login shell print nothing for non-interactive sessions (its rc files, BASH_ENV), "
+                    "or use Subsystem sftp internal-sftp in the device's sshd_config",
+                ) from None
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise TransportError(
                     f"cannot open SFTP: {exc or type(exc).__name__}",
@@ -925,25 +1005,37 @@ class SshTransport:
             self._sftp = sftp
         return self._sftp
 
-    def _sftp_call(self, what: str, fn: Callable[[paramiko.SFTPClient], T]) -> T:
+    def _sftp_call(self, what: str, fn: Callable[[paramiko.SFTPClient, _StallWatch], T]) -> T:
         self._transport()
         sftp = self._sftp_client()
-        try:
-            return fn(sftp)
-        except TimeoutError:
-            self._broken = f"a file transfer stalled for {SFTP_IO_TIMEOUT_S:g} s"
-            raise TransportError(
-                f"{what}: no progress for {SFTP_IO_TIMEOUT_S:g} s (the connection stalled)",
-                device=self.device,
-                fix="check the device's network and sshd",
-            ) from None
-        except (paramiko.SSHException, EOFError) as exc:
-            self._broken = "the connection was lost"
-            raise TransportError(
-                f"{what}: the SSH connection was lost ({exc or type(exc).__name__})",
-                device=self.device,
-                fix="check that the device is up and its sshd running (edgebench devices check)",
-            ) from None
+        channel = sftp.get_channel()
+        assert channel is not None
+        with _StallWatch(channel, SFTP_IO_TIMEOUT_S) as watch:
+            try:
+                result = fn(sftp, watch)
+            except Exception as exc:
+                # The watch closed the channel (paramiko then raises whatever a closed channel gives), or
+                # the channel's own timeout fired (socket.timeout, an OSError): either way, a stall.
+                if watch.stalled.is_set() or isinstance(exc, TimeoutError):
+                    self._broken = f"a file transfer stalled for {SFTP_IO_TIMEOUT_S:g} s"
+                    raise TransportError(
+                        f"{what}: no progress for {SFTP_IO_TIMEOUT_S:g} s (the connection stalled)",
+                        device=self.device,
+                        fix="check the device's network and sshd",
+                    ) from None
+                if isinstance(exc, paramiko.SSHException | EOFError | paramiko.sftp.SFTPError):
+                    self._broken = "the connection was lost"
+                    raise TransportError(
+                        f"{what}: the SSH connection was lost ({exc or type(exc).__name__})",
+                        device=self.device,
+                        fix="check that the device is up and its sshd running (edgebench devices check)",
+                    ) from None
+                raise
+        if watch.stalled.is_set():  # it finished just as the watch gave up on it: a new channel next time
+            self._sftp = None
+            with contextlib.suppress(Exception):
+                sftp.close()
+        return result
 
     def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
         if not directory or directory in self._made_dirs or directory == "/":
@@ -959,13 +1051,16 @@ class SshTransport:
     def put(self, local: Path, remote: str) -> int:
         size = local.stat().st_size
 
-        def send(sftp: paramiko.SFTPClient) -> int:
+        def send(sftp: paramiko.SFTPClient, watch: _StallWatch) -> int:
             self._makedirs(sftp, posixpath.dirname(remote))
             try:
-                sftp.put(str(local), remote, confirm=True)
+                sftp.put(str(local), remote, callback=watch.progress, confirm=True)
             except OSError as exc:
+                if watch.stalled.is_set() or isinstance(exc, TimeoutError):
+                    raise  # nothing more is asked of a stalled connection; _sftp_call says what happened
                 with contextlib.suppress(OSError):
                     sftp.remove(remote)  # never leave a partial file behind
+                watch.stop()  # what follows runs commands, not SFTP
                 raise self._upload_error(local, remote, size, exc) from None
             return size
 
@@ -996,7 +1091,11 @@ class SshTransport:
     def free_bytes(self, path: str) -> int | None:
         """Bytes available to the user on the filesystem holding ``path`` (POSIX ``df``), or None."""
         try:
-            result = self.run(["df", "-Pk", path], timeout_s=KILL_TIMEOUT_S * 2)
+            result = self.run(
+                ["df", "-Pk", path],
+                timeout_s=KILL_TIMEOUT_S * 2,
+                timeout_fix=f"df has a fixed {KILL_TIMEOUT_S * 2:g} s limit: look for a hung filesystem under {path}",
+            )
         except TransportError:
             return None
         lines = result.stdout.decode(errors="replace").strip().splitlines()
@@ -1006,25 +1105,33 @@ class SshTransport:
         return int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None
 
     def get(self, remote: str, local: Path) -> int:
-        def fetch(sftp: paramiko.SFTPClient) -> int:
+        def fetch(sftp: paramiko.SFTPClient, watch: _StallWatch) -> int:
             local.parent.mkdir(parents=True, exist_ok=True)
             try:
-                sftp.get(remote, str(local))
-            except FileNotFoundError:
+                sftp.get(remote, str(local), callback=watch.progress)
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    local.unlink(missing_ok=True)  # never leave a partial file behind
+                if watch.stalled.is_set() or isinstance(exc, TimeoutError) or not isinstance(exc, OSError):
+                    raise  # a stall or a lost connection is _sftp_call's to report
+                if isinstance(exc, FileNotFoundError):
+                    raise TransportError(
+                        f"{remote} does not exist on the device",
+                        device=self.device,
+                        fix="check the runner's output and the free space on the device",
+                    ) from None
                 raise TransportError(
-                    f"{remote} does not exist on the device",
+                    f"download of {remote} to {local} failed: {exc.strerror or exc}",
                     device=self.device,
-                    fix="check the runner's output and the free space on the device",
+                    fix=f"check that {remote} is readable on the device and that {local.parent} has free space",
                 ) from None
-            except OSError as exc:
-                raise TransportError(f"download of {remote} failed: {exc}", device=self.device) from None
             return local.stat().st_size
 
         return self._sftp_call(f"download of {remote}", fetch)
 
     def home(self) -> str:
         if self._home is None:
-            self._home = self._sftp_call("finding the home directory", lambda sftp: sftp.normalize("."))
+            self._home = self._sftp_call("finding the home directory", lambda sftp, _: sftp.normalize("."))
         return self._home
 
     def close(self) -> None:
