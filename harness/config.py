@@ -47,6 +47,21 @@ def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+def line_in(path: Path | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the key at ``loc`` in a YAML file already validated (None when it cannot be read again).
+
+    For a check made after loading, across keys no single model field holds (``measure.iterations``
+    beside a stop-rule key): the error still points at the line.
+    """
+    if path is None:
+        return None
+    try:
+        _, node = read_yaml(path)
+    except ConfigError:
+        return None
+    return line_of(node, loc)
+
+
 def _key_path(loc: tuple[int | str, ...]) -> str:
     text = ""
     for part in loc:

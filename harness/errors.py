@@ -95,6 +95,14 @@ class CommandTimeout(TransportError):
     """A remote command exceeded its hard timeout; its process group was killed."""
 
 
+class SetupFailed(TransportError):
+    """A device's ``setup:`` command exited non-zero or hung: the job is an error, never measured without it.
+
+    A TransportError, so the device is marked failed and its later jobs in the run skip with this
+    reason instead of running the same broken command again.
+    """
+
+
 class RunnerError(EdgebenchError):
     """The on-device runner failed; carries the remote command's exit status and the tail of its stderr."""
 

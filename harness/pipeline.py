@@ -15,6 +15,7 @@ import math
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -44,14 +45,17 @@ from .build.cache import ArtifactCache, file_sha256
 from .build.data import DataFile, calibration_inputs, corrupted_eval_file, eval_file, latency_file
 from .build.export import OnnxModel, reference_onnx
 from .catalog import ModelEntry
+from .config import line_in
 from .deploy import Deployable, DeviceCache
 from .errors import (
     CapabilityMissing,
+    CommandTimeout,
     ConfigError,
     DeviceOffline,
     DeviceRefused,
     EdgebenchError,
     RunnerError,
+    SetupFailed,
     StoreError,
     ToolchainMissing,
     TransportError,
@@ -71,6 +75,8 @@ from .transport.protocol import Transport
 from .zoo.datasets import load_dataset
 
 log = logging.getLogger(__name__)
+
+SETUP_TIMEOUT_S = 60.0  # each device setup: command's hard limit (job_timeout_s is the runner's)
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,9 @@ def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureS
             return MEASURE_FLAGS.get(name, name), None
         return f"measure.{name}", lab.lab_file
 
+    if settings.iterations is not None:
+        _refuse_stop_rule_beside_iterations(lab, settings.iterations, given, origin("iterations"))
+
     for name, example in _FINITE_FIELDS.items():
         value = getattr(settings, name)
         if not math.isfinite(value):
@@ -226,6 +235,39 @@ def measure_settings(lab: Lab, *, quick: bool = False, **flags: Any) -> MeasureS
         key, file = origin("repeats")
         raise ConfigError(bad_repeats, file=file, key=key, fix=f"use 1 (one run) or {MIN_REPEATS} or more")
     return settings
+
+
+# What a fixed iteration count replaces: MeasureSettings.spec sends the runner the count alone.
+_STOP_RULE_FIELDS = ("min_iterations", "min_duration_s", "max_duration_s", "max_half_width", "stop_on")
+
+
+def _refuse_stop_rule_beside_iterations(
+    lab: Lab, iterations: int, given: dict[str, Any], counted: tuple[str, Path | None]
+) -> None:
+    """A stop-rule setting beside a fixed count would be ignored without a word: an error naming both."""
+    count_key, count_file = counted
+    where = f"{count_file}'s {count_key}" if count_file is not None else count_key
+    for name in _STOP_RULE_FIELDS:
+        if name in given:
+            flag = MEASURE_FLAGS.get(name, name)
+            raise ConfigError(
+                f"{flag} has no effect: {where} is {iterations}, a fixed count of timed calls with no stop rule",
+                key=flag,
+                fix=f"drop {count_key} to use the stop rule, or drop {flag}",
+            )
+    for name in _STOP_RULE_FIELDS:
+        value = getattr(lab.measure, name)
+        if value is not None:
+            line = line_in(lab.lab_file, ("measure", name))
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(
+                f"{shown} has no effect beside {count_key}: {iterations} (a fixed count of timed calls has no "
+                "stop rule)",
+                file=lab.lab_file,
+                line=line,
+                key=f"measure.{name}",
+                fix=f"drop {count_key} to use the stop rule, or drop measure.{name}",
+            )
 
 
 def now() -> str:
@@ -277,7 +319,7 @@ class DeviceLink:
             home = self.transport.home()
             root = self.device.cache_dir
             self.root = home + root[1:] if root.startswith("~") else root
-            self.cache = DeviceCache(self.transport, self.device.python_path, self.root + "/files")
+            self.cache = DeviceCache(self.transport, self.device.python_path, self.root + "/files", env=self.device.env)
             bundle, sha = agent_bundle
             runner = Deployable(bundle, sha, "pyz")
             # Once per connection: keep the device cache within its size and age limits (LRU by mtime;
@@ -293,16 +335,52 @@ class DeviceLink:
             self.agent_path = paths[sha]
             self.state = "healthy"
         except TransportError as exc:
-            # A refused login (host key, authentication) stays an error for every job on the device: a
-            # changed key may be a man-in-the-middle, and skipping it would let the lab pass without it.
-            refused = isinstance(exc, DeviceRefused)
-            self.state, self.reason = "refused" if refused else "offline", self._strip(exc.one_line())
+            # Only a device that cannot be reached is skipped. A refused login (host key, authentication)
+            # stays an error for every job on the device: a changed key may be a man-in-the-middle, and
+            # skipping it would let the lab pass without it. A device reached but broken (its python:
+            # does not start, its cache cannot be written, a command timed out) is failed: this job is an
+            # error, so the run is too, and its later jobs skip with the reason (see record_error).
+            if isinstance(exc, DeviceOffline):
+                self.state = "offline"
+            elif isinstance(exc, DeviceRefused):
+                self.state = "refused"
+            else:
+                self.state = "failed"
+            self.reason = self._strip(exc.one_line())
             self.close()
-            if isinstance(exc, DeviceOffline | DeviceRefused):
-                raise
-            raise DeviceOffline(
-                exc.message.removeprefix(f"device {self.device.name!r}: "), device=self.device.name, fix=exc.fix
-            ) from None
+            raise
+
+    def run_setup(self) -> None:
+        """Run the device's ``setup:`` commands before a runner starts; one that fails or hangs raises SetupFailed.
+
+        A job timed without its setup (clocks not pinned, a governor not set) would be recorded as if
+        it had been applied: ``device_setup_sha256`` says it was.
+        """
+        assert self.transport is not None
+        device = self.device
+        for index, command in enumerate(device.setup):
+            where = f"setup[{index}] {command!r}"
+            try:
+                done = self.transport.run(["sh", "-c", command], timeout_s=SETUP_TIMEOUT_S, env=device.env)
+            except CommandTimeout as exc:
+                # The transport's own fix names job_timeout_s, which does not govern a setup command.
+                raise SetupFailed(
+                    f"{where} did not finish within the {SETUP_TIMEOUT_S:g} s a setup command may take "
+                    f"({self._strip(exc.message)}); the job was not measured",
+                    device=device.name,
+                    fix="make it finish sooner (start a long task in the background, or run it once before "
+                    "the run), or remove it from the device's setup: in the lab file",
+                ) from None
+            if done.exit_code != 0:
+                output = done.stderr_text.strip() or done.stdout.decode("utf-8", errors="replace").strip()
+                tail = output.splitlines()[-3:]
+                detail = ": " + " | ".join(tail) if tail else " with no output"
+                raise SetupFailed(
+                    f"{where} exited {done.exit_code}{detail}; the job was not measured",
+                    device=device.name,
+                    fix="make the command succeed when run on the device without a terminal (sudo -n needs a "
+                    "NOPASSWD sudoers entry), or remove it from the device's setup: in the lab file",
+                )
 
     def remove_outputs(self, run_id: str) -> None:
         """Delete this run's output files on the device (they were fetched and checked already)."""
@@ -314,7 +392,12 @@ class DeviceLink:
             "    os.remove(p)\n"
         )
         try:
-            self.transport.run([self.device.python_path, "-c", script, f"{self.root}/out", run_id], timeout_s=30)
+            self.transport.run(
+                [self.device.python_path, "-c", script, f"{self.root}/out", run_id],
+                timeout_s=30,
+                env=self.device.env,
+                timeout_fix="look for a slow or failing disk on the device (removing outputs may take 30 s)",
+            )
         except TransportError as exc:
             log.warning("device %s: could not remove this run's outputs: %s", self.device.name, exc.message)
 
@@ -657,8 +740,7 @@ class Pipeline:
             **self.timing_spec(device),
             **timing,
         }
-        for command in device.setup:
-            link.transport.run(["sh", "-c", command], timeout_s=60, env=device.env)
+        link.run_setup()
         raw = self._run_runner(link, spec)
         # Repeats are further runner processes timing the same artifact; the eval pass ran in the first.
         repeats = self.settings.repeats if job.kind == "latency" else 1
@@ -852,7 +934,12 @@ class Pipeline:
         every job was skipped. A run that never started a job is not recorded: its status is
         ``not-started``. The run is marked first, so an interrupt during the clean-up cannot leave it
         ``running``.
+
+        Called while an exception is on its way out (a front end marking the run ``error`` or
+        ``interrupted``), a failure to mark the run is logged, not raised: the exception that ended
+        the run is the one the user must see, and a full disk would fail both writes alike.
         """
+        leaving = sys.exc_info()[1]
         statuses = {r.status for r in self.results}
         if outcome is not None:
             status = outcome
@@ -866,8 +953,19 @@ class Pipeline:
             status = "passed" if self.started else "not-started"
         try:
             if self.started and not self._finished:
-                self.results_store().finish_run(self.run_id, now(), status)
-                self._finished = True
+                try:
+                    self.results_store().finish_run(self.run_id, now(), status)
+                except StoreError as exc:
+                    if leaving is None:
+                        raise
+                    log.error(
+                        "run %s could not be marked %s and stays 'running' in the results database: %s",
+                        self.run_id,
+                        status,
+                        exc.one_line(),
+                    )
+                else:
+                    self._finished = True
         finally:
             try:
                 for link in self.links.values():

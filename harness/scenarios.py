@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 from .analyse import cpu_parallelism, provenance_metrics, stability_metrics
 from .errors import CapabilityMissing, ConfigError, RunnerError, ToolchainMissing
 from .measure.stats import LatencySummary, summarize
-from .measure.throttle import assess_throttle, throttle_metrics
+from .measure.throttle import assess_runs, throttle_metrics
 from .pipeline import DeviceLink, Pipeline, now
 from .records import Job, JobResult
 
@@ -43,6 +43,7 @@ __all__ = [
     "buildable",
     "capacity_answer",
     "interleave_groups",
+    "process_facts",
     "run_capacity",
     "run_interleaved",
 ]
@@ -125,6 +126,13 @@ def capacity_answer(fps: float, steps: Sequence[dict[str, Any]], max_streams: in
     return CapacityAnswer(fps, budget_ms, streams, first_fail is None and streams >= max_streams, tuple(judged))
 
 
+def process_facts(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The facts of a variant timed in several runner processes, in the shape a repeated job records:
+    the first process's, with the others' under ``repeat_facts`` (what ``assess_runs`` judges)."""
+    first, *more = runs
+    return {**first, "repeat_facts": list(more)} if more else dict(first)
+
+
 def fps_key(fps: float) -> str:
     """The flat-record field for a frame rate: 30 -> streams_at_30fps."""
     return f"streams_at_{fps:g}fps"
@@ -163,15 +171,19 @@ class _Runner:
             return []
         assert self.link.transport is not None
         if self._taskset is None:
-            found = self.link.transport.run(["sh", "-c", "command -v taskset"], timeout_s=30, env=self.device.env)
+            found = self.link.transport.run(
+                ["sh", "-c", "command -v taskset"],
+                timeout_s=30,
+                env=self.device.env,
+                timeout_fix="look for a device shell that hangs at start-up (looking up taskset may take 30 s)",
+            )
             self._taskset = found.exit_code == 0 and bool(found.stdout.strip())
         return ["taskset", "-c", ",".join(map(str, self.cpus))] if self._taskset else []
 
     def call(self, command: str, spec: dict[str, Any]) -> dict[str, Any]:
         transport, agent = self.link.transport, self.link.agent_path
         assert transport is not None and agent is not None
-        for setup in self.device.setup:
-            transport.run(["sh", "-c", setup], timeout_s=60, env=self.device.env)
+        self.link.run_setup()
         reply = transport.run(
             [*self.prefix(), self.device.python_path, agent, command],
             timeout_s=self.device.job_timeout_s,
@@ -356,16 +368,22 @@ def run_interleaved(
     for p in prepared:
         pooled = np.concatenate(samples[p.job.id])
         summary = summarize(pooled)
-        own = facts[p.job.id]  # the processes that timed this variant; the last one's facts are recorded
-        attempt = assess_throttle(own[-1], pipeline.settings.throttle)
+        # Every process that timed this variant is judged, as a repeated job's runs are (assess_runs):
+        # one throttled or contended process makes the pooled result so. Its facts are the first
+        # process's, the others' kept beside them as a repeated job keeps them.
+        own = facts[p.job.id]
+        judged = process_facts(own)
+        attempt = assess_runs(judged, pipeline.settings.throttle)
+        stops = reasons[p.job.id]
         metrics: dict[str, Any] = {
             "interleave_mode": mode,
             "aa_check": check,
             "interleaved_with": [o for o in others if o != p.job.id],
             "processes": len(samples[p.job.id]),
             "process_p50_ms": [float(np.median(s)) / 1e6 for s in samples[p.job.id]],
-            "stop_reason": reasons[p.job.id][-1],
-            "process_stop_reasons": reasons[p.job.id],
+            # The process that did not converge, if any: as for a repeated job, the weakest one.
+            "stop_reason": next((r for r in stops if r != "converged"), "converged"),
+            "process_stop_reasons": stops,
             "rounds": raw["rounds"] if mode == "in_process" else None,
             "seed": seed,
             "warmup_iterations": by_name[p.job.id]["warmup_iterations"],
@@ -375,8 +393,9 @@ def run_interleaved(
             metrics["cpu_parallelism"] = parallelism
         metrics.update(stability_metrics(pooled, summary))
         runtime = by_name[p.job.id]["runtime"]
-        metrics.update(provenance_metrics(p.job.variant, runtime, own[-1], metrics))
+        metrics.update(provenance_metrics(p.job.variant, runtime, own[0], metrics))
         if check is not None and not check["ok"]:
+            metrics["unstable"] = True
             metrics["unstable_reasons"] = [
                 *metrics.get("unstable_reasons", []),
                 f"A/A self-check failed in one process (P50 ratio {check['ratio']:.3f}); "
@@ -390,7 +409,7 @@ def run_interleaved(
             "interleaved",
             started,
             message,
-            {**own[-1], "runtime": runtime},
+            {**judged, "runtime": runtime},
             metrics,
             str(runtime.get("runtime", p.job.variant.backend)),
             summary,

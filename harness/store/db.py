@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, delete, desc, event, inspect, make_url, select
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from ..errors import ConfigError, StoreError
 from .schema import (
@@ -262,8 +262,23 @@ class Store:
         try:
             with self._begin(write=True) as conn:
                 yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database write failed: {str(exc).splitlines()[0]}") from None
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            # The driver's own words ("database or disk is full"), without SQLAlchemy's wrapper around them.
+            cause = exc.orig if isinstance(exc, DBAPIError) and isinstance(exc.orig, Exception) else exc
+            raise StoreError(
+                f"database write failed in {self.location}: {_first_line(cause)}", fix=self._write_fix(exc)
+            ) from None
+
+    def _write_fix(self, exc: Exception) -> str:
+        """How to get a failed write through: the usual causes differ for a SQLite file and a server."""
+        text = str(exc).lower()
+        if isinstance(exc, IntegrityError | sqlite3.IntegrityError):
+            return "the database's constraints refuse the record (the same run written twice?): run again"
+        if "locked" in text or "busy" in text:
+            return "another program holds the database's write lock: let it finish (or stop it), then run again"
+        if self.path is None:
+            return "check that the database server is running and accepts writes (its disk, its quota), then run again"
+        return f"check the free space and permissions of {self.path.parent}, then run again (or pass --db elsewhere)"
 
     def start_run(self, info: RunInfo) -> None:
         with self._tx() as conn:

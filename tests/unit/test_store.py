@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy import create_engine, event, func, inspect, select
 
 from harness.errors import ConfigError, StoreError
 from harness.records import JobResult
@@ -219,6 +219,28 @@ def test_a_write_failing_midway_leaves_no_partial_result(
     assert [r["job_id"] for r in store.results("run000000001")] == ["kept/onnxruntime-fp32/local"]
     assert count(store, results) == 1 and count(store, samples) == 1
     assert store.samples_of("run000000001", "lost/onnxruntime-fp32/local").size == 0
+
+
+def test_a_full_database_names_its_file_and_how_to_get_the_write_through(
+    tmp_path: Path, make_result: MakeResult, make_run: MakeRun
+) -> None:
+    """SQLite's own "database or disk is full", met for real: each connection may not grow the file
+    (``PRAGMA max_page_count`` at its current size), as on a disk with no free block left."""
+    path = tmp_path / "full.sqlite"
+    store = Store(path)
+    try:
+        store.start_run(make_run("run000000001"))
+        event.listen(store.engine, "checkout", lambda conn, *_: conn.execute("PRAGMA max_page_count = 1"))
+        store.engine.dispose()  # the pooled connections were opened before the limit
+        with pytest.raises(StoreError) as info:
+            store.add_result(make_result("run000000001", n=20_000))
+        text = info.value.one_line()
+        assert text.startswith(f"database write failed in {path}: database or disk is full; fix: ")
+        fix = f"fix: check the free space and permissions of {tmp_path}, then run again (or pass --db elsewhere)"
+        assert text.endswith(fix)
+        assert store.results("run000000001") == [], "the write was all or nothing"
+    finally:
+        store.close()
 
 
 def test_a_duplicate_run_id_is_a_store_error(store: Store, make_run: MakeRun) -> None:
