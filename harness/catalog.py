@@ -69,6 +69,35 @@ class InputSpec(Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _normalization_per_channel(self) -> InputSpec:
+        # Checked here, not where it is used: the host used to resize the values to fit (so calibration and
+        # the FP32 reference normalised otherwise than the catalog says) and the device failed on a reshape.
+        channels = self.channels
+        for key in ("mean", "std"):
+            values = getattr(self.normalization, key)
+            if len(values) in (1, channels):
+                continue
+            plural = "" if channels == 1 else "s"
+            write = "write one value" if channels == 1 else f"write one value (used for every channel) or {channels}"
+            raise PydanticCustomError(
+                "normalization_channels",
+                "has {count} values {values} but the input has {channels} channel{plural} "
+                "(shape {shape}, layout {layout})",
+                {
+                    "count": len(values),
+                    "values": list(values),
+                    "channels": channels,
+                    "plural": plural,
+                    "shape": list(self.shape),
+                    "layout": self.layout,
+                    "at": ("normalization", key),
+                    "fix": f"{write}; or correct input.shape and input.layout if the model takes "
+                    f"{len(values)} channels",
+                },
+            )
+        return self
+
     @property
     def channels(self) -> int:
         return self.shape[1] if self.layout == "NCHW" else self.shape[3]

@@ -21,11 +21,14 @@ THREADLESS_BACKENDS = frozenset({"tensorrt", "coreml"})
 
 
 def input_sizes(model: ModelEntry) -> tuple[int | None, ...]:
-    """The square input sides to plan; the catalog's own size is None (its exact shape)."""
+    """The input sizes to plan: the catalog's own shape (None) first, then the other square sides.
+
+    The catalog shape is planned whether or not input_sizes lists its side: a run plans only it by
+    default, and a model whose input_sizes left it out would otherwise vanish from that run unseen.
+    """
     height, width = model.input.size
-    if not model.input_sizes:
-        return (None,)
-    return tuple(None if (s == height and s == width) else s for s in dict.fromkeys(model.input_sizes))
+    others = (s for s in model.input_sizes if not (s == height and s == width))
+    return tuple(dict.fromkeys((None, *others)))
 
 
 def plan_variants(

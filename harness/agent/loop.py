@@ -186,14 +186,26 @@ def preprocess(images: np.ndarray, spec: JobSpec | InputSpec) -> np.ndarray:
         x /= 255.0
     channels = x.shape[1] if inp.layout == "NCHW" else x.shape[-1]
     shape = (1, channels, 1, 1) if inp.layout == "NCHW" else (1, 1, 1, channels)
-    mean = np.asarray(inp.mean, dtype=np.float32)
-    std = np.asarray(inp.std, dtype=np.float32)
-    if mean.size == 1:
-        mean = np.repeat(mean, channels)
-    if std.size == 1:
-        std = np.repeat(std, channels)
-    x = (x - mean.reshape(shape)) / std.reshape(shape)
-    return x.astype(inp.dtype)
+    mean = _per_channel(inp.mean, "mean", channels, inp.layout, x.shape)
+    std = _per_channel(inp.std, "std", channels, inp.layout, x.shape)
+    normalised: np.ndarray = (x - mean.reshape(shape)) / std.reshape(shape)
+    return normalised.astype(inp.dtype)
+
+
+def _per_channel(
+    values: tuple[float, ...], key: str, channels: int, layout: str, images: tuple[int, ...]
+) -> np.ndarray:
+    """One value per channel: a single value repeated, else exactly one per channel (never resized to fit)."""
+    array = np.asarray(values, dtype=np.float32)
+    if array.size == 1:
+        return np.repeat(array, channels)
+    if array.size != channels:
+        raise ValueError(
+            f"input.{key} has {array.size} values but the images {list(images)} ({layout}) have {channels} "
+            f"channel{'' if channels == 1 else 's'}; fix: give one value or one per channel in the catalog's "
+            f"input.normalization.{key}"
+        )
+    return array
 
 
 def latency_input(path: str, key: str, inp: InputSpec, batch: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Input files for the device: the latency input and eval sets as content-addressed uint8 npz.
 
-Images travel as uint8 pixels (what a camera delivers, and a quarter of float32's size); the runner
-normalises them with the catalog's mean and std outside the timed region.
+Images travel as uint8 pixels (what a camera delivers, and a quarter of float32's size) in the model's
+layout; the runner normalises them with the catalog's mean and std outside the timed region. The data
+sets make NCHW pixels from the entry's channels and size; an NHWC model's are transposed once, at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog import DataRef, ModelEntry
+from ..errors import ConfigError
 from ..paths import cache_dir
 from ..zoo.datasets import LabeledImages, load_dataset
 
@@ -32,12 +34,42 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def normalise(images_u8: np.ndarray, entry: ModelEntry) -> np.ndarray:
-    """uint8 pixels -> the model's float input, exactly as the runner does it."""
+    """uint8 pixels in the model's layout -> its float input, exactly as the runner does it."""
     x = images_u8.astype(np.float32) / 255.0
-    c = x.shape[1]
-    mean = np.resize(np.asarray(entry.input.normalization.mean, np.float32), c).reshape(1, c, 1, 1)
-    std = np.resize(np.asarray(entry.input.normalization.std, np.float32), c).reshape(1, c, 1, 1)
-    return ((x - mean) / std).astype(np.float32)
+    axis = 1 if entry.input.layout == "NCHW" else 3
+    shape = [1, 1, 1, 1]
+    shape[axis] = x.shape[axis]
+    mean = _per_channel(entry, "mean", x.shape[axis]).reshape(shape)
+    std = _per_channel(entry, "std", x.shape[axis]).reshape(shape)
+    out: np.ndarray = (x - mean) / std
+    return out.astype(np.float32)
+
+
+def _per_channel(entry: ModelEntry, key: str, channels: int) -> np.ndarray:
+    """The catalog's mean or std, one value per channel; never resized to fit (the catalog load checks the count)."""
+    values = np.asarray(getattr(entry.input.normalization, key), np.float32)
+    if values.size == 1:
+        return np.repeat(values, channels)
+    if values.size != channels:
+        raise ConfigError(
+            f"has {values.size} values but the images have {channels} channels (layout {entry.input.layout})",
+            file=entry.catalog_file,
+            key=f"input.normalization.{key}",
+            fix=f"write one value (used for every channel) or {channels}, one per channel",
+        )
+    return values
+
+
+def chw(shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
+    """(channels, height, width) of a model input shape in its layout."""
+    if layout == "NCHW":
+        return (shape[1], shape[2], shape[3])
+    return (shape[3], shape[1], shape[2])
+
+
+def in_layout(images: np.ndarray, layout: str) -> np.ndarray:
+    """NCHW images in the model's layout."""
+    return images if layout == "NCHW" else np.ascontiguousarray(images.transpose(0, 2, 3, 1))
 
 
 def write_npz(arrays: dict[str, np.ndarray], directory: Path | None = None) -> DataFile:
@@ -65,9 +97,9 @@ def _file_sha256(path: Path) -> str:
     return file_sha256(path)
 
 
-def load_ref(ref: DataRef, shape: tuple[int, ...]) -> LabeledImages:
-    """A catalog data reference at a model input shape (N, C, H, W); generated once per process."""
-    return _load_cached(ref.dataset, ref.count, ref.seed, (shape[1], shape[2], shape[3]))
+def load_ref(ref: DataRef, shape: tuple[int, ...], layout: str) -> LabeledImages:
+    """A catalog data reference for a model input shape in ``layout``, as NCHW pixels; generated once per process."""
+    return _load_cached(ref.dataset, ref.count, ref.seed, chw(shape, layout))
 
 
 @functools.lru_cache(maxsize=32)
@@ -78,21 +110,22 @@ def _load_cached(name: str, count: int | None, seed: int, shape: tuple[int, int,
 
 
 def eval_file(entry: ModelEntry, shape: tuple[int, ...]) -> DataFile:
-    data = load_ref(entry.eval, shape)
-    written = write_npz({"clean": to_uint8(data.images)})
+    data = load_ref(entry.eval, shape, entry.input.layout)
+    written = write_npz({"clean": to_uint8(in_layout(data.images, entry.input.layout))})
     return DataFile(written.path, written.sha256, data.labels)
 
 
 def latency_file(entry: ModelEntry, shape: tuple[int, ...]) -> DataFile:
     """One input image for the timed loop: the first eval image."""
-    data = load_ref(entry.eval, shape)
-    return write_npz({"latency": to_uint8(data.images[:1])})
+    data = load_ref(entry.eval, shape, entry.input.layout)
+    return write_npz({"latency": to_uint8(in_layout(data.images[:1], entry.input.layout))})
 
 
 def calibration_inputs(entry: ModelEntry, shape: tuple[int, ...]) -> np.ndarray | None:
     if entry.calibration is None:
         return None
-    return normalise(to_uint8(load_ref(entry.calibration, shape).images), entry)
+    images = load_ref(entry.calibration, shape, entry.input.layout).images
+    return normalise(to_uint8(in_layout(images, entry.input.layout)), entry)
 
 
 def corrupted_eval_file(entry: ModelEntry, shape: tuple[int, ...], *, seed: int = 0) -> DataFile:
@@ -105,19 +138,21 @@ def corrupted_eval_file(entry: ModelEntry, shape: tuple[int, ...], *, seed: int 
 
     from ..measure import corruptions
 
-    data = load_ref(entry.eval, shape)
-    clean = to_uint8(data.images)
+    layout = entry.input.layout
+    data = load_ref(entry.eval, shape, layout)
+    clean_nchw = to_uint8(data.images)
+    clean = in_layout(clean_nchw, layout)
     code = hashlib.sha256(inspect.getsource(corruptions).encode()).hexdigest()
     content = hashlib.sha256(clean.tobytes() + str(clean.shape).encode()).hexdigest()
     key = hashlib.sha256(f"{content}:{code}:{seed}".encode()).hexdigest()[:32]
     path = cache_dir() / "data" / f"corrupt-{key}.npz"
     if not path.exists():
-        pixels = clean.astype(np.float32).transpose(0, 2, 3, 1) / 255.0  # NCHW -> NHWC in [0, 1]
+        pixels = clean_nchw.astype(np.float32).transpose(0, 2, 3, 1) / 255.0  # the corruptions take NHWC in [0, 1]
         arrays = {"clean": clean}
         for name in corruptions.ALL_CORRUPTIONS:
             for severity in corruptions.SEVERITIES:
-                out = corruptions.corrupt_batch(pixels, name, severity, seed)
-                arrays[corruption_key(name, severity)] = to_uint8(out).transpose(0, 3, 1, 2)
+                out = to_uint8(corruptions.corrupt_batch(pixels, name, severity, seed))
+                arrays[corruption_key(name, severity)] = out.transpose(0, 3, 1, 2) if layout == "NCHW" else out
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as f:

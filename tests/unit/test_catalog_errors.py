@@ -209,3 +209,69 @@ def test_a_production_budget_without_a_production_model_is_refused_at_its_line(
         "set to 1.1, but production: names no model to compare with; "
         "fix: name the model this one would replace (production: <name>), or drop the budget"
     )
+
+
+def _normalization_block(text: str, shape: str, layout: str, mean: str, std: str) -> str:
+    """The tiny entry with another input shape and layout and its normalisation written key by key."""
+    block = f"normalization:\n    mean: {mean}\n    std: {std}"
+    return (
+        text.replace("shape: [1, 3, 16, 16]", f"shape: {shape}")
+        .replace("layout: NCHW", f"layout: {layout}")
+        .replace("normalization: {mean: [0.5], std: [0.25]}", block)
+    )
+
+
+def test_a_grayscale_model_with_the_three_imagenet_means_is_refused_at_the_mean_line(
+    tiny_catalog: Path, tiny_catalog_yaml: Callable[..., str]
+) -> None:
+    """Before, the host resized the means to the channel count and the device failed on a bare numpy reshape."""
+    entry = tiny_catalog / "tiny-cnn.yaml"
+    text = _normalization_block(tiny_catalog_yaml(), "[1, 1, 16, 16]", "NCHW", "[0.485, 0.456, 0.406]", "[0.25]")
+    entry.write_text(text, encoding="utf-8")
+    error = catalog_error(tiny_catalog)
+    assert error.one_line() == (
+        f"{entry}:{line_number(entry, 'mean:')}: input.normalization.mean: has 3 values [0.485, 0.456, 0.406] "
+        "but the input has 1 channel (shape [1, 1, 16, 16], layout NCHW); "
+        "fix: write one value; or correct input.shape and input.layout if the model takes 3 channels"
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "mean", "std", "bad"),
+    [
+        ("[1, 3, 16, 16]", "NCHW", "[0.5, 0.5]", "[0.25]", "mean"),
+        ("[1, 3, 16, 16]", "NCHW", "[0.5]", "[0.2, 0.2, 0.2, 0.2]", "std"),
+        ("[1, 16, 16, 1]", "NHWC", "[0.485, 0.456, 0.406]", "[0.25]", "mean"),
+        ("[1, 16, 16, 3]", "NHWC", "[0.5]", "[0.229, 0.224]", "std"),
+    ],
+    ids=["two-means-for-rgb", "four-stds-for-rgb", "nhwc-gray-three-means", "nhwc-rgb-two-stds"],
+)
+def test_normalization_needs_one_value_or_one_per_channel_of_the_layout(
+    tiny_catalog: Path, tiny_catalog_yaml: Callable[..., str], shape: str, layout: str, mean: str, std: str, bad: str
+) -> None:
+    entry = tiny_catalog / "tiny-cnn.yaml"
+    entry.write_text(_normalization_block(tiny_catalog_yaml(), shape, layout, mean, std), encoding="utf-8")
+    error = catalog_error(tiny_catalog)
+    assert (error.file, error.line, error.key) == (entry, line_number(entry, f"{bad}:"), f"input.normalization.{bad}")
+    channels = 1 if shape == "[1, 16, 16, 1]" else 3
+    assert f"but the input has {channels} channel" in error.message and f"layout {layout})" in error.message
+    if channels == 3:
+        assert (error.fix or "").startswith("write one value (used for every channel) or 3; ")
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "mean", "std"),
+    [
+        ("[1, 3, 16, 16]", "NCHW", "[0.485, 0.456, 0.406]", "[0.229, 0.224, 0.225]"),
+        ("[1, 16, 16, 3]", "NHWC", "[0.485, 0.456, 0.406]", "[0.25]"),
+        ("[1, 1, 16, 16]", "NCHW", "[0.5]", "[0.5]"),
+    ],
+    ids=["nchw-per-channel", "nhwc-per-channel-mean-one-std", "gray-one-value"],
+)
+def test_normalization_with_one_value_or_one_per_channel_loads(
+    tiny_catalog: Path, tiny_catalog_yaml: Callable[..., str], shape: str, layout: str, mean: str, std: str
+) -> None:
+    entry = tiny_catalog / "tiny-cnn.yaml"
+    entry.write_text(_normalization_block(tiny_catalog_yaml(), shape, layout, mean, std), encoding="utf-8")
+    (loaded,) = load_catalog(tiny_catalog)
+    assert list(loaded.input.normalization.mean) == [float(v) for v in mean.strip("[]").split(",")]

@@ -84,3 +84,22 @@ def test_the_edge_tpu_reference_takes_the_devices_litert_options_not_its_own() -
     device = _device("coral-devboard", options={"edgetpu": {"num_segments": 2}, "litert": {"xnnpack": False}})
     edgetpu = Variant("edgetpu", "int8", options=device.backend_options("edgetpu"))
     assert edgetpu.reference(device.backend_options) == Variant("litert", "fp32", options=(("xnnpack", False),))
+
+
+def test_a_model_whose_input_sizes_omit_its_own_size_is_still_planned_at_its_catalog_shape(tmp_path: Path) -> None:
+    """Before, input_sizes: [160, 128] on a 224 model planned no catalog-shape variant, and the default
+    (catalog shape only) run and pytest session dropped the model without a word."""
+    text = (REPO / "models" / "mobilenetv2-style.yaml").read_text(encoding="utf-8")
+    assert "input_sizes: [224, 160, 128]" in text
+    entry = tmp_path / "mobilenetv2-style.yaml"
+    entry.write_text(text.replace("input_sizes: [224, 160, 128]", "input_sizes: [160, 128]"), encoding="utf-8")
+    model = load_entry(entry)
+    variants = plan_variants(model, _device(), _profile("intel-nuc"), backends={"openvino"})
+    assert [v.size for v in variants] == [None] * 3 + [160] * 3 + [128] * 3, "the catalog shape first"
+    assert [v.id for v in variants if v.size is None] == ["openvino-fp32-t4", "openvino-fp16-t4", "openvino-int8-t4"]
+
+
+def test_input_sizes_listing_the_catalog_side_plan_it_once() -> None:
+    mobilenet = load_entry(REPO / "models" / "mobilenetv2-style.yaml")  # input_sizes: [224, 160, 128]
+    sizes = [v.size for v in plan_variants(mobilenet, _device(), _profile("intel-nuc"), backends={"openvino"})]
+    assert sizes == [None] * 3 + [160] * 3 + [128] * 3
