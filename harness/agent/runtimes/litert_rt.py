@@ -5,26 +5,38 @@ buffer), so the timed call is ``invoke()`` alone. Fully quantised models (int8/u
 Edge TPU needs) get the input quantised with the model's own scale and zero point outside the
 timed call, and outputs dequantised for the eval pass. A model with NHWC inputs gets the runner's
 NCHW images transposed here.
+
+The interpreter package: ai-edge-litert first, tflite_runtime when it is missing. For the Edge TPU the
+order turns round: libedgetpu is built against one TensorFlow Lite commit and its delegate needs an
+interpreter of that build. Coral's guide runs it with tflite_runtime; Coral's maintainers pair
+libedgetpu 15/16 with tflite_runtime 2.5 ("the 2 version must match, otherwise the ABI change between
+version can cause this issue", google-coral/edgetpu #401; #731); users report newer interpreters
+crashing in the delegate (#812). ai-edge-litert is used for it only where no tflite_runtime is
+installed (it works with a libedgetpu rebuilt for it); ``describe()`` names the package either way.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"  # Linux; macOS uses libedgetpu.1.dylib, Windows edgetpu.dll
+# (module, distribution): the interpreter packages in the order tried for CPU (XNNPACK) jobs.
+PACKAGES = (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"))
 
 
-def _module() -> tuple[Any, str]:
-    try:
-        from ai_edge_litert import interpreter
-
-        return interpreter, "ai-edge-litert"
-    except ImportError:
-        from tflite_runtime import interpreter  # type: ignore[no-redef]
-
-        return interpreter, "tflite-runtime"
+def _module(edgetpu: bool = False) -> tuple[Any, str]:
+    """The interpreter module and its distribution name; tflite_runtime first for the Edge TPU."""
+    order = PACKAGES[::-1] if edgetpu else PACKAGES
+    missing = []
+    for package, dist in order:
+        try:
+            return importlib.import_module(f"{package}.interpreter"), dist
+        except ImportError as exc:
+            missing.append(f"{dist} ({exc})")
+    raise ImportError("no LiteRT interpreter here: " + "; ".join(missing))
 
 
 def available() -> bool:
@@ -32,14 +44,17 @@ def available() -> bool:
     return True
 
 
-def version() -> str:
+def _dist_version(dist: str) -> str:
     try:
         from importlib.metadata import version as dist_version
 
-        _, dist = _module()
         return f"{dist} {dist_version(dist)}"
     except Exception:  # metadata missing on some device images: the import itself is what matters
-        return _module()[1]
+        return dist
+
+
+def version() -> str:
+    return _dist_version(_module()[1])
 
 
 def quantize(x: np.ndarray, details: dict[str, Any]) -> np.ndarray:
@@ -75,7 +90,7 @@ class LiteRtSession:
     """One Interpreter with its input written once."""
 
     def __init__(self, artifact: str, input_name: str, options: dict[str, Any]) -> None:
-        module, self._dist = _module()
+        module, self._dist = _module(edgetpu=bool(options.get("edgetpu")))
         kwargs: dict[str, Any] = {"model_path": artifact}
         threads = options.get("threads")
         if threads:
@@ -142,7 +157,8 @@ class LiteRtSession:
     def describe(self) -> dict[str, Any]:
         return {
             "runtime": "litert",
-            "version": version(),
+            "version": _dist_version(self._dist),
+            "interpreter": self._dist,  # the package whose Interpreter ran (and loaded the delegate)
             "threads": self._threads,
             "xnnpack": self._xnnpack,
             "delegates": self._delegates,

@@ -8,6 +8,12 @@ version and the GPU, because an engine is only valid where it was built.
 Device memory comes from cuda-python's runtime API. The latency input is copied to the GPU once in
 ``bind``; the timed call is ``execute_async_v3`` plus the stream synchronisation (without it the
 loop would time only the enqueue).
+
+INT8 calibration runs at the calibration profile's opt shape and the calibrator's batches must match
+it (TensorRT's "INT8 Calibration with Dynamic Shapes"), so the calibrator's batch is the profile's opt
+batch and a short last batch is filled from the start of the set: every calibration image is seen.
+A DLA build (``dla_core``) gets GPU fallback only when build.json asks for it, and ``describe()``
+says where the engine runs.
 """
 
 from __future__ import annotations
@@ -81,6 +87,11 @@ class DeviceBuffer:
         _check(_cudart().cudaFree(self.ptr))
 
 
+def calibration_batches(count: int, batch: int) -> list[np.ndarray]:
+    """Indices of each calibration batch: every image once, the last batch filled from the start."""
+    return [np.arange(start, start + batch) % count for start in range(0, count, batch)]
+
+
 def _calibrator(trt: Any, data: np.ndarray, cache_path: str, batch: int) -> Any:
     cudart = _cudart()
 
@@ -88,17 +99,16 @@ def _calibrator(trt: Any, data: np.ndarray, cache_path: str, batch: int) -> Any:
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.data = np.ascontiguousarray(data, dtype=np.float32)
-            self.position = 0
-            self.buffer = DeviceBuffer(self.data[:batch].nbytes)
+            self.batches = calibration_batches(len(self.data), batch)
+            self.buffer = DeviceBuffer(self.data[:1].nbytes * batch)
 
         def get_batch_size(self) -> int:
             return batch
 
         def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.position + batch > len(self.data):
+            if not self.batches:
                 return None
-            chunk = np.ascontiguousarray(self.data[self.position : self.position + batch])
-            self.position += batch
+            chunk = np.ascontiguousarray(self.data[self.batches.pop(0)])
             _check(cudart.cudaMemcpy(self.buffer.ptr, chunk.ctypes.data, chunk.nbytes,
                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))  # fmt: skip
             return [self.buffer.ptr]
@@ -137,7 +147,10 @@ def build_engine_api(trt: Any, logger: Any, directory: str, build: dict[str, Any
     if build.get("dla_core") is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(build["dla_core"])
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        # With GPU fallback on, layers DLA cannot run move to the GPU without an error (NVIDIA's "GPU
+        # Fallback Mode"): only when the device asked for it, and then describe() reports it.
+        if build.get("gpu_fallback"):
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     profile = builder.create_optimization_profile()
     shapes = build["profile"]
     profile.set_shape(build["input"], tuple(shapes["min"]), tuple(shapes["opt"]), tuple(shapes["max"]))
@@ -145,12 +158,35 @@ def build_engine_api(trt: Any, logger: Any, directory: str, build: dict[str, Any
     if build.get("calibration"):
         data = np.load(os.path.join(directory, build["calibration"]))
         cache = os.path.join(directory, build["calibration_cache"])
-        config.int8_calibrator = _calibrator(trt, data, cache, batch=min(8, len(data)))
+        # Calibration runs at the calibration profile's opt shape: the calibrator's batch must be it.
+        config.int8_calibrator = _calibrator(trt, data, cache, batch=int(shapes["opt"][0]))
         config.set_calibration_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError("TensorRT engine build failed (see the runner's stderr for the builder log)")
+        raise RuntimeError("TensorRT engine build failed" + _dla_hint(build) + " (the builder log is in stderr)")
     return bytes(serialized)
+
+
+def _dla_hint(build: dict[str, Any]) -> str:
+    if build.get("dla_core") is None or build.get("gpu_fallback"):
+        return ""
+    return (
+        f" for DLA core {build['dla_core']} with GPU fallback off: a layer DLA cannot run stops it; fix: set "
+        "gpu_fallback: true in the device's tensorrt options to let such layers run on the GPU (the result "
+        "then says gpu_fallback: true), or remove dla_core"
+    )
+
+
+def placement(build: dict[str, Any]) -> dict[str, Any]:
+    """Where the engine runs, as build.json (and so build_engine_api) has it."""
+    dla_core = build.get("dla_core")
+    return {
+        "device": "dla" if dla_core is not None else "gpu",
+        "dla_core": dla_core,
+        # True: layers DLA cannot run may be running on the GPU; the latency is then the mix's.
+        "gpu_fallback": dla_core is not None and bool(build.get("gpu_fallback")),
+        "device_note": build.get("device_note"),
+    }
 
 
 def build_engine_trtexec(directory: str, build: dict[str, Any], engine_path: str) -> None:
@@ -159,7 +195,7 @@ def build_engine_trtexec(directory: str, build: dict[str, Any], engine_path: str
     done = subprocess.run(argv, cwd=directory, capture_output=True, text=True, check=False)
     if done.returncode != 0 or "&&&& PASSED" not in done.stdout:
         tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
-        raise RuntimeError("trtexec failed: " + tail)
+        raise RuntimeError("trtexec failed" + _dla_hint(build) + ": " + tail)
 
 
 class TensorRtSession:
@@ -200,10 +236,12 @@ class TensorRtSession:
         self.input_name = input_name
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         self.stream = _check(cudart.cudaStreamCreate())
+        self.min_batch = int(build["profile"]["min"][0])
         self.max_batch = int(build["profile"]["max"][0])
         self._buffers: dict[str, DeviceBuffer] = {}
         self._gpu = gpu
         self._precision = build["precision"]
+        self._placement = placement(build)
 
     def _ensure(self, name: str, nbytes: int) -> int:
         buf = self._buffers.get(name)
@@ -229,6 +267,12 @@ class TensorRtSession:
         _check(self._cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, kind, self.stream))
 
     def bind(self, x: np.ndarray) -> None:
+        low, high = self.min_batch, self.max_batch
+        if not low <= len(x) <= high:
+            takes = f"batch {low} only" if low == high else f"batch {low} to {high}"
+            raise RuntimeError(
+                f"this engine takes {takes} (its optimisation profile), not {len(x)}; measure it with batch {low}"
+            )
         self._bound = np.ascontiguousarray(x, dtype=np.float32)
         ptr, self._bound_out = self._prepare(self._bound)
         self._copy_in(ptr, self._bound)
@@ -242,6 +286,9 @@ class TensorRtSession:
         rows = []
         for start in range(0, len(x), self.max_batch):
             chunk = np.ascontiguousarray(x[start : start + self.max_batch], dtype=np.float32)
+            keep = len(chunk)
+            if keep < self.min_batch:  # a static (DLA) engine: pad with the last image, drop its outputs
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.min_batch - keep, axis=0)])
             ptr, out = self._prepare(chunk)
             self._copy_in(ptr, chunk)
             self.context.execute_async_v3(int(self.stream))
@@ -249,7 +296,7 @@ class TensorRtSession:
             src = self._buffers[self.output_name].ptr
             _check(self._cudart.cudaMemcpyAsync(out.ctypes.data, src, out.nbytes, kind, self.stream))
             _check(self._cudart.cudaStreamSynchronize(self.stream))
-            rows.append(out.astype(np.float32))
+            rows.append(out[:keep].astype(np.float32))
         return np.concatenate(rows)
 
     def describe(self) -> dict[str, Any]:
@@ -258,6 +305,7 @@ class TensorRtSession:
             "version": version(),
             "gpu": self._gpu,
             "precision": self._precision,
+            **self._placement,
             "engine_built_now": self.built_now,
             "timed_call": "execute_async_v3 + cudaStreamSynchronize",
         }

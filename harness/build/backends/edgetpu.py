@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import BuildError, ToolchainMissing
+from ...errors import BuildError, ConfigError, ToolchainMissing
 from .litert import convert_tflite
 from .onnxruntime import check_options, check_precision
 from .protocol import CompileRequest
@@ -150,6 +150,17 @@ class EdgeTpuBackend:
     def compile(self, request: CompileRequest) -> Path:
         check_precision(self.name, request.precision, self.precisions)
         check_options(self.name, request.options, self.build_options + self.run_options)
+        segments = request.options.get("num_segments")
+        if segments is not None and (isinstance(segments, bool) or segments != 1):
+            # With -n the compiler writes model_segment_<i>_of_<n>_edgetpu.tflite, one per Edge TPU,
+            # which only Coral's PipelinedModelRunner runs, across that many Edge TPUs; the runner has
+            # no pipelined runner, and one segment's latency is not the model's.
+            raise ConfigError(
+                f"edgetpu option num_segments={segments!r} asks for the model split into segments for "
+                "several Edge TPUs (Coral's model pipelining), which this runner cannot run",
+                key="options.edgetpu.num_segments",
+                fix="remove num_segments (or set it to 1): the whole model then compiles for one Edge TPU",
+            )
         compiler = find_compiler()  # before the (slow) conversion: a missing tool fails at once
         quantised = convert_tflite(request, request.out_dir / "model.tflite")
         argv = compiler_command(
@@ -164,10 +175,22 @@ class EdgeTpuBackend:
         except subprocess.TimeoutExpired:
             raise BuildError(f"edgetpu_compiler took longer than {COMPILE_TIMEOUT_S:.0f} s") from None
         report = parse_compiler_log(done.stdout)
-        out = request.out_dir / "model_edgetpu.tflite"
-        if done.returncode != 0 or not report.success or not out.is_file():
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        out = request.out_dir / f"{quantised.stem}_edgetpu.tflite"
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        if done.returncode != 0:
             raise BuildError(f"edgetpu_compiler failed (exit {done.returncode}): {tail}")
+        if not report.success:
+            raise BuildError(
+                f"edgetpu_compiler exited 0 without 'Model compiled successfully' in its output: {tail}",
+                fix="run the command by hand to see why: " + " ".join(argv),
+            )
+        if not out.is_file():
+            found = sorted(p.name for p in request.out_dir.iterdir() if p != quantised)
+            raise BuildError(
+                f"edgetpu_compiler reported success but wrote no {out.name} in {request.out_dir}; "
+                f"it wrote: {', '.join(found) or 'nothing'}",
+                fix="check the compiler's version and options (-n splits the output into segment files)",
+            )
         if not report.ops_on_tpu:
             raise BuildError(
                 "edgetpu_compiler mapped no operation to the Edge TPU; the model would run on the CPU",

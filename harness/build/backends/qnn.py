@@ -5,6 +5,12 @@ The artifacts are ONNX Runtime's: the FP32 model (the HTP runs it in FP16 when
 (uint8 asymmetric activations, int8 symmetric per-channel weights: the HTP's quantised types). The
 runner is the ONNX Runtime adapter with QNN provider options; ``provider: cpu`` runs the same
 artifact on the CPU execution provider, which is how it is verified on a machine without QNN.
+
+Two things keep a QNN result the NPU's. The artifact's batch is fixed (the reference ONNX has a dynamic
+one): "QNN EP does not support models with dynamic shapes (e.g., a dynamic batch size). Dynamic shapes
+must be fixed to a specific value" (ONNX Runtime's QNN execution provider page). And the session turns
+off CPU fallback (``session.disable_cpu_ep_fallback``), so a node the NPU cannot run makes the session
+refuse to open instead of running, unseen, on the CPU under the NPU's name.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConfigError
+from ...errors import BuildError, ConfigError
 from ..export import check_onnx
 from .onnxruntime import check_choice, check_options, check_precision, quantize_qdq, require_calibration
 from .protocol import CompileRequest
@@ -24,6 +30,31 @@ PERFORMANCE_MODES = (
     "low_power_saver", "power_saver", "extreme_power_saver", "sustained_high_performance",
 )  # fmt: skip
 QNN_BACKENDS = {"htp": "libQnnHtp.so", "cpu": "libQnnCpu.so", "gpu": "libQnnGpu.so"}
+NO_CPU_FALLBACK = {"session.disable_cpu_ep_fallback": "1"}
+
+
+def fix_batch(path: Path, input_name: str, input_shape: tuple[int, ...]) -> int:
+    """Rewrite the ONNX file at ``path`` with its input's dynamic dimensions fixed (the batch to
+    ``input_shape[0]``, the latency input's) and the output shapes that follow; return the batch.
+
+    A dimension the model already fixes is kept. The eval pass feeds such a model its fixed batch
+    at a time (the runner's ONNX Runtime adapter reads it from the model).
+    """
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+
+    model = onnx.load(str(path))
+    inputs = [i for i in model.graph.input if i.name == input_name]
+    if not inputs:
+        names = ", ".join(i.name for i in model.graph.input)
+        raise BuildError(f"{path.name} has no input {input_name!r} to fix the batch of", fix=f"its inputs: {names}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    fixed = [d if d is not None else s for d, s in zip(declared, input_shape, strict=True)]
+    make_input_shape_fixed(model.graph, input_name, fixed)
+    fix_output_shapes(model)
+    onnx.save(model, str(path))
+    return int(fixed[0])
 
 
 def provider_options(
@@ -54,7 +85,7 @@ class QnnBackend:
     runtime = "onnxruntime"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     needs_calibration: tuple[str, ...] = ("int8",)
-    recipe = 1
+    recipe = 2  # 2: the artifact's batch is fixed (QNN needs static shapes)
     build_options: tuple[str, ...] = ()
     run_options: tuple[str, ...] = ("provider", "qnn_backend", "performance_mode", "finalization_level")
 
@@ -63,12 +94,14 @@ class QnnBackend:
         check_options(self.name, request.options, self.build_options + self.run_options)
         check_onnx(request.onnx.path, request.onnx.input_shape)
         if request.precision == "int8":
+            # Calibrate on the dynamic-batch reference (the calibration reader feeds 16 images at a
+            # time), then fix the batch of the quantised model.
             out = request.out_dir / "model-qdq.onnx"
-            return quantize_qdq(
-                request.onnx.path, out, request.onnx.input_name, require_calibration(self.name, request)
-            )
-        out = request.out_dir / "model.onnx"
-        shutil.copyfile(request.onnx.path, out)
+            quantize_qdq(request.onnx.path, out, request.onnx.input_name, require_calibration(self.name, request))
+        else:
+            out = request.out_dir / "model.onnx"
+            shutil.copyfile(request.onnx.path, out)
+        fix_batch(out, request.onnx.input_name, request.onnx.input_shape)
         return out
 
     def runner_options(self, precision: str, threads: int | None, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,11 +116,13 @@ class QnnBackend:
             raise ConfigError(
                 f"qnn option finalization_level={level!r} is not valid", key="options.finalization_level", fix="use 0-3"
             )
+        # QNN alone, with CPU fallback off: ONNX Runtime otherwise places the nodes QNN cannot run on
+        # the CPU without a word, and it refuses fallback-off with the CPU provider listed beside it.
         return {
             "threads": threads,
-            "providers": ["QNNExecutionProvider", "CPUExecutionProvider"],
+            "providers": ["QNNExecutionProvider"],
             "provider_options": [
                 provider_options(precision, backend=backend, performance_mode=mode, finalization_level=int(level)),
-                {},
             ],
+            "session_config": dict(NO_CPU_FALLBACK),
         }

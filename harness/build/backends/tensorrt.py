@@ -7,6 +7,14 @@ line for a human to rerun) and, for INT8, ``calibration.npy``: the catalog's cal
 which the runner's entropy calibrator (IInt8EntropyCalibrator2) feeds to the builder, writing a
 calibration cache that later builds reuse (trtexec ``--calib=``). The runner builds the engine once
 per device and caches it beside the bundle.
+
+DLA (``dla_core``), as NVIDIA's "DLA Supported Layers and Restrictions" and "GPU Fallback Mode" pages
+put it: DLA runs FP16 and INT8 only; it "does not support dynamic dimensions, so the profile's min, max,
+and opt values must be equal"; and with GPU fallback on, "layers that cannot run on DLA silently fall
+back to GPU execution without an error". So a DLA build has a static profile at the input's batch, GPU
+fallback stays off unless the device asks for it (``gpu_fallback: true``, which the result then
+reports), and the FP32 engine, which DLA cannot run, is built for the GPU and says so: it is the
+reference the DLA's FP16/INT8 engines are compared with, planned with the same device options.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from ..export import check_onnx
 from .onnxruntime import check_options, check_precision, require_calibration, write_archive
 from .protocol import CompileRequest
 
-BUILD_SCHEMA = 1
+BUILD_SCHEMA = 2  # 2: gpu_fallback, device and device_note; DLA profiles are static
 DEFAULT_WORKSPACE_MB = 1024
 DEFAULT_MAX_BATCH = 32  # the runner's eval batch; latency runs at batch 1
 # Build options that take a whole number: (smallest, largest or None, the example a fix shows).
@@ -34,11 +42,29 @@ _WHOLE_NUMBER_OPTIONS: dict[str, tuple[int, int | None, int]] = {
     "workspace_mb": (1, None, DEFAULT_WORKSPACE_MB),
     "max_batch": (1, None, 8),
     "builder_optimization_level": (0, 5, 3),
+    "dla_core": (0, None, 0),  # Jetson AGX Orin has DLA cores 0 and 1
 }
+_FIX = "set it under the device's options: tensorrt: in the lab file"
 
 
 def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
+
+
+def uses_dla(precision: str, dla_core: int | None) -> bool:
+    """DLA runs FP16 and INT8 only: an fp32 engine goes to the GPU whatever dla_core says."""
+    return dla_core is not None and precision != "fp32"
+
+
+def profile_shapes(
+    precision: str, input_shape: tuple[int, ...], *, max_batch: int = DEFAULT_MAX_BATCH, dla_core: int | None = None
+) -> dict[str, list[int]]:
+    """The optimisation profile: batch 1 to max_batch on the GPU; the input's own batch alone on DLA."""
+    if uses_dla(precision, dla_core):
+        static = list(input_shape)
+        return {"min": static, "opt": list(static), "max": list(static)}
+    one = [1, *input_shape[1:]]
+    return {"min": one, "opt": list(one), "max": [max_batch, *input_shape[1:]]}
 
 
 def build_config(
@@ -50,20 +76,27 @@ def build_config(
     max_batch: int = DEFAULT_MAX_BATCH,
     builder_optimization_level: int = 3,
     dla_core: int | None = None,
+    gpu_fallback: bool = False,
 ) -> dict[str, Any]:
     """What the device's builder does, as data the runner reads (and a human can diff)."""
-    one = (1, *input_shape[1:])
-    most = (max_batch, *input_shape[1:])
     flags = {"fp32": [], "fp16": ["FP16"], "int8": ["FP16", "INT8"]}[precision]
+    dla = uses_dla(precision, dla_core)
+    note = None
+    if dla_core is not None and not dla:
+        note = f"dla_core {dla_core} not used: DLA runs FP16 and INT8 only, so this fp32 engine is built for the GPU"
     return {
         "schema": BUILD_SCHEMA,
         "precision": precision,
         "flags": flags,  # INT8 keeps FP16 on, so layers without an INT8 kernel fall back to FP16, not FP32
         "workspace_mb": workspace_mb,
         "builder_optimization_level": builder_optimization_level,
-        "dla_core": dla_core,
+        "device": "dla" if dla else "gpu",
+        "dla_core": dla_core if dla else None,
+        "gpu_fallback": gpu_fallback if dla else False,  # true: layers DLA cannot run may run on the GPU
+        "device_note": note,
         "input": input_name,
-        "profile": {"min": list(one), "opt": list(one), "max": list(most)},
+        # Calibration runs at the profile's opt shape, so the calibrator's batch is its opt batch.
+        "profile": profile_shapes(precision, input_shape, max_batch=max_batch, dla_core=dla_core),
         "calibration": "calibration.npy" if precision == "int8" else None,
         "calibration_cache": "calibration.cache" if precision == "int8" else None,
         "trtexec": trtexec_command(
@@ -74,6 +107,7 @@ def build_config(
             max_batch=max_batch,
             builder_optimization_level=builder_optimization_level,
             dla_core=dla_core,
+            gpu_fallback=gpu_fallback,
         ),
     }
 
@@ -89,17 +123,18 @@ def trtexec_command(
     max_batch: int = DEFAULT_MAX_BATCH,
     builder_optimization_level: int = 3,
     dla_core: int | None = None,
+    gpu_fallback: bool = False,
     trtexec: str = "/usr/src/tensorrt/bin/trtexec",
 ) -> list[str]:
     """The trtexec line that builds the same engine (TensorRT 8.6+/10 flag names)."""
-    one = _dims((1, *input_shape[1:]))
+    profile = profile_shapes(precision, input_shape, max_batch=max_batch, dla_core=dla_core)
     argv = [
         trtexec,
         f"--onnx={onnx}",
         f"--saveEngine={engine}",
-        f"--minShapes={input_name}:{one}",
-        f"--optShapes={input_name}:{one}",
-        f"--maxShapes={input_name}:{_dims((max_batch, *input_shape[1:]))}",
+        f"--minShapes={input_name}:{_dims(tuple(profile['min']))}",
+        f"--optShapes={input_name}:{_dims(tuple(profile['opt']))}",
+        f"--maxShapes={input_name}:{_dims(tuple(profile['max']))}",
         f"--memPoolSize=workspace:{workspace_mb}M",
         f"--builderOptimizationLevel={builder_optimization_level}",
         "--skipInference",
@@ -109,8 +144,10 @@ def trtexec_command(
     if precision == "int8":
         # trtexec cannot calibrate from data: it reads the cache the runner's calibrator wrote.
         argv += ["--int8", "--calib=calibration.cache"]
-    if dla_core is not None:
-        argv += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
+    if uses_dla(precision, dla_core):
+        argv.append(f"--useDLACore={dla_core}")
+        if gpu_fallback:
+            argv.append("--allowGPUFallback")
     return argv
 
 
@@ -169,8 +206,10 @@ class TensorRtBackend:
     runtime = "tensorrt"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     needs_calibration: tuple[str, ...] = ("int8",)
-    recipe = 1
-    build_options: tuple[str, ...] = ("workspace_mb", "max_batch", "builder_optimization_level", "dla_core")
+    recipe = 2  # 2: DLA builds get a static profile and no silent GPU fallback
+    build_options: tuple[str, ...] = (
+        "workspace_mb", "max_batch", "builder_optimization_level", "dla_core", "gpu_fallback",
+    )  # fmt: skip
     run_options: tuple[str, ...] = ("builder",)
 
     def compile(self, request: CompileRequest) -> Path:
@@ -192,7 +231,28 @@ class TensorRtBackend:
             raise ConfigError(
                 f"tensorrt option {key}={value!r} must be a whole number {accepted}",
                 key=f"options.tensorrt.{key}",
-                fix=f"set it under the device's options: tensorrt: in the lab file, e.g. {key}: {example}",
+                fix=f"{_FIX}, e.g. {key}: {example}",
+            )
+        dla_core = opts.get("dla_core")
+        gpu_fallback = opts.get("gpu_fallback", False)
+        if not isinstance(gpu_fallback, bool):
+            raise ConfigError(
+                f"tensorrt option gpu_fallback={gpu_fallback!r} is not a boolean",
+                key="options.tensorrt.gpu_fallback",
+                fix="use true (layers DLA cannot run go to the GPU, and the result says so) or false (the build fails)",
+            )
+        if gpu_fallback and dla_core is None:
+            raise ConfigError(
+                "tensorrt option gpu_fallback=True does nothing without dla_core (it lets DLA layers fall back)",
+                key="options.tensorrt.gpu_fallback",
+                fix="set dla_core as well, or remove gpu_fallback",
+            )
+        if opts.get("max_batch") is not None and uses_dla(request.precision, dla_core):
+            raise ConfigError(
+                f"tensorrt option max_batch={opts['max_batch']!r} asks for a batch range, but a DLA engine "
+                f"(dla_core={dla_core}) takes one batch: its profile's min, opt and max must be equal",
+                key="options.tensorrt.max_batch",
+                fix=f"remove max_batch: the DLA engine runs at the input's batch of {onnx.input_shape[0]}",
             )
         config = build_config(
             request.precision,
@@ -201,7 +261,8 @@ class TensorRtBackend:
             workspace_mb=int(opts.get("workspace_mb", DEFAULT_WORKSPACE_MB)),
             max_batch=int(opts.get("max_batch", DEFAULT_MAX_BATCH)),
             builder_optimization_level=int(opts.get("builder_optimization_level", 3)),
-            dla_core=opts.get("dla_core"),
+            dla_core=None if dla_core is None else int(dla_core),
+            gpu_fallback=gpu_fallback,
         )
         work = request.out_dir / "bundle"
         work.mkdir()
