@@ -1,8 +1,9 @@
 """pytest wiring: options, one test per (model x variant x device), JUnit properties, the report at the end.
 
 Public pytest API only: ``parser.getgroup``, ``pytest.StashKey``, registered markers,
-``record_property`` / ``record_testsuite_property``. Nothing happens unless ``--lab`` is given, so
-installing edgebench does not change anyone else's test runs; with ``--lab``, pytest-xdist is refused
+``record_property`` / ``record_testsuite_property``. Nothing happens unless ``--lab`` is given (but a
+test asking for an edgebench fixture with a misspelled ``edgebench_kind`` is refused), so installing
+edgebench does not change anyone else's test runs; with ``--lab``, pytest-xdist is refused
 (every worker would time its own jobs on the same devices at once). The interleaved suite makes one
 test per (model x device) group instead, and runs only with ``--interleave``: it spends device time
 again on variants the latency suite has measured already.
@@ -14,7 +15,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -33,8 +34,12 @@ _ALL_SKIPPED = pytest.StashKey[str]()  # the first skip reason, when every job o
 _SKIPPED_EARLY = pytest.StashKey["list[str]"]()
 # One interleaved comparison per group and session, however many tests ask for it.
 _INTERLEAVED = pytest.StashKey["dict[str, _Interleaved]"]()
+# Tests whose edgebench_kind marker names no known kind, by node id: refused once collection is done.
+_BAD_KINDS = pytest.StashKey["dict[str, str]"]()
 
 NO_LAB = "edgebench suites need --lab FILE"
+# The values edgebench_kind takes: a misspelled one would otherwise run the latency job unseen.
+SUITE_KINDS = ("latency", "parity", "robustness", "interleaved")
 NO_INTERLEAVE = "pass --interleave to run the interleaved comparison (it spends device time on every variant again)"
 UNDER_XDIST = (
     "edgebench: --lab cannot run under pytest-xdist (-n): jobs on one device must not be timed at the same "
@@ -176,6 +181,12 @@ def pytest_configure(config: pytest.Config) -> None:
             backends=backends,
             native_size_only=not config.getoption("--all-sizes"),  # as `edgebench run` plans by default
         )
+        if not pipeline.plan(["latency"]):
+            # As `edgebench run` refuses it: a filter (--backends, the sizes, the runtimes) that emptied
+            # the plan would otherwise skip every test as an empty parameter set and exit 0.
+            from .cli.runs import empty_plan
+
+            raise empty_plan(pipeline, ["latency"])
         if new_file is None or new_file.exists():
             pipeline.results_store()
     except EdgebenchError as exc:
@@ -213,25 +224,66 @@ def _pipeline(config: pytest.Config) -> Any:
     return config.stash.get(_PIPELINE, None)
 
 
-def _skip_early(config: pytest.Config, reason: str) -> None:
+def _skip_early(config: pytest.Config, reason: str) -> NoReturn:
     """Skip the test for ``reason`` before any job runs, and count it for the all-skipped check."""
     config.stash.setdefault(_SKIPPED_EARLY, []).append(reason)
     pytest.skip(reason)
 
 
+@dataclass(frozen=True)
+class NoJob:
+    """What a suite's one test gets when the lab plans no job of its kind: why, to skip with."""
+
+    reason: str
+
+
+def _suite_kind(metafunc: pytest.Metafunc) -> str | None:
+    """The test's ``edgebench_kind`` (latency without the marker), or None when it names no known kind.
+
+    A bad value is kept for ``pytest_collection_modifyitems`` to refuse: raised here, pytest would
+    report it as a collection error of the module rather than a usage error.
+    """
+    marker = metafunc.definition.get_closest_marker("edgebench_kind")
+    if marker is None:
+        return "latency"
+    value = marker.args[0] if len(marker.args) == 1 and not marker.kwargs else None
+    if value in SUITE_KINDS:
+        return str(value)
+    given = ", ".join([*map(repr, marker.args), *(f"{k}={v!r}" for k, v in marker.kwargs.items())])
+    metafunc.config.stash.setdefault(_BAD_KINDS, {})[metafunc.definition.nodeid] = given
+    return None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = [n for n in ("edgebench_job", "edgebench_group") if n in metafunc.fixturenames]
+    if not names:
+        return
+    kind = _suite_kind(metafunc)
     pipeline = _pipeline(metafunc.config)
+    if kind is None:
+        # Refused once collection is done (pytest_collection_modifyitems); nothing is planned for it.
+        for name in names:
+            metafunc.parametrize(name, [None], ids=["bad-kind"])
+        return
     if pipeline is None:
         for name in names:
             metafunc.parametrize(name, [pytest.param(None, marks=pytest.mark.skip(reason=NO_LAB))], ids=["no-lab"])
         return
     if "edgebench_job" in names:
-        marker = metafunc.definition.get_closest_marker("edgebench_kind")
-        kind = marker.args[0] if marker and marker.args else "latency"
         # Latency and parity suites read the same job (one device execution serves both).
         jobs = pipeline.plan(["robustness" if kind == "robustness" else "latency"])
-        metafunc.parametrize("edgebench_job", jobs, ids=[j.id for j in jobs])
+        if jobs:
+            metafunc.parametrize("edgebench_job", jobs, ids=[j.id for j in jobs])
+        else:
+            # The lab plans latency jobs (checked at configure), but no chosen model has the labels a
+            # robustness job needs: one test that skips with the reason, so a session of this suite
+            # alone does not pass on nothing (it exits 5, as when every job is skipped).
+            chosen = ", ".join(m.name for m in pipeline.models)
+            why = (
+                f"no chosen model has a labelled eval set ({chosen}), so the robustness suite has no job; "
+                "fix: choose a model with labels (--models)"
+            )
+            metafunc.parametrize("edgebench_job", [NoJob(why)], ids=["no-job"])
     if "edgebench_group" in names:
         # Planning costs no device time, so without --interleave the skipped groups still show what would run.
         marks = () if metafunc.config.getoption("--interleave") else (pytest.mark.skip(reason=NO_INTERLEAVE),)
@@ -239,6 +291,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
         groups = interleave_groups(pipeline.plan(["latency"]))
         metafunc.parametrize("edgebench_group", [pytest.param(g, id=g.id, marks=marks) for g in groups])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test whose ``edgebench_kind`` is not a known kind, before any test runs (also under --co)."""
+    bad = config.stash.get(_BAD_KINDS, {})
+    if bad:
+        test, given = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more test(s))" if len(bad) > 1 else ""
+        raise pytest.UsageError(
+            f"edgebench: {test}{more}: @pytest.mark.edgebench_kind({given}) is not a suite kind; "
+            f"fix: use one of: {', '.join(SUITE_KINDS)}"
+        )
 
 
 def _capabilities(job: Job) -> set[str]:
@@ -250,8 +314,12 @@ def _capabilities(job: Job) -> set[str]:
 
 
 @pytest.fixture
-def edgebench_result(request: pytest.FixtureRequest, edgebench_job: Job, record_property: Any) -> Iterator[JobResult]:
+def edgebench_result(
+    request: pytest.FixtureRequest, edgebench_job: Job | NoJob, record_property: Any
+) -> Iterator[JobResult]:
     """Run the job on its device and yield its recorded result; skip when the device cannot run it."""
+    if isinstance(edgebench_job, NoJob):
+        _skip_early(request.config, edgebench_job.reason)
     for marker in request.node.iter_markers("requires"):
         missing = [c for c in marker.args if c not in _capabilities(edgebench_job)]
         if missing:

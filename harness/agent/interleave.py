@@ -59,7 +59,10 @@ def rounds(
             if n >= target:
                 return samples, "fixed_count", count, elapsed
             continue
-        at_cap = n >= stop.max_iterations or elapsed >= stop.max_duration_s
+        # min_iterations is a floor the time cap does not cut, as in timed_loop: fewer calls would leave
+        # a slow variant's P99 INVALID. The job timeout bounds the floor.
+        timed_out = elapsed >= stop.max_duration_s and n >= stop.min_iterations
+        at_cap = n >= stop.max_iterations or timed_out
         # Convergence before the caps (as in timed_loop): precise enough at the cap is converged.
         if (at_cap or n >= next_check) and n >= stop.min_iterations and elapsed >= stop.min_duration_s:
             if all(converged(s, stop) for s in samples):
@@ -67,7 +70,7 @@ def rounds(
             next_check = n + max(n // 10, block)
         if n >= stop.max_iterations:
             return samples, "max_iterations", count, elapsed
-        if elapsed >= stop.max_duration_s:
+        if timed_out:
             return samples, "time_cap", count, elapsed
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..build.backends import get_backend
 from ..catalog import load_catalog
-from ..errors import CapabilityMissing, ConfigError, EdgebenchError
+from ..errors import CapabilityMissing, ConfigError, DeviceOffline, EdgebenchError, ToolchainMissing
 from ..lab.inventory import load_lab
 from .runs import GLOBAL_FLAGS, DbOpt, check_measured, empty_plan, finish_on_exit, open_store
 
@@ -77,7 +77,7 @@ def capacity(
     # Like run and interleave: a lab none of whose devices runs the backend is an error before any
     # database is opened or created.
     if not pipeline.plan(["latency"]):
-        raise empty_plan(pipeline, ["latency"], sizes_flag=None, backends_flag="--backend")
+        raise empty_plan(pipeline, ["latency"], backends_flag="--backend")
     pipeline.results_store()  # a wrong --db is refused now, before any device work
     table = Table("model", "device", *(f"streams @ {r:g} FPS" for r in rates), "status")
     skipped: list[str] = []
@@ -91,7 +91,8 @@ def capacity(
                 job = Job(entry, variant, device, "capacity")
                 try:
                     result, answers = run_capacity(pipeline, job, fps=rates, max_streams=max_streams)
-                except CapabilityMissing as exc:
+                except (CapabilityMissing, ToolchainMissing, DeviceOffline) as exc:
+                    # A device that cannot be reached is skipped, as in `edgebench run`: the lab carries on.
                     skipped.append(f"{job.id}: {exc.one_line()}")
                     table.add_row(entry.name, device.name, *("-" for _ in rates), f"skipped: {exc.one_line()}")
                     continue

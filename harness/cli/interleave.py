@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..catalog import load_catalog
-from ..errors import CapabilityMissing, EdgebenchError, ToolchainMissing
+from ..errors import CapabilityMissing, DeviceOffline, EdgebenchError, ToolchainMissing
 from ..lab.inventory import load_lab
 from .runs import GLOBAL_FLAGS, DbOpt, check_measured, empty_plan, finish_on_exit, open_store
 
@@ -55,7 +55,7 @@ def interleave(
 
     planned = pipeline.plan(["latency"])
     if not planned:
-        raise empty_plan(pipeline, ["latency"], sizes_flag=None)
+        raise empty_plan(pipeline, ["latency"])
     pipeline.results_store()  # a wrong --db is refused now, before any device work
 
     def work() -> str | None:
@@ -72,7 +72,8 @@ def interleave(
                 continue
             try:
                 outcome = run_interleaved(pipeline, jobs, block=block, seed=seed)
-            except (CapabilityMissing, ToolchainMissing) as exc:
+            except (CapabilityMissing, ToolchainMissing, DeviceOffline) as exc:
+                # A device that cannot be reached is skipped, as in `edgebench run`: the lab carries on.
                 skipped.append(f"{group.id}: {exc.one_line()}")
                 table.add_row(group.model, group.device, "-", "-", "-", "-", "-", f"skipped: {exc.one_line()}")
                 continue

@@ -145,7 +145,9 @@ def run(
     def work() -> None:
         console.print(f"run {pipeline.run_id}: {len(jobs)} job(s) on {len(lab_config.devices)} device(s)")
         for job in jobs:
-            pipeline.run_job(job)
+            # result_for, not run_job: a candidate's job runs its production model's job first (same
+            # variant, same device), and a job already run is not timed and stored a second time.
+            pipeline.result_for(job)
 
     status = finish_on_exit(pipeline, work)
     out = write_report(store, pipeline.run_id, out, flag="--report")

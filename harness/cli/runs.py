@@ -52,7 +52,6 @@ def empty_plan(
     pipeline: Pipeline,
     kinds: Sequence[str],
     *,
-    sizes_flag: str | None = "--all-sizes",
     backends_flag: str = "--backends",
 ) -> ConfigError:
     """Why the plan has no job, naming the filter that emptied it (``backends_flag``: how the command spells it)."""
@@ -88,8 +87,8 @@ def empty_plan(
             key="runtimes",
             fix="check each device's platform: and runtimes: in the lab file (edgebench devices check --lab FILE)",
         )
-    fix = f"pass {sizes_flag} to plan the catalog's input_sizes" if sizes_flag else "check input_sizes: in the catalog"
-    return ConfigError("the chosen models plan no variant at their own input size", key="input_sizes", fix=fix)
+    # Every model plans its catalog shape and every device here runs a backend: nothing else empties a plan.
+    return ConfigError(f"no job was planned on {where}", key="--models", fix="check --models and the lab's devices")
 
 
 def nothing_measured(skipped: Sequence[str], what: str = "job") -> ConfigError:

@@ -417,6 +417,14 @@ def _production(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(table, key=_variant_order)
 
 
+def _interleaved(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Interleaved results labelled as a reader tells the variants apart: threads, options and input size."""
+    return [
+        {**r, "variant": _variant_label(r), "input": "x".join(map(str, (r.get("input_shape") or [])[1:])) or "-"}
+        for r in rows
+    ]
+
+
 def _pair(value: Any) -> tuple[float, float] | None:
     if isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value):
         return float(value[0]), float(value[1])
@@ -508,7 +516,7 @@ def render_report(store: Store, run_id: str) -> str:
         production=_production(rows),
         robustness=robustness,
         quality=_quality([*rows, *interleaved]),
-        interleaved=interleaved,
+        interleaved=_interleaved(interleaved),
         capacity=_capacity(capacity),
         counts=dict(counts),
         chart=_chart(rows),

@@ -620,3 +620,94 @@ def test_markers_are_registered(pytester: pytest.Pytester) -> None:
     for marker in ("requires(capability)", "edgebench_kind(name)"):
         result.stdout.fnmatch_lines([f"*@pytest.mark.{marker}:*"])
     result.stdout.fnmatch_lines(["*@pytest.mark.edgebench_kind(name):*robustness, or interleaved*--interleave*"])
+
+
+def test_a_backend_no_device_runs_is_a_usage_error_as_with_edgebench_run(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    """The filter emptied the plan: without the check every test skips as an empty parameter set and
+    the session exits 0, though nothing was measured."""
+    pytester.makepyfile(test_suite=SUITE)
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "--backends", "tensorrt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    errors = [line for line in result.stderr.lines if "edgebench:" in line]
+    assert errors == [
+        f"ERROR: edgebench: --backends: no device of lab 'testlab' ({local_lab}) runs tensorrt, so no job was "
+        "planned; fix: use backends its devices run: onnxruntime"
+    ]
+    assert "Traceback" not in result.stderr.str()
+    assert not (out / "results.sqlite").exists() and not (out / "report.html").exists()
+
+
+def test_a_robustness_suite_with_no_labelled_model_does_not_pass_on_nothing(
+    pytester: pytest.Pytester, copy_suite: Callable[..., Path], local_lab: Path, tiny_catalog: Path, tmp_path: Path
+) -> None:
+    """tiny-cnn's eval set has no labels, so it plans no robustness job: the suite's one test skips with
+    the reason, and a session of that suite alone exits 5, as when every job is skipped."""
+    copy_suite("test_robustness.py", as_name="test_robustness_suite.py")
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(local_lab, tiny_catalog, out), "-rs")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED, result.stdout.str()[-2000:]
+    result.assert_outcomes(skipped=1)
+    why = "no chosen model has a labelled eval set (tiny-cnn), so the robustness suite has no job"
+    result.stdout.fnmatch_lines(
+        [f"every job was skipped, nothing was measured (exit status 5): {why}; fix: *", f"*SKIPPED*{why}*"]
+    )
+    assert_no_run(out / "results.sqlite")
+
+
+MISSPELLED_KIND = """
+import pytest
+
+pytestmark = pytest.mark.edgebench_kind("robustnes")
+
+
+def test_robust(edgebench_result):
+    raise AssertionError("must not run a job for a misspelled kind")
+"""
+
+
+@pytest.mark.parametrize("with_lab", [True, False], ids=["lab", "no-lab"])
+def test_a_misspelled_edgebench_kind_is_a_usage_error_naming_the_test(
+    pytester: pytest.Pytester, local_lab: Path, tiny_catalog: Path, tmp_path: Path, with_lab: bool
+) -> None:
+    """Not silently the latency job: the marker's value is refused before any test runs."""
+    pytester.makepyfile(test_kinds=MISSPELLED_KIND)
+    out = tmp_path / "out"
+    result = run_inner(pytester, *(lab_args(local_lab, tiny_catalog, out) if with_lab else []))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: edgebench: *test_kinds.py::test_robust: @pytest.mark.edgebench_kind('robustnes') is not a suite "
+            "kind; fix: use one of: latency, parity, robustness, interleaved"
+        ]
+    )
+    assert "must not run" not in result.stdout.str() and "Traceback" not in result.stderr.str()
+    assert not (out / "results.sqlite").exists()
+
+
+def test_the_interleaved_suite_fails_a_comparison_whose_p99_is_invalid(
+    pytester: pytest.Pytester,
+    copy_suite: Callable[[str], Path],
+    local_lab_text: Callable[[Path], str],
+    tiny_catalog: Path,
+    tmp_path: Path,
+) -> None:
+    """100 timed calls per variant (the lab's fixed count) leave P99 without an interval (it needs
+    368): the comparison cannot say which variant is faster at the tail, so its test fails saying so."""
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(local_lab_text(tmp_path / "device") + "measure:\n  iterations: 100\n", encoding="utf-8")
+    copy_suite("test_interleaved.py")
+    out = tmp_path / "out"
+    result = run_inner(pytester, *lab_args(lab, tiny_catalog, out), "--interleave", "--backends", "onnxruntime")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*INVALID percentiles (tiny-cnn/onnxruntime-fp32-t1/local: P99 needs n >= 368 for a two-sided 95% "
+            "interval; have 100*; fix: give each variant more timed calls*"
+        ]
+    )
+    _, records = stored_results(out / "results.sqlite")
+    assert records and all(r["n"] == 100 and not r["valid"] for r in records)

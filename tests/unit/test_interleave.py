@@ -83,6 +83,16 @@ def test_rounds_precise_enough_at_the_time_cap_are_reported_as_converged() -> No
     assert (reason, count, [len(s) for s in samples]) == ("converged", 1, [100, 100])
 
 
+def test_the_time_cap_does_not_cut_interleaved_rounds_below_the_minimum_count() -> None:
+    """A 1 ms cap that the first round outlasts: every variant still gets its 400 calls, the floor a
+    VALID P99 needs (368), before the rounds stop at the cap, as a single job's loop does."""
+    stop = StopSpec(min_iterations=400, max_iterations=10_000, min_duration_s=0.0, max_duration_s=0.001,
+                    max_half_width=1e-9)
+    samples, reason, _, _ = rounds([_spin_200us] * 2, stop, block=50, block_warmup=0, seed=0)
+    assert reason == "time_cap"
+    assert [len(s) for s in samples] == [400, 400]
+
+
 def variant(name: str) -> dict[str, Any]:
     return {
         "name": name,

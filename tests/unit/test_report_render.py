@@ -427,3 +427,34 @@ def test_a_run_without_a_production_model_has_no_production_section(
     sections = render(fp32, int8)
     assert "precision" in sections and "quality" in sections
     assert "production" not in sections
+
+
+def test_interleaved_variants_that_differ_in_threads_or_input_size_are_told_apart(
+    result: Callable[..., JobResult], render: Render
+) -> None:
+    """An --all-sizes or several-thread-count comparison: every row names what its variant is."""
+    aa = {"ratio": 1.004, "ok": True, "tolerance": 0.01}
+    compared = [
+        replace(
+            result(job_id, timed(ms, seed=seed)),
+            kind="interleaved",
+            metrics={"variant_options": {}, "interleave_mode": "in_process", "aa_check": aa},
+        )
+        for seed, (job_id, ms) in enumerate(
+            [
+                ("mnv2/openvino-fp32-t1/nuc", 20.0),
+                ("mnv2/openvino-fp32-t2/nuc", 12.0),
+                ("mnv2/openvino-fp32-160px-t1/nuc", 10.0),
+                ("mnv2/openvino-fp32-160px-t2/nuc", 6.0),
+            ]
+        )
+    ]
+    rows = render(*compared)["interleaved"]
+    shown = {r["job"]: (r["variant"], r["input"]) for r in rows}
+    assert shown == {
+        "mnv2/openvino-fp32-t1/nuc": ("openvino fp32, 1 thread", "3x224x224"),
+        "mnv2/openvino-fp32-t2/nuc": ("openvino fp32, 2 threads", "3x224x224"),
+        "mnv2/openvino-fp32-160px-t1/nuc": ("openvino fp32, 1 thread", "3x160x160"),
+        "mnv2/openvino-fp32-160px-t2/nuc": ("openvino fp32, 2 threads", "3x160x160"),
+    }
+    assert len({(r["variant"], r["input"]) for r in rows}) == len(rows)
