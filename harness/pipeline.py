@@ -605,10 +605,18 @@ class Pipeline:
         same timeout; a refused login stays refused (every later job errors too).
         """
         self.start()
-        if isinstance(exc, TransportError) and not isinstance(exc, DeviceOffline | DeviceRefused):
-            self.links[job.device.name].mark_failed(exc.message)
+        self.note_broken(job.device, exc)
         base = self._base_result(job if kind is None else replace(job, kind=kind), started or now())
         return self._record(replace(base, status="error", message=exc.one_line(), finished_at=now()))
+
+    def note_broken(self, device: Device, exc: EdgebenchError) -> None:
+        """A device that broke (reached, but a command failed or hung) is failed for the rest of the run.
+
+        Its later jobs and groups then skip with the reason instead of running a failing setup: or
+        waiting for the same timeout again; an unreachable device or a refused login keeps its own state.
+        """
+        if isinstance(exc, TransportError) and not isinstance(exc, DeviceOffline | DeviceRefused):
+            self.links[device.name].mark_failed(exc.message)
 
     def _record(self, result: JobResult) -> JobResult:
         self.results_store().add_result(result)
@@ -1009,3 +1017,43 @@ def _artifact_sha(path: Path) -> str:
     if path.is_file():
         return file_sha256(path)
     raise EdgebenchError(f"artifact {path} is not a single file; directory artifacts must be archived first")
+
+
+def empty_plan(
+    pipeline: Pipeline,
+    kinds: Sequence[str],
+    *,
+    backends_flag: str = "--backends",
+) -> ConfigError:
+    """Why the plan has no job, naming the filter that emptied it (``backends_flag``: how the command spells it)."""
+    lab = pipeline.lab
+    where = f"lab {lab.name!r}" + (f" ({lab.lab_file})" if lab.lab_file else "")
+    if "latency" not in kinds and not any(has_labels(m) for m in pipeline.models):
+        names = ", ".join(m.name for m in pipeline.models)
+        return ConfigError(
+            f"robustness needs a labelled eval set and no chosen model has one ({names})",
+            key="--kinds",
+            fix="add latency to --kinds, or choose a model with labels (--models)",
+        )
+    unfiltered = {
+        v.backend
+        for m in pipeline.models
+        for d in lab.devices
+        for v in plan_variants(m, d, pipeline.profile(d), backends=None)
+    }
+    if pipeline.backends is not None and not unfiltered & pipeline.backends:
+        asked = ", ".join(sorted(pipeline.backends))
+        runs = ", ".join(sorted(unfiltered)) or "none"
+        return ConfigError(
+            f"no device of {where} runs {asked}, so no job was planned",
+            key=backends_flag,
+            fix=f"use backends its devices run: {runs}",
+        )
+    if not unfiltered:
+        return ConfigError(
+            f"no device of {where} runs any backend of its platform, so no job was planned",
+            key="runtimes",
+            fix="check each device's platform: and runtimes: in the lab file (edgebench devices check --lab FILE)",
+        )
+    # Every model plans its catalog shape and every device here runs a backend: nothing else empties a plan.
+    return ConfigError(f"no job was planned on {where}", key="--models", fix="check --models and the lab's devices")

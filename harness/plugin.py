@@ -143,7 +143,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from .catalog import load_catalog
     from .lab.inventory import load_lab
     from .paths import default_db_path, default_report_path
-    from .pipeline import Pipeline, backends_flag, measure_settings, stop_on_flag
+    from .pipeline import Pipeline, backends_flag, empty_plan, measure_settings, stop_on_flag
     from .report.render import check_report_target
     from .store import Store, check_new_database, database_path
 
@@ -182,10 +182,8 @@ def pytest_configure(config: pytest.Config) -> None:
             native_size_only=not config.getoption("--all-sizes"),  # as `edgebench run` plans by default
         )
         if not pipeline.plan(["latency"]):
-            # As `edgebench run` refuses it: a filter (--backends, the sizes, the runtimes) that emptied
-            # the plan would otherwise skip every test as an empty parameter set and exit 0.
-            from .cli.runs import empty_plan
-
+            # As `edgebench run` refuses it: a filter (--backends, the devices' runtimes) that emptied the
+            # plan would otherwise skip every test as an empty parameter set and exit 0.
             raise empty_plan(pipeline, ["latency"])
         if new_file is None or new_file.exists():
             pipeline.results_store()

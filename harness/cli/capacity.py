@@ -15,7 +15,7 @@ from ..build.backends import get_backend
 from ..catalog import load_catalog
 from ..errors import CapabilityMissing, ConfigError, DeviceOffline, EdgebenchError, ToolchainMissing
 from ..lab.inventory import load_lab
-from .runs import GLOBAL_FLAGS, DbOpt, check_measured, empty_plan, finish_on_exit, open_store
+from .runs import GLOBAL_FLAGS, DbOpt, check_measured, finish_on_exit, open_store
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -50,7 +50,7 @@ def capacity(
     max_streams: Annotated[int, typer.Option("--max-streams", min=1, help="Upper end of the search.")] = 64,
 ) -> int:
     """Raise concurrent streams until P99 exceeds the frame interval (1000/F ms); report streams per device."""
-    from ..pipeline import Pipeline, backends_flag, measure_settings
+    from ..pipeline import Pipeline, backends_flag, empty_plan, measure_settings
     from ..records import Job, Variant
     from ..scenarios import fps_key, run_capacity
 
@@ -98,6 +98,7 @@ def capacity(
                     continue
                 except EdgebenchError as exc:
                     errors.append(exc.one_line())
+                    pipeline.note_broken(job.device, exc)  # its later models skip with the reason
                     table.add_row(entry.name, device.name, *("-" for _ in rates), f"error: {exc.one_line()}")
                     continue
                 measured += 1

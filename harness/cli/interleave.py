@@ -14,7 +14,7 @@ from rich.table import Table
 from ..catalog import load_catalog
 from ..errors import CapabilityMissing, DeviceOffline, EdgebenchError, ToolchainMissing
 from ..lab.inventory import load_lab
-from .runs import GLOBAL_FLAGS, DbOpt, check_measured, empty_plan, finish_on_exit, open_store
+from .runs import GLOBAL_FLAGS, DbOpt, check_measured, finish_on_exit, open_store
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -33,7 +33,7 @@ def interleave(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the round order (default: random).")] = None,
 ) -> int:
     """Run every variant of a model on a device in one process, shuffled round by round, with an A/A check."""
-    from ..pipeline import Pipeline, backends_flag, measure_settings
+    from ..pipeline import Pipeline, backends_flag, empty_plan, measure_settings
     from ..scenarios import buildable, interleave_groups, run_interleaved
 
     lab_config = load_lab(lab)
@@ -79,6 +79,7 @@ def interleave(
                 continue
             except EdgebenchError as exc:
                 errors.append(exc.one_line())
+                pipeline.note_broken(jobs[0].device, exc)  # its later groups skip with the reason
                 table.add_row(group.model, group.device, "-", "-", "-", "-", "-", f"error: {exc.one_line()}")
                 continue
             measured += 1

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..lab.inventory import load_lab
 from ..paths import default_db_path, default_report_path
 from ..store import database_path
-from .runs import GLOBAL_FLAGS, DbOpt, empty_plan, finish_on_exit, nothing_measured, open_store, skip_reasons
+from .runs import GLOBAL_FLAGS, DbOpt, finish_on_exit, nothing_measured, open_store, skip_reasons
 
 if TYPE_CHECKING:  # records pulls in scipy; the CLI starts faster without it
     from ..records import JobResult
@@ -105,7 +105,7 @@ def run(
     ] = None,
 ) -> int:
     """Build, deploy and measure every model variant on every device of a lab; store; report."""
-    from ..pipeline import Pipeline, backends_flag, measure_settings, stop_on_flag
+    from ..pipeline import Pipeline, backends_flag, empty_plan, measure_settings, stop_on_flag
     from ..report.render import check_report_target, write_report
 
     # Every input is checked before the database is opened or a run recorded.

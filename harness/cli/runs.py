@@ -48,49 +48,6 @@ def finish_on_exit(pipeline: Pipeline, work: Callable[[], str | None]) -> str:
     return pipeline.finish(outcome)
 
 
-def empty_plan(
-    pipeline: Pipeline,
-    kinds: Sequence[str],
-    *,
-    backends_flag: str = "--backends",
-) -> ConfigError:
-    """Why the plan has no job, naming the filter that emptied it (``backends_flag``: how the command spells it)."""
-    from ..pipeline import has_labels
-    from ..plan import plan_variants
-
-    lab = pipeline.lab
-    where = f"lab {lab.name!r}" + (f" ({lab.lab_file})" if lab.lab_file else "")
-    if "latency" not in kinds and not any(has_labels(m) for m in pipeline.models):
-        names = ", ".join(m.name for m in pipeline.models)
-        return ConfigError(
-            f"robustness needs a labelled eval set and no chosen model has one ({names})",
-            key="--kinds",
-            fix="add latency to --kinds, or choose a model with labels (--models)",
-        )
-    unfiltered = {
-        v.backend
-        for m in pipeline.models
-        for d in lab.devices
-        for v in plan_variants(m, d, pipeline.profile(d), backends=None)
-    }
-    if pipeline.backends is not None and not unfiltered & pipeline.backends:
-        asked = ", ".join(sorted(pipeline.backends))
-        runs = ", ".join(sorted(unfiltered)) or "none"
-        return ConfigError(
-            f"no device of {where} runs {asked}, so no job was planned",
-            key=backends_flag,
-            fix=f"use backends its devices run: {runs}",
-        )
-    if not unfiltered:
-        return ConfigError(
-            f"no device of {where} runs any backend of its platform, so no job was planned",
-            key="runtimes",
-            fix="check each device's platform: and runtimes: in the lab file (edgebench devices check --lab FILE)",
-        )
-    # Every model plans its catalog shape and every device here runs a backend: nothing else empties a plan.
-    return ConfigError(f"no job was planned on {where}", key="--models", fix="check --models and the lab's devices")
-
-
 def nothing_measured(skipped: Sequence[str], what: str = "job") -> ConfigError:
     """Every job (or group) was skipped: an error naming the first reason, not a pass."""
     first = skipped[0] if skipped else "no reason recorded"

@@ -726,6 +726,9 @@ class _StallWatch:
         self.stalled = threading.Event()  # set when the watch closed the channel
         self._last = time.monotonic()
         self._stop = threading.Event()
+        # Deciding "stalled" and stopping exclude each other: once stop() returns, stalled is final, so
+        # a transfer that finished as the watch fired is seen to have lost its channel.
+        self._decide = threading.Lock()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def progress(self, done: int = 0, total: int = 0) -> None:
@@ -733,17 +736,20 @@ class _StallWatch:
         self._last = time.monotonic()
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._decide:
+            self._stop.set()
 
     def _watch(self) -> None:
         while not self._stop.wait(min(0.5, self.timeout_s / 4)):
-            if time.monotonic() - self._last >= self.timeout_s and not self._stop.is_set():
+            with self._decide:
+                if self._stop.is_set() or time.monotonic() - self._last < self.timeout_s:
+                    continue
                 self.stalled.set()
-                # May block on the stalled socket (a daemon thread, after the flag), or fail on one the
-                # transport has given up already: closed either way, which is all the watch is for.
-                with contextlib.suppress(Exception):
-                    self.channel.close()
-                return
+            # Outside the lock: this may block on the stalled socket (a daemon thread, after the flag), or
+            # fail on one the transport has given up already; closed either way, which is all it is for.
+            with contextlib.suppress(Exception):
+                self.channel.close()
+            return
 
     def __enter__(self) -> _StallWatch:
         self._thread.start()

@@ -695,7 +695,8 @@ def test_the_interleaved_suite_fails_a_comparison_whose_p99_is_invalid(
     tmp_path: Path,
 ) -> None:
     """100 timed calls per variant (the lab's fixed count) leave P99 without an interval (it needs
-    368): the comparison cannot say which variant is faster at the tail, so its test fails saying so."""
+    368): the comparison cannot say which variant is faster at the tail, so its test fails saying so.
+    (When the A/A copy disagrees, two processes of 100 calls each are pooled: 200, still INVALID.)"""
     lab = tmp_path / "lab.yaml"
     lab.write_text(local_lab_text(tmp_path / "device") + "measure:\n  iterations: 100\n", encoding="utf-8")
     copy_suite("test_interleaved.py")
@@ -706,8 +707,8 @@ def test_the_interleaved_suite_fails_a_comparison_whose_p99_is_invalid(
     result.stdout.fnmatch_lines(
         [
             "*INVALID percentiles (tiny-cnn/onnxruntime-fp32-t1/local: P99 needs n >= 368 for a two-sided 95% "
-            "interval; have 100*; fix: give each variant more timed calls*"
+            "interval; have *; fix: give each variant more timed calls*"
         ]
     )
     _, records = stored_results(out / "results.sqlite")
-    assert records and all(r["n"] == 100 and not r["valid"] for r in records)
+    assert records and all(r["n"] in (100, 200) and not r["valid"] for r in records)  # 200: the fallback pools 2

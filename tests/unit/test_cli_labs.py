@@ -133,3 +133,30 @@ def test_run_measures_a_production_model_once_when_its_candidate_sorts_first(
     production = next(r for r in records if r["job_id"] == "tiny-cnn/onnxruntime-fp32-t1/local")
     assert candidate["production_model"] == "tiny-cnn"
     assert candidate["production_p50_delta_ms"] == pytest.approx(candidate["p50_ms"] - production["p50_ms"])
+
+
+def test_interleave_fails_a_device_whose_setup_fails_once_and_skips_its_other_groups(
+    tmp_path: Path, env: dict[str, str], local_lab_text: Callable[[Path], str], tiny_catalog: Path,
+    tiny_catalog_yaml: Callable[..., str],
+) -> None:
+    """Two models, so two interleaved groups on the one device: its setup: command fails in the first,
+    which errors naming it, and the second is skipped with that reason rather than running it again."""
+    (tiny_catalog / "tiny-other.yaml").write_text(tiny_catalog_yaml("tiny-other"), encoding="utf-8")
+    ran = tmp_path / "setup-ran"
+    lab = tmp_path / "lab.yaml"
+    setup = f'    setup: ["echo once >> {ran}; echo clocks not pinned >&2; exit 3"]\n'
+    measure = "measure:\n  min_duration_s: 0.2\n  max_duration_s: 1.0\n"
+    lab.write_text(local_lab_text(tmp_path / "device") + setup + measure, encoding="utf-8")
+    db = tmp_path / "i.sqlite"
+    proc = edgebench(
+        "interleave", "--lab", lab, "--catalog", tiny_catalog, "--db", db, "--backends", "onnxruntime",
+        env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    rows = table_rows(proc.stdout, "local")
+    (failed,) = [row for row in rows if "error:" in row]
+    assert "setup[0]" in failed and "exited 3" in failed
+    (skipped,) = [row for row in rows if "│ tiny-other " in row and "skipped: device 'local'" in row]
+    assert "earlier in this run: setup[0]" in skipped
+    assert ran.read_text().splitlines() == ["once"], "the failing setup command ran again for the second group"
