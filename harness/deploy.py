@@ -142,13 +142,8 @@ class DeviceCache:
                 device=self.transport.device,
                 fix="check the device's Python path and that the cache directory is writable",
             )
-        # The script's reply is its last line: a login shell or a wrapper may print before it.
-        lines = [line for line in result.stdout.splitlines() if line.strip()]
-        try:
-            reply = json.loads(lines[-1]) if lines else None
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict):
+        reply = result.json_reply()
+        if reply is None:
             shown = result.stdout[:200].decode("utf-8", errors="replace")
             raise TransportError(
                 f"device cache reply is not JSON: {shown!r}",

@@ -782,7 +782,7 @@ class Pipeline:
             stdin=json.dumps(spec).encode(),
             env=device.env,
         )
-        raw = _parse_reply(reply.stdout)
+        raw = reply.json_reply()
         if raw is None or reply.exit_code != 0 or raw.get("status") != "ok":
             error = (raw or {}).get("error", {})
             if error.get("kind") == "runtime_missing":
@@ -992,17 +992,6 @@ def has_labels(model: ModelEntry) -> bool:
     channels, height, width = model.input.shape[1:]
     sample = load_dataset(model.eval.dataset, count=1, seed=model.eval.seed, shape=(channels, height, width))
     return sample.labels is not None
-
-
-def _parse_reply(stdout: bytes) -> dict[str, Any] | None:
-    lines = stdout.decode("utf-8", errors="replace").strip().splitlines()
-    if not lines:
-        return None
-    try:
-        value = json.loads(lines[-1])
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _slug(job_id: str) -> str:

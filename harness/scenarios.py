@@ -190,12 +190,8 @@ class _Runner:
             stdin=json.dumps(spec).encode(),
             env=self.device.env,
         )
-        lines = reply.stdout.decode("utf-8", errors="replace").strip().splitlines()
-        try:
-            raw = json.loads(lines[-1]) if lines else None
-        except ValueError:
-            raw = None
-        if not isinstance(raw, dict) or reply.exit_code != 0 or raw.get("status") != "ok":
+        raw = reply.json_reply()
+        if raw is None or reply.exit_code != 0 or raw.get("status") != "ok":
             error = (raw or {}).get("error", {}) if isinstance(raw, dict) else {}
             if error.get("kind") == "runtime_missing":
                 raise CapabilityMissing(f"device {self.device.name!r}: {error.get('message')}")

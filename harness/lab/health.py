@@ -135,15 +135,6 @@ class _Checker:
         return self.record("offline")
 
 
-def _json_line(stdout: bytes) -> dict[str, Any] | None:
-    lines = stdout.decode("utf-8", errors="replace").strip().splitlines()
-    try:
-        value = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _tail(stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     return " | ".join(lines[-2:]) if lines else "no output"
@@ -198,7 +189,7 @@ def _check_connected(
     basics_reply = transport.run(
         [python, "-c", _BASICS, root], timeout_s=PROBE_TIMEOUT_S, env=device.env, timeout_fix=limit
     )
-    basics = _json_line(basics_reply.stdout) if basics_reply.exit_code == 0 else None
+    basics = basics_reply.json_reply() if basics_reply.exit_code == 0 else None
     if basics is None:
         return check.offline(
             f"its Python {python} does not run (exit {basics_reply.exit_code}: {_tail(basics_reply.stderr_text)}); "
@@ -223,7 +214,7 @@ def _check_connected(
     readers = [r.spec() for r in load_platform(device.platform).telemetry.readers()]
     probe_argv = [python, agent, "probe", "--readers", json.dumps(readers, separators=(",", ":"))]
     probe_reply = transport.run(probe_argv, timeout_s=PROBE_TIMEOUT_S, env=device.env, timeout_fix=limit)
-    probe = _json_line(probe_reply.stdout) if probe_reply.exit_code == 0 else None
+    probe = probe_reply.json_reply() if probe_reply.exit_code == 0 else None
     if probe is None:
         return check.offline(
             f"the runner's probe failed (exit {probe_reply.exit_code}: {_tail(probe_reply.stderr_text)})"

@@ -6,10 +6,11 @@ shell string (SSH) builds it with ``shlex.quote`` from the argv, never by format
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,16 @@ class CommandResult:
     @property
     def stderr_text(self) -> str:
         return self.stderr.decode("utf-8", errors="replace")
+
+    def json_reply(self) -> dict[str, Any] | None:
+        """The JSON object on stdout's last non-empty line, or None: a login shell or a wrapper may print
+        before it, and the runner, the cache script and the probes all reply on their last line."""
+        lines = [line for line in self.stdout.decode("utf-8", errors="replace").splitlines() if line.strip()]
+        try:
+            value = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
 
 # What a CommandTimeout tells the user when the caller does not say otherwise: the runner's timeout is the

@@ -10,6 +10,7 @@ runtime actually applied (threads, precision hints, providers).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -46,6 +47,22 @@ class Session(Protocol):
     def infer(self, x: np.ndarray) -> np.ndarray: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+def in_batches(x: np.ndarray, most: int, least: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The eval pass for a model with a batch range: ``run`` on chunks of at most ``most`` images.
+
+    A chunk shorter than ``least`` (a fixed-batch model's last one) is padded with copies of its last
+    image, and the padding's outputs are dropped.
+    """
+    rows = []
+    for start in range(0, len(x), most):
+        chunk = x[start : start + most]
+        keep = len(chunk)
+        if keep < least:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], least - keep, axis=0)])
+        rows.append(run(chunk)[:keep])
+    return np.concatenate(rows)
 
 
 def load(name: str) -> ModuleType:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import RuntimeMissing
+from . import RuntimeMissing, in_batches
 
 
 def available() -> bool:
@@ -114,14 +114,7 @@ class OrtSession:
         step = self._fixed_batch
         if step is None or len(x) == step:
             return self._run(x)
-        rows = []
-        for start in range(0, len(x), step):
-            chunk = x[start : start + step]
-            short = step - len(chunk)
-            if short:  # the last chunk, padded with copies of its last image; their outputs are dropped
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
-            rows.append(self._run(chunk)[: step - short])
-        return np.concatenate(rows)
+        return in_batches(x, step, step, self._run)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from . import in_batches
+
 
 def _cudart() -> Any:
     try:
@@ -283,21 +285,19 @@ class TensorRtSession:
         _check(self._cudart.cudaStreamSynchronize(self.stream))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        rows = []
-        for start in range(0, len(x), self.max_batch):
-            chunk = np.ascontiguousarray(x[start : start + self.max_batch], dtype=np.float32)
-            keep = len(chunk)
-            if keep < self.min_batch:  # a static (DLA) engine: pad with the last image, drop its outputs
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.min_batch - keep, axis=0)])
-            ptr, out = self._prepare(chunk)
-            self._copy_in(ptr, chunk)
-            self.context.execute_async_v3(int(self.stream))
-            kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            src = self._buffers[self.output_name].ptr
-            _check(self._cudart.cudaMemcpyAsync(out.ctypes.data, src, out.nbytes, kind, self.stream))
-            _check(self._cudart.cudaStreamSynchronize(self.stream))
-            rows.append(out[:keep].astype(np.float32))
-        return np.concatenate(rows)
+        # Chunks within the profile; a static (DLA) engine's short last chunk is padded (in_batches).
+        return in_batches(x, self.max_batch, self.min_batch, self._infer_chunk)
+
+    def _infer_chunk(self, x: np.ndarray) -> np.ndarray:
+        chunk = np.ascontiguousarray(x, dtype=np.float32)
+        ptr, out = self._prepare(chunk)
+        self._copy_in(ptr, chunk)
+        self.context.execute_async_v3(int(self.stream))
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        src = self._buffers[self.output_name].ptr
+        _check(self._cudart.cudaMemcpyAsync(out.ctypes.data, src, out.nbytes, kind, self.stream))
+        _check(self._cudart.cudaStreamSynchronize(self.stream))
+        return out.astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
         return {
