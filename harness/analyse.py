@@ -129,15 +129,26 @@ def oversubscription(threads: int | None, options: Mapping[str, Any], cpu_affini
 def cpu_parallelism(facts: Sequence[Mapping[str, Any]]) -> float | None:
     """CPUs the runtime's threads had during the timed loops: process CPU time over wall time, or None.
 
-    ``facts`` are the runner processes' facts (``loop_cpu_s``, ``loop_wall_s``); threads that spin-wait
-    count as busy. None when any process did not record both (an older runner).
+    ``facts`` are the runner processes' facts (``loop_cpu_s``, ``loop_wall_s``, ``cpu_affinity``);
+    threads that spin-wait count as busy. None when any process did not record both times (an older
+    runner).
+
+    The answer is at most the CPUs the runner was allowed on. Linux brings a process's CPU time up to
+    date for the reading thread only: another thread running on another CPU is accounted at its next
+    scheduler tick (1-10 ms). A loop of a few tens of milliseconds whose worker thread was mid-tick
+    when it began can so read 2.19 CPUs on two (seen on a 2-CPU machine for a 0.1 ms model); the
+    recorded times keep what the clock said.
     """
     if not facts or any(f.get("loop_cpu_s") is None or f.get("loop_wall_s") is None for f in facts):
         return None
     wall_s = sum(float(f["loop_wall_s"]) for f in facts)
     if wall_s <= 0:
         return None
-    return round(sum(float(f["loop_cpu_s"]) for f in facts) / wall_s, 3)
+    used = sum(float(f["loop_cpu_s"]) for f in facts) / wall_s
+    allowed = [len(f["cpu_affinity"]) for f in facts if isinstance(f.get("cpu_affinity"), list) and f["cpu_affinity"]]
+    if allowed:
+        used = min(used, float(max(allowed)))
+    return round(used, 3)
 
 
 # What an earlier result must share with this one to be the same measurement on the same device: the

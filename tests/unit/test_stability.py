@@ -246,6 +246,19 @@ def test_more_runtime_threads_than_allowed_cpus_is_a_reason_not_to_trust_the_num
     assert oversubscription(4, {}, None) is None, "a device that cannot report its affinity is not judged"
 
 
+def test_the_cpus_a_loop_used_are_never_more_than_the_runner_was_allowed() -> None:
+    from harness.analyse import cpu_parallelism
+
+    # Two processes, pooled: 3.9 CPU-seconds over 2 wall seconds on four CPUs.
+    four = [{"loop_cpu_s": cpu, "loop_wall_s": 1.0, "cpu_affinity": [0, 1, 2, 3]} for cpu in (1.9, 2.0)]
+    assert cpu_parallelism(four) == 1.95
+    # A 40 ms loop whose worker thread's last tick was accounted late reads 2.19 CPUs on two.
+    late = {"loop_cpu_s": 0.0876, "loop_wall_s": 0.04, "cpu_affinity": [0, 1]}
+    assert cpu_parallelism([late]) == 2.0
+    assert cpu_parallelism([{**late, "cpu_affinity": None}]) == 2.19, "unknown affinity: the clock's reading"
+    assert cpu_parallelism([{"loop_wall_s": 1.0}]) is None, "an older runner that kept no CPU time"
+
+
 # --- two speeds -----------------------------------------------------------------------------------------
 
 
